@@ -1,0 +1,87 @@
+"""The error hierarchy of lazyllm.
+
+Every error lazyllm raises derives from :class:`LazyLLMError`; each subclass also
+derives from the matching builtin, so ``except KeyError`` keeps working for a
+missing column. Messages say what failed, list the valid options, and end with how
+to fix it.
+
+The classes live at the bottom of the dependency graph (``lazyllm.backends``) so
+that the planner and the engines can raise them; users import them from
+``lazyllm.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "LazyLLMError",
+    "ColumnNotFoundError",
+    "TemplateError",
+    "PlanError",
+    "OptimizerError",
+    "ModelNotFoundError",
+    "MissingDependencyError",
+    "EngineError",
+    "CacheError",
+]
+
+
+class LazyLLMError(Exception):
+    """Base class of every error raised by lazyllm."""
+
+
+class ColumnNotFoundError(KeyError, LazyLLMError):
+    """A template, expression or operator names a column the frame does not have."""
+
+    def __init__(self, missing: str | Iterable[str], existing: Iterable[str], *, where: str) -> None:
+        missing_list = [missing] if isinstance(missing, str) else sorted(missing)
+        self.missing = tuple(missing_list)
+        self.existing = tuple(existing)
+        names = ", ".join(repr(m) for m in missing_list)
+        have = ", ".join(repr(c) for c in self.existing) or "(none)"
+        self.message = (
+            f"{where} reads column {names}, which the frame does not have. "
+            f"Existing columns: {have}. "
+            "Fix the name in the template/expression or add the column upstream (with_columns)."
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class TemplateError(ValueError, LazyLLMError):
+    """A prompt template does not parse, or renders to nothing usable."""
+
+
+class PlanError(ValueError, LazyLLMError):
+    """A plan is invalid: bad parameters, incompatible schemas, unknown model."""
+
+
+class OptimizerError(RuntimeError, LazyLLMError):
+    """An optimizer rule produced an invalid plan (the message names the rule)."""
+
+
+class ModelNotFoundError(FileNotFoundError, LazyLLMError):
+    """A model alias, path or hub id cannot be resolved to weights on this machine."""
+
+
+class MissingDependencyError(ImportError, LazyLLMError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the package {package!r}, which is not installed. "
+            f"Install it with: pip install -e '.[{extra}]' (from the lazyllm checkout)."
+        )
+
+
+class EngineError(RuntimeError, LazyLLMError):
+    """An engine failed as a whole (could not load, crashed); per-row failures do not raise."""
+
+
+class CacheError(RuntimeError, LazyLLMError):
+    """The LMDB cache cannot be opened or holds data in an unknown format."""

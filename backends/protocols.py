@@ -1,0 +1,218 @@
+"""What the planner and the engines agree on: model specs, requests, responses, Engine.
+
+The planner builds :class:`Request` objects, looks them up in the cache, and sends
+the misses to an :class:`Engine` obtained from the registry. An engine never sees
+the frame, and the planner never imports a concrete engine.
+
+Model specs are declarative, frozen dataclasses: they carry a provider name and the
+parameters that identify the model, never a live client. Fields marked with
+``performance_only()`` (batch size, threads, device) are excluded from fingerprints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "ModelSpec",
+    "SamplingParams",
+    "Message",
+    "Request",
+    "Response",
+    "Engine",
+    "performance_only",
+    "derive_seed",
+]
+
+
+def performance_only(default: Any = None, **kwargs: Any) -> Any:
+    """A dataclass field that changes speed, never results, so fingerprints skip it."""
+    return field(default=default, metadata={"performance_only": True}, **kwargs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """Base class of declarative model specs.
+
+    Subclasses set ``provider`` (the registry name of their engine) and add fields.
+    ``identity()`` returns the fingerprintable description of the model; by default
+    every field not marked :func:`performance_only`.
+    """
+
+    provider: ClassVar[str] = ""
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters that decide what the model outputs (no paths of this machine)."""
+        out: dict[str, Any] = {"provider": self.provider, "spec": type(self).__name__}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("performance_only"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        return out
+
+    @property
+    def display_name(self) -> str:
+        """A short name for explain() and progress lines."""
+        return f"{self.provider}:{type(self).__name__}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingParams:
+    """Sampling parameters of one request.
+
+    Parameters
+    ----------
+    temperature : float
+        0 means greedy decoding.
+    top_p : float
+        Nucleus sampling mass in (0, 1].
+    max_tokens : int
+        Maximum number of generated tokens, per sample.
+    seed : int
+        Base seed; with the sample index it decides the sampled text.
+    stop : tuple of str
+        Generation ends before the first of these strings (not included in the text).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from .errors import PlanError
+
+        if self.temperature < 0:
+            raise PlanError(f"temperature must be >= 0, got {self.temperature}. Use 0 for greedy decoding.")
+        if not 0 < self.top_p <= 1:
+            raise PlanError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_tokens < 1:
+            raise PlanError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise PlanError(f"stop must be a tuple of non-empty strings, got {self.stop!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One LLM call: chat messages (or a raw prompt), sampling params, sample index.
+
+    ``choices`` restricts the answer to one of the given strings; ``json_schema``
+    (canonical JSON text) restricts it to JSON matching the schema. Engines that
+    cannot enforce a constraint must say so by raising, not ignore it.
+    """
+
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    params: SamplingParams = SamplingParams()
+    sample_index: int = 0
+    choices: tuple[str, ...] | None = None
+    json_schema: str | None = None
+
+    def seed(self) -> int:
+        """The seed of this sample: derived from params.seed and sample_index (63 bits)."""
+        return derive_seed(self.params.seed, self.sample_index)
+
+    def canonical(self) -> dict[str, Any]:
+        """The request as plain data, used for cache keys (no performance settings)."""
+        p = self.params
+        return {
+            "messages": [[m.role, m.content] for m in self.messages],
+            "prompt": self.prompt,
+            "params": {
+                "temperature": p.temperature,
+                "top_p": p.top_p,
+                "max_tokens": p.max_tokens,
+                "seed": p.seed,
+                "stop": list(p.stop),
+            },
+            "sample_index": self.sample_index,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "json_schema": self.json_schema,
+        }
+
+
+def derive_seed(seed: int, sample_index: int) -> int:
+    """Deterministic per-sample seed, the same on every machine and Python hash seed."""
+    digest = hashlib.sha256(f"lazyllm-seed:{seed}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """The result of one request.
+
+    ``finish_reason`` is ``"stop"`` (end of sequence or a stop string), ``"length"``
+    (max_tokens reached) or ``"error"`` (then ``text`` is None and ``error`` says why;
+    error responses are never cached).
+    """
+
+    text: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "Response":
+        return cls(
+            text=record["text"],
+            input_tokens=int(record.get("input_tokens", 0)),
+            output_tokens=int(record.get("output_tokens", 0)),
+            finish_reason=str(record.get("finish_reason", "stop")),
+        )
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An LLM engine, created by the executor for one model spec and closed after.
+
+    Engines are constructed as ``EngineClass(spec, workspace=Path)`` and must not load
+    weights in ``__init__`` (the first ``generate`` call loads them), so that planning
+    never pays for a model load.
+    """
+
+    spec: ModelSpec
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[Sequence[tuple[int, Response]]]:
+        """Run ``requests``; yield batches of ``(index into requests, Response)`` as they finish.
+
+        Every index is yielded exactly once. A failure of one batch yields error
+        responses for that batch and goes on; only a failure to load raises
+        :class:`~lazyllm.backends.errors.EngineError`.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model (memory, accelerator) so the next stage can use it."""
+        ...
+
+
+def workspace_models_dir(workspace: Path) -> Path:
+    """Where engines keep converted or downloaded model folders inside a workspace."""
+    return Path(workspace) / "models"

@@ -1,0 +1,78 @@
+"""Find engines by provider name: entry points group ``lazyllm.backends``, imported lazily.
+
+Third-party packages add an engine by declaring, in their pyproject::
+
+    [project.entry-points."lazyllm.backends"]
+    myprovider = "mypackage.engine:MyEngine"
+
+and a spec class whose ``provider`` is ``"myprovider"``. :func:`register_engine`
+does the same at run time (for notebooks and tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from .errors import MissingDependencyError, PlanError
+
+__all__ = ["register_engine", "engine_factory", "available_providers"]
+
+# provider -> "module:attr"; the built-in engines, used when the package metadata is
+# not installed (running from a source checkout) and as the table of extras to name.
+_BUILTIN: dict[str, tuple[str, str | None]] = {
+    "transformers": ("lazyllm.backends.transformers:TransformersEngine", None),
+    "test": ("lazyllm.backends.testing:DeterministicEngine", None),
+}
+# third-party import name -> extra that installs it
+_EXTRA_FOR_MODULE = {"vllm": "vllm", "openai": "openai", "trl": "train", "peft": "train", "ray": "ray", "duckdb": "sql"}
+
+_RUNTIME: dict[str, Callable[..., Any]] = {}
+
+
+def register_engine(provider: str, factory: Callable[..., Any]) -> None:
+    """Register ``factory(spec, workspace=Path) -> Engine`` for ``provider`` in this process."""
+    _RUNTIME[provider] = factory
+
+
+def available_providers() -> list[str]:
+    names = set(_BUILTIN) | set(_RUNTIME)
+    names |= {ep.name for ep in entry_points(group="lazyllm.backends")}
+    return sorted(names)
+
+
+def _load(target: str, provider: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        extra = _EXTRA_FOR_MODULE.get(root, provider)
+        raise MissingDependencyError(root or module_name, extra, f"The {provider!r} engine") from exc
+    return getattr(module, attr)
+
+
+def engine_factory(provider: str) -> Callable[..., Any]:
+    """The engine class (or factory) for ``provider``; imports it on first use.
+
+    Raises
+    ------
+    PlanError
+        No engine is registered under that name (the message lists the known ones).
+    MissingDependencyError
+        The engine's optional dependency is missing (the message names the extra).
+    """
+    if provider in _RUNTIME:
+        return _RUNTIME[provider]
+    for ep in entry_points(group="lazyllm.backends"):
+        if ep.name == provider:
+            return _load(ep.value, provider)
+    if provider in _BUILTIN:
+        return _load(_BUILTIN[provider][0], provider)
+    raise PlanError(
+        f"No engine is registered for provider {provider!r}. Known providers: "
+        f"{', '.join(available_providers())}. Install the package that provides it, "
+        "or call lazyllm.backends.registry.register_engine()."
+    )
