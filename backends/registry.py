@@ -49,6 +49,8 @@ def _load(target: str, provider: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         root = (exc.name or "").split(".")[0]
+        if root == "lazyllm":  # our own module is missing: a broken install, not an extra
+            raise
         extra = _EXTRA_FOR_MODULE.get(root, provider)
         raise MissingDependencyError(root or module_name, extra, f"The {provider!r} engine") from exc
     return getattr(module, attr)

@@ -1,0 +1,23 @@
+"""lazyllm: lazy frames for LLM data workflows.
+
+Chain ``.generate()`` and relational operations (polars expressions) on a Frame,
+inspect the plan with ``.explain()``, and run it with ``.collect()``: the planner
+reuses LMDB-cached LLM results and runs the rest on the engine of each model spec.
+"""
+
+from lazyllm.backends.catalog import DEFAULT_MODEL
+from lazyllm.planner.workspace import Workspace
+
+from . import errors
+from .frame import Frame, collect_all, concat
+from .io import from_arrow, from_dicts, from_hf, from_pandas, from_polars, read_csv, read_ndjson, read_parquet
+from .models import ModelSpec, TestModel, Transformers, default_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Frame", "collect_all", "concat",
+    "read_parquet", "read_csv", "read_ndjson", "from_polars", "from_pandas", "from_arrow", "from_dicts", "from_hf",
+    "ModelSpec", "Transformers", "TestModel", "default_model", "DEFAULT_MODEL",
+    "Workspace", "errors",
+]

@@ -1,0 +1,3 @@
+from lazyllm.cli import main
+
+main()

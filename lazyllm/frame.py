@@ -1,0 +1,334 @@
+"""The lazy Frame: a thin, immutable handle over a plan node.
+
+Every method returns a new Frame; nothing runs before :meth:`Frame.collect`.
+Relational methods take polars expressions and are executed by polars; LLM methods
+add plan nodes that the planner batches, caches and runs.
+
+>>> import polars as pl, lazyllm
+>>> f = lazyllm.from_dicts([{"q": "2+2?"}, {"q": "Capital of France?"}])
+>>> f = f.generate("a", lazyllm.TestModel(), prompt="Answer: {{ q }}")
+>>> f.columns
+['q', 'a', 'a_error']
+>>> f.filter(pl.col("q").str.contains("France")).collect(workspace=getfixture("tmp_path"), progress=False)["a"].to_list()
+['echo[0|greedy]: Answer: Capital of France?']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lazyllm.backends.errors import PlanError
+from lazyllm.backends.protocols import SamplingParams
+from lazyllm.planner import executor
+from lazyllm.planner import nodes as N
+from lazyllm.planner.explain import render_plan
+from lazyllm.planner.workspace import Workspace
+
+from .models import as_model_spec
+
+__all__ = ["Frame", "concat", "collect_all"]
+
+WorkspaceLike = "str | os.PathLike[str] | Workspace | None"
+
+
+def _exprs(items: Iterable[Any], named: Mapping[str, Any]) -> tuple[pl.Expr, ...]:
+    out: list[pl.Expr] = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            out.extend(_exprs(item, {}))
+        elif isinstance(item, str):
+            out.append(pl.col(item))
+        elif isinstance(item, pl.Expr):
+            out.append(item)
+        elif isinstance(item, pl.Series):
+            raise PlanError("Pass polars expressions (pl.col(...), pl.lit(...)), not a Series: a Frame is lazy.")
+        else:
+            out.append(pl.lit(item))
+    for name, value in named.items():
+        expr = value if isinstance(value, pl.Expr) else pl.lit(value)
+        out.append(expr.alias(name))
+    if not out:
+        raise PlanError("Expected at least one column name or polars expression.")
+    return tuple(out)
+
+
+def _names(items: Iterable[Any], what: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            out.extend(_names(item, what))
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise PlanError(f"{what} takes column names (str), got {type(item).__name__}.")
+    return tuple(out)
+
+
+class Frame:
+    """A lazy frame over a plan node. Build it with ``lazyllm.read_*`` / ``from_*``."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: N.PlanNode) -> None:
+        if not isinstance(node, N.PlanNode):
+            raise PlanError(f"Frame wraps a plan node, got {type(node).__name__}; use lazyllm.from_polars(...).")
+        object.__setattr__(self, "_node", node)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Frame is immutable: every method returns a new Frame.")
+
+    # -- introspection -------------------------------------------------------------------
+    @property
+    def plan(self) -> N.PlanNode:
+        """The root plan node."""
+        return self._node
+
+    @property
+    def schema(self) -> pl.Schema:
+        """Output schema, inferred without running anything."""
+        return self._node.schema()
+
+    @property
+    def columns(self) -> list[str]:
+        return self._node.columns
+
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the whole plan (hex SHA-256)."""
+        return self._node.fingerprint
+
+    def __repr__(self) -> str:
+        return f"<lazyllm.Frame {self.fingerprint[:10]}: {len(self.columns)} columns, not collected>\n" + render_plan(
+            self._node, fingerprints=False
+        )
+
+    def _wrap(self, node: N.PlanNode) -> "Frame":
+        return Frame(node)
+
+    # -- relational (polars) -------------------------------------------------------------
+    def select(self, *exprs: Any, **named: Any) -> "Frame":
+        """Keep or compute columns (``LazyFrame.select``)."""
+        return self._wrap(N.Select(children=(self._node,), exprs=_exprs(exprs, named)))
+
+    def with_columns(self, *exprs: Any, **named: Any) -> "Frame":
+        """Add or replace columns (``LazyFrame.with_columns``)."""
+        return self._wrap(N.WithColumns(children=(self._node,), exprs=_exprs(exprs, named)))
+
+    def filter(self, *predicates: pl.Expr) -> "Frame":
+        """Keep rows where all predicates (boolean polars expressions) are true.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A predicate reads a column the frame does not have.
+        """
+        if not predicates:
+            raise PlanError("filter() needs at least one predicate, for example pl.col('score') >= 7.")
+        node = self._node
+        for p in predicates:
+            if not isinstance(p, pl.Expr):
+                raise PlanError(f"filter() takes polars expressions, got {type(p).__name__}.")
+            node = N.Filter(children=(node,), predicate=p)
+        return self._wrap(node)
+
+    def head(self, n: int = 5) -> "Frame":
+        """The first ``n`` rows."""
+        return self._wrap(N.Head(children=(self._node,), n=n))
+
+    limit = head
+
+    def sort(self, by: Any, *more_by: Any, descending: bool | Sequence[bool] = False, nulls_last: bool = False) -> "Frame":
+        """Stable sort by columns or expressions."""
+        keys = _exprs((by, *more_by), {})
+        desc = (descending,) * len(keys) if isinstance(descending, bool) else tuple(descending)
+        if len(desc) != len(keys):
+            raise PlanError(f"sort(): {len(keys)} keys but {len(desc)} descending flags.")
+        return self._wrap(N.Sort(children=(self._node,), by=keys, descending=desc, nulls_last=nulls_last))
+
+    def unique(self, subset: str | Sequence[str] | None = None, *, keep: str = "first") -> "Frame":
+        """Drop duplicate rows, keeping the first (default) of each group, in order."""
+        sub = None if subset is None else _names([subset], "unique(subset)")
+        return self._wrap(N.Unique(children=(self._node,), subset=sub, keep=keep))
+
+    def join(
+        self,
+        other: "Frame",
+        on: Any = None,
+        how: str = "inner",
+        *,
+        left_on: Any = None,
+        right_on: Any = None,
+        suffix: str = "_right",
+    ) -> "Frame":
+        """Join with another Frame (``LazyFrame.join``); left row order is kept."""
+        if not isinstance(other, Frame):
+            raise PlanError(f"join() takes a lazyllm Frame, got {type(other).__name__}; wrap data with lazyllm.from_polars().")
+        as_tuple = lambda v: None if v is None else _exprs([v], {})  # noqa: E731
+        return self._wrap(
+            N.Join(children=(self._node, other._node), how=how, on=as_tuple(on), left_on=as_tuple(left_on),
+                   right_on=as_tuple(right_on), suffix=suffix)
+        )
+
+    def concat(self, *others: "Frame", how: str = "vertical") -> "Frame":
+        """Append the rows of other frames (``polars.concat``)."""
+        return concat([self, *others], how=how)
+
+    def explode(self, columns: str | Sequence[str], *more: str) -> "Frame":
+        """One row per element of the given list column(s)."""
+        return self._wrap(N.Explode(children=(self._node,), columns=_names([columns, *more], "explode()")))
+
+    def rename(self, mapping: Mapping[str, str]) -> "Frame":
+        """Rename columns (old name -> new name)."""
+        return self._wrap(N.Rename(children=(self._node,), mapping=tuple(mapping.items())))
+
+    def drop(self, *columns: str | Sequence[str]) -> "Frame":
+        """Drop columns."""
+        return self._wrap(N.Drop(children=(self._node,), columns=_names(columns, "drop()")))
+
+    def sample(self, n: int | None = None, *, fraction: float | None = None, seed: int = 0,
+               with_replacement: bool = False, shuffle: bool = False) -> "Frame":
+        """A seeded random sample of ``n`` rows or a ``fraction`` of rows (polars ``sample``)."""
+        return self._wrap(N.Sample(children=(self._node,), n=n, fraction=fraction, seed=seed,
+                                   with_replacement=with_replacement, shuffle=shuffle))
+
+    def split(self, fractions: Mapping[str, float], *, seed: int = 0) -> dict[str, "Frame"]:
+        """Split rows at random into named parts, e.g. ``{"train": 0.9, "validation": 0.1}``.
+
+        Returns a dict name -> Frame. Parts are disjoint, cover every row, keep the
+        original order, and are the same for the same seed and data.
+        """
+        if not fractions:
+            raise PlanError("split() needs at least one part, e.g. {'train': 0.9, 'validation': 0.1}.")
+        fr = tuple((str(k), float(v)) for k, v in fractions.items())
+        return {name: self._wrap(N.SplitPart(children=(self._node,), fractions=fr, part=name, seed=seed))
+                for name, _ in fr}
+
+    # -- LLM operators -------------------------------------------------------------------
+    def generate(
+        self,
+        column: str,
+        model: Any = None,
+        *,
+        prompt: str,
+        system: str | None = None,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int = 0,
+        stop: str | Sequence[str] | None = None,
+        error_column: str | None = None,
+    ) -> "Frame":
+        """Generate ``column`` with an LLM, one prompt per row.
+
+        Parameters
+        ----------
+        column : str
+            Output column: String when ``n == 1``; List(String) of ``n`` samples
+            (sample ``i`` at index ``i``) when ``n > 1``. Use ``.explode(column)``
+            for one row per sample.
+        model : model spec or str, optional
+            e.g. ``lazyllm.Transformers("smollm2-135m-instruct")`` (the default).
+        prompt : str
+            Jinja2 template over the row's columns, e.g. ``"Answer: {{ question }}"``.
+            Sent as the user message; chat models get their chat template applied.
+        system : str, optional
+            Jinja2 template of a system message.
+        n : int
+            Samples per row; sample ``i`` uses a seed derived from ``seed`` and ``i``.
+        temperature, top_p : float
+            Sampling; ``temperature=0`` (default) is greedy decoding.
+        max_tokens : int
+            Maximum generated tokens per sample.
+        seed : int
+            Base seed: the same seed and inputs give the same text.
+        stop : str or list of str, optional
+            Generation ends before the first stop string.
+        error_column : str, optional
+            Where per-row errors go (default ``f"{column}_error"``; null on success).
+
+        Returns
+        -------
+        Frame
+            Every input row and column in order, plus ``column`` and the error column.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            The template names a column the frame does not have (raised here, before
+            any model is loaded).
+        TemplateError
+            The template does not parse.
+
+        Notes
+        -----
+        Cost: ``n`` LLM calls per row, minus cache hits and duplicate prompts.
+        A row whose generation fails keeps a null and a message in the error column.
+        """
+        stops: tuple[str, ...] = () if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
+        sampling = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
+                                  seed=int(seed), stop=stops)
+        node = N.Generate(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
+                          system=system, n=n, sampling=sampling, error_column=error_column or "")
+        return self._wrap(node)
+
+    # -- sinks ---------------------------------------------------------------------------
+    def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None) -> pl.DataFrame:  # type: ignore[valid-type]
+        """Run the plan and return a ``polars.DataFrame``.
+
+        Parameters
+        ----------
+        workspace : str, path or Workspace, optional
+            Cache and run outputs (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
+        progress : bool, optional
+            Progress bars and log lines on stderr (default on unless ``LAZYLLM_QUIET=1``).
+
+        Raises
+        ------
+        EngineError
+            A model could not be loaded. Batches already computed stay in the cache.
+        """
+        return executor.collect(self._node, workspace=workspace, progress=progress).frames[0]
+
+    def explain(self, *, workspace: WorkspaceLike = None, fingerprints: bool = True) -> str:  # type: ignore[valid-type]
+        """The plan as text, with per-LLM-node rows in, predicted cache hits and LLM calls.
+
+        Reads the inputs and the cache (no model is loaded, no LLM is called).
+        """
+        stats = executor.dry_run([self._node], workspace)
+        return render_plan(self._node, stats, fingerprints=fingerprints)
+
+    def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
+        """Collect and write a parquet file; returns the collected DataFrame."""
+        df = self.collect(**collect_kwargs)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.write_parquet(path)
+        return df
+
+    def write_ndjson(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
+        """Collect and write JSON lines; returns the collected DataFrame."""
+        df = self.collect(**collect_kwargs)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.write_ndjson(path)
+        return df
+
+
+def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
+    """Concatenate frames (``polars.concat`` semantics)."""
+    frames = list(frames)
+    if not frames or not all(isinstance(f, Frame) for f in frames):
+        raise PlanError("concat() takes a non-empty list of lazyllm Frames.")
+    if len(frames) == 1:
+        return frames[0]
+    return Frame(N.Concat(children=tuple(f.plan for f in frames), how=how))
+
+
+def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
+                progress: bool | None = None) -> list[pl.DataFrame]:
+    """Collect several frames in one run: a subplan they share runs once."""
+    return executor.collect_all([f.plan for f in frames], workspace=workspace, progress=progress).frames

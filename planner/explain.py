@@ -1,0 +1,190 @@
+"""Plan printing (kept out of the nodes: one ``functools.singledispatch`` per node type).
+
+``render_plan`` draws the tree, root first; each LLM node shows its model, prompt,
+sampling parameters and, when stats from a dry run are given, rows in, requests,
+predicted cache hits and LLM calls to make.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import polars as pl
+
+from .executor import NodeStats
+from .nodes import (
+    Concat,
+    DataFrameSource,
+    Drop,
+    Explode,
+    FileSource,
+    Filter,
+    Generate,
+    Head,
+    Join,
+    PlanNode,
+    Rename,
+    Sample,
+    Select,
+    Sort,
+    SplitPart,
+    Unique,
+    WithColumns,
+)
+
+__all__ = ["render_plan", "describe"]
+
+
+def _expr(e: pl.Expr) -> str:
+    text = str(e)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _short(text: str, limit: int = 70) -> str:
+    one = " ".join(text.split())
+    return repr(one if len(one) <= limit else one[: limit - 1] + "…")
+
+
+@functools.singledispatch
+def describe(node: PlanNode) -> tuple[str, list[str]]:
+    """(headline, detail lines) of a node."""
+    return node.kind.upper(), []
+
+
+@describe.register
+def _(node: DataFrameSource) -> tuple[str, list[str]]:
+    return f"SOURCE {node.label} · {node.data.height} rows × {node.data.width} columns", []
+
+
+@describe.register
+def _(node: FileSource) -> tuple[str, list[str]]:
+    first = node.paths[0].rsplit("/", 1)[-1]
+    more = f" (+{len(node.paths) - 1} files)" if len(node.paths) > 1 else ""
+    return f"SOURCE read_{node.format} {first}{more}", []
+
+
+@describe.register
+def _(node: Select) -> tuple[str, list[str]]:
+    return "SELECT " + ", ".join(_expr(e) for e in node.exprs), []
+
+
+@describe.register
+def _(node: WithColumns) -> tuple[str, list[str]]:
+    return "WITH_COLUMNS " + ", ".join(_expr(e) for e in node.exprs), []
+
+
+@describe.register
+def _(node: Filter) -> tuple[str, list[str]]:
+    return f"FILTER {_expr(node.predicate)}", []
+
+
+@describe.register
+def _(node: Head) -> tuple[str, list[str]]:
+    return f"HEAD {node.n}", []
+
+
+@describe.register
+def _(node: Sort) -> tuple[str, list[str]]:
+    keys = [f"{_expr(e)}{' desc' if d else ''}" for e, d in zip(node.by, node.descending)]
+    return "SORT " + ", ".join(keys), []
+
+
+@describe.register
+def _(node: Unique) -> tuple[str, list[str]]:
+    on = ", ".join(node.subset) if node.subset else "all columns"
+    return f"UNIQUE on {on} keep={node.keep}", []
+
+
+@describe.register
+def _(node: Join) -> tuple[str, list[str]]:
+    if node.on is not None:
+        keys = ", ".join(_expr(e) for e in node.on)
+    elif node.how == "cross":
+        keys = "-"
+    else:
+        keys = f"{', '.join(map(_expr, node.left_on or ()))} = {', '.join(map(_expr, node.right_on or ()))}"
+    return f"JOIN {node.how} on {keys}", []
+
+
+@describe.register
+def _(node: Concat) -> tuple[str, list[str]]:
+    return f"CONCAT {node.how} ({len(node.children)} inputs)", []
+
+
+@describe.register
+def _(node: Explode) -> tuple[str, list[str]]:
+    return "EXPLODE " + ", ".join(node.columns), []
+
+
+@describe.register
+def _(node: Rename) -> tuple[str, list[str]]:
+    return "RENAME " + ", ".join(f"{a} → {b}" for a, b in node.mapping), []
+
+
+@describe.register
+def _(node: Drop) -> tuple[str, list[str]]:
+    return "DROP " + ", ".join(node.columns), []
+
+
+@describe.register
+def _(node: Sample) -> tuple[str, list[str]]:
+    size = f"n={node.n}" if node.n is not None else f"fraction={node.fraction}"
+    return f"SAMPLE {size} seed={node.seed}", []
+
+
+@describe.register
+def _(node: SplitPart) -> tuple[str, list[str]]:
+    parts = ", ".join(f"{n}={f:g}" for n, f in node.fractions)
+    return f"SPLIT part {node.part!r} of ({parts}) seed={node.seed}", []
+
+
+@describe.register
+def _(node: Generate) -> tuple[str, list[str]]:
+    p = node.sampling
+    lines = [f"prompt: {_short(node.prompt)} reads {sorted(node.columns_read())}"]
+    if node.system is not None:
+        lines.append(f"system: {_short(node.system)}")
+    sampling = f"n={node.n} · temperature={p.temperature:g} · top_p={p.top_p:g} · max_tokens={p.max_tokens} · seed={p.seed}"
+    if p.stop:
+        sampling += f" · stop={list(p.stop)}"
+    lines.append(sampling)
+    return f"GENERATE {node.column} ← {node.model.display_name}", lines
+
+
+def _stats_line(stats: NodeStats) -> str:
+    line = (
+        f"rows in: {stats.rows_in} · LLM calls to make: {stats.calls} · "
+        f"predicted cache hits: {stats.cache_hits}/{stats.unique_requests}"
+    )
+    if stats.unique_requests != stats.requests:
+        line += f" · requests: {stats.requests} ({stats.requests - stats.unique_requests} duplicates)"
+    if stats.uncertain_rows:
+        line += f" · {stats.uncertain_rows} rows wait on upstream LLM output (estimate)"
+    return line
+
+
+def render_plan(root: PlanNode, stats: Mapping[str, NodeStats] | None = None, *, fingerprints: bool = True) -> str:
+    """The plan as an indented tree, root first."""
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def visit(node: PlanNode, prefix: str, child_prefix: str) -> None:
+        head, details = describe(node)
+        fp = f"  #{node.fingerprint[:10]}" if fingerprints else ""
+        if node.fingerprint in seen:
+            lines.append(f"{prefix}{head}{fp}  (shared: computed once, shown above)")
+            return
+        seen.add(node.fingerprint)
+        lines.append(f"{prefix}{head}{fp}")
+        body = child_prefix + ("│  " if node.children else "   ")
+        for d in details:
+            lines.append(f"{body}{d}")
+        if stats is not None and node.fingerprint in stats:
+            lines.append(f"{body}{_stats_line(stats[node.fingerprint])}")
+        for i, c in enumerate(node.children):
+            last = i == len(node.children) - 1
+            visit(c, child_prefix + ("└─ " if last else "├─ "), child_prefix + ("   " if last else "│  "))
+
+    visit(root, "", "")
+    return "\n".join(lines)

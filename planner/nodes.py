@@ -1,0 +1,627 @@
+"""Logical plan nodes.
+
+Nodes are frozen dataclasses compared by structure (their fingerprint); children are
+tuples. Each node validates itself in ``__post_init__`` against its children's
+schema, so an invalid plan fails when it is built, before any model is loaded.
+
+Traits, with the safest defaults (an optimizer rule may only use what a node
+declares):
+
+- ``is_llm``: the node calls an LLM;
+- ``row_local``: output row *i* is computed from input row *i* alone, one output row
+  per input row, order kept (so filters and limits may move across it);
+- ``columns_read()``: the input columns the node reads (``None`` = all/unknown);
+- ``columns_written()``: the columns it adds or replaces.
+
+Relational nodes delegate all dataframe work to polars (``apply`` builds a
+``polars.LazyFrame`` from the children's); the schema of a node is inferred by
+polars on empty input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from lazyllm.backends.errors import ColumnNotFoundError, PlanError
+from lazyllm.backends.protocols import ModelSpec, SamplingParams
+
+from .fingerprint import hash_canonical
+from .templates import PromptTemplate, check_columns
+
+__all__ = [
+    "PlanNode",
+    "DataFrameSource",
+    "FileSource",
+    "Select",
+    "WithColumns",
+    "Filter",
+    "Head",
+    "Sort",
+    "Unique",
+    "Join",
+    "Concat",
+    "Explode",
+    "Rename",
+    "Drop",
+    "Sample",
+    "SplitPart",
+    "Generate",
+    "walk",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PlanNode:
+    """Base class of plan nodes."""
+
+    VERSION: ClassVar[int] = 1
+    is_llm: ClassVar[bool] = False
+    row_local: ClassVar[bool] = False
+    n_children: ClassVar[int | None] = 1  # None: any number >= 1
+
+    children: tuple["PlanNode", ...] = ()
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _schema: pl.Schema | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.children, tuple) or not all(isinstance(c, PlanNode) for c in self.children):
+            raise PlanError(f"{type(self).__name__}: children must be a tuple of plan nodes.")
+        want = self.n_children
+        if want is None and not self.children:
+            raise PlanError(f"{type(self).__name__} needs at least one input.")
+        if want is not None and len(self.children) != want:
+            raise PlanError(f"{type(self).__name__} takes {want} input(s), got {len(self.children)}.")
+        self.validate()
+        self.schema()  # infer now: a bad plan fails when it is built
+
+    # -- to override -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check parameters against the children's schemas (raise PlanError & co)."""
+
+    def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:
+        """The polars computation of a relational node."""
+        raise NotImplementedError(f"{type(self).__name__} is not a relational node")
+
+    def _infer_schema(self) -> pl.Schema:
+        empties = [pl.LazyFrame(schema=c.schema()) for c in self.children]
+        return _polars_schema(lambda: self.apply(*empties).collect_schema(), self)
+
+    def columns_read(self) -> frozenset[str] | None:
+        return None
+
+    def columns_written(self) -> frozenset[str]:
+        return frozenset()
+
+    # -- shared ------------------------------------------------------------------------
+    @property
+    def child(self) -> "PlanNode":
+        return self.children[0]
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def fingerprint_params(self) -> dict[str, Any]:
+        """Parameters that decide the output (no children, no performance-only settings)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "children" or f.name.startswith("_") or f.metadata.get("performance_only"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of type@version, canonical parameters and children's fingerprints."""
+        if self._fingerprint is None:
+            fp = hash_canonical(
+                {
+                    "node": f"{self.kind}@{self.VERSION}",
+                    "params": self.fingerprint_params(),
+                    "children": [c.fingerprint for c in self.children],
+                }
+            )
+            object.__setattr__(self, "_fingerprint", fp)
+        return self._fingerprint  # type: ignore[return-value]
+
+    def schema(self) -> pl.Schema:
+        """Output schema (column name -> polars dtype)."""
+        if self._schema is None:
+            object.__setattr__(self, "_schema", pl.Schema(self._infer_schema()))
+        return self._schema  # type: ignore[return-value]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema().names())
+
+    def with_children(self, *children: "PlanNode") -> "PlanNode":
+        return dataclasses.replace(self, children=tuple(children))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.fingerprint == self.fingerprint  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+
+def walk(node: PlanNode) -> list[PlanNode]:
+    """All nodes below and including ``node``, children before parents, each once."""
+    seen: dict[str, PlanNode] = {}
+
+    def visit(n: PlanNode) -> None:
+        if n.fingerprint in seen:
+            return
+        for c in n.children:
+            visit(c)
+        seen[n.fingerprint] = n
+
+    visit(node)
+    return list(seen.values())
+
+
+def _polars_schema(fn: Any, node: PlanNode) -> pl.Schema:
+    try:
+        return fn()
+    except pl.exceptions.ColumnNotFoundError as exc:
+        existing = node.children[0].columns if node.children else []
+        missing = str(exc).split("\n")[0].strip().strip('"').removeprefix("unable to find column ")
+        raise ColumnNotFoundError(missing.strip('"; '), existing, where=node.kind) from None
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().split("\n")[0]
+        raise PlanError(f"{node.kind}: polars rejects this operation: {first}") from None
+
+
+def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str]:
+    out: set[str] = set()
+    for e in exprs:
+        out.update(e.meta.root_names())
+    return frozenset(out)
+
+
+def _content_hash_df(df: pl.DataFrame) -> str:
+    buf = io.BytesIO()
+    df.write_ipc_stream(buf, compression="uncompressed")
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class DataFrameSource(PlanNode):
+    """In-memory data (from_polars, from_dicts, from_pandas, from_arrow, from_hf).
+
+    Fingerprinted by content (Arrow IPC bytes), so the same data gives the same
+    fingerprint in every process.
+    """
+
+    n_children: ClassVar[int | None] = 0
+    data: pl.DataFrame = field(repr=False)
+    label: str = field(default="from_polars", metadata={"performance_only": True})
+    _content: str | None = field(default=None, init=False, repr=False)
+
+    def validate(self) -> None:
+        if not isinstance(self.data, pl.DataFrame):
+            raise PlanError(f"DataFrameSource needs a polars.DataFrame, got {type(self.data).__name__}.")
+
+    def fingerprint_params(self) -> dict[str, Any]:
+        if self._content is None:
+            object.__setattr__(self, "_content", _content_hash_df(self.data))
+        return {"content": self._content}
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.data.schema
+
+    def apply(self) -> pl.LazyFrame:  # type: ignore[override]
+        return self.data.lazy()
+
+
+_FORMATS = ("parquet", "csv", "ndjson")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class FileSource(PlanNode):
+    """Files read by polars (parquet, csv, ndjson); ``paths`` may hold several files.
+
+    Fingerprinted by the files' content (SHA-256 of their bytes) and the read options,
+    not by where they lie, so a copied workspace reproduces the run.
+    """
+
+    n_children: ClassVar[int | None] = 0
+    paths: tuple[str, ...]
+    format: str
+    options: tuple[tuple[str, Any], ...] = ()
+    _content: str | None = field(default=None, init=False, repr=False)
+
+    def validate(self) -> None:
+        if self.format not in _FORMATS:
+            raise PlanError(f"Unknown file format {self.format!r}; choose one of {list(_FORMATS)}.")
+        if not self.paths:
+            raise PlanError("No input files: the path or glob matched nothing. Check the path.")
+        for p in self.paths:
+            if not Path(p).is_file():
+                raise PlanError(f"Input file {p!r} does not exist. Check the path (globs are expanded).")
+
+    def fingerprint_params(self) -> dict[str, Any]:
+        if self._content is None:
+            h = hashlib.sha256()
+            for p in self.paths:
+                with open(p, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                h.update(b"\0file\0")
+            object.__setattr__(self, "_content", h.hexdigest())
+        return {"format": self.format, "options": self.options, "content": self._content}
+
+    def apply(self) -> pl.LazyFrame:  # type: ignore[override]
+        opts = dict(self.options)
+        files = list(self.paths)
+        if self.format == "parquet":
+            return pl.scan_parquet(files, **opts)
+        if self.format == "csv":
+            return pl.concat([pl.scan_csv(f, **opts) for f in files], how="vertical")
+        return pl.concat([pl.scan_ndjson(f, **opts) for f in files], how="vertical")
+
+
+# ------------------------------------------------------------------------------------
+# Relational nodes (executed by polars)
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Select(PlanNode):
+    """``LazyFrame.select``: keep/compute the given expressions only."""
+
+    exprs: tuple[pl.Expr, ...]
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.select(self.exprs)
+
+    def columns_read(self) -> frozenset[str]:
+        return _expr_columns(self.exprs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class WithColumns(PlanNode):
+    """``LazyFrame.with_columns``: add or replace columns; row-local."""
+
+    row_local: ClassVar[bool] = True
+    exprs: tuple[pl.Expr, ...]
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.with_columns(self.exprs)
+
+    def columns_read(self) -> frozenset[str]:
+        return _expr_columns(self.exprs)
+
+    def columns_written(self) -> frozenset[str]:
+        return frozenset(e.meta.output_name() for e in self.exprs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Filter(PlanNode):
+    """``LazyFrame.filter`` with a boolean polars expression (row order kept)."""
+
+    predicate: pl.Expr
+
+    def validate(self) -> None:
+        check_columns(self.predicate.meta.root_names(), self.child.columns, where="filter()")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.filter(self.predicate)
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset(self.predicate.meta.root_names())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Head(PlanNode):
+    """The first ``n`` rows."""
+
+    n: int
+
+    def validate(self) -> None:
+        if not isinstance(self.n, int) or self.n < 0:
+            raise PlanError(f"head(n) needs a non-negative int, got {self.n!r}.")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.head(self.n)
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Sort(PlanNode):
+    """Stable sort by expressions."""
+
+    by: tuple[pl.Expr, ...]
+    descending: tuple[bool, ...]
+    nulls_last: bool = False
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.sort(list(self.by), descending=list(self.descending), nulls_last=self.nulls_last,
+                       maintain_order=True)
+
+    def columns_read(self) -> frozenset[str]:
+        return _expr_columns(self.by)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Unique(PlanNode):
+    """Drop duplicate rows (on ``subset`` columns), keeping order."""
+
+    subset: tuple[str, ...] | None = None
+    keep: str = "first"
+
+    def validate(self) -> None:
+        if self.keep not in ("first", "last", "none", "any"):
+            raise PlanError(f"unique(keep=...) must be 'first', 'last', 'none' or 'any', got {self.keep!r}.")
+        if self.subset is not None:
+            check_columns(self.subset, self.child.columns, where="unique()")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        subset = list(self.subset) if self.subset is not None else None
+        return lf.unique(subset=subset, keep=self.keep, maintain_order=True)  # type: ignore[arg-type]
+
+
+_JOIN_HOWS = ("inner", "left", "right", "full", "semi", "anti", "cross")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Join(PlanNode):
+    """``LazyFrame.join`` of two inputs; row order of the left input is kept."""
+
+    n_children: ClassVar[int | None] = 2
+    how: str = "inner"
+    on: tuple[pl.Expr, ...] | None = None
+    left_on: tuple[pl.Expr, ...] | None = None
+    right_on: tuple[pl.Expr, ...] | None = None
+    suffix: str = "_right"
+
+    def validate(self) -> None:
+        if self.how not in _JOIN_HOWS:
+            raise PlanError(f"join(how={self.how!r}) is not supported; choose one of {list(_JOIN_HOWS)}.")
+        if self.how != "cross" and self.on is None and (self.left_on is None or self.right_on is None):
+            raise PlanError("join() needs on=... or both left_on=... and right_on=... (or how='cross').")
+
+    def apply(self, left: pl.LazyFrame, right: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        kwargs: dict[str, Any] = {"how": self.how, "suffix": self.suffix}
+        if self.how != "cross":
+            if self.on is not None:
+                kwargs["on"] = list(self.on)
+            else:
+                kwargs["left_on"] = list(self.left_on or ())
+                kwargs["right_on"] = list(self.right_on or ())
+        if self.how in ("inner", "left", "full"):
+            kwargs["maintain_order"] = "left_right"
+        elif self.how == "right":
+            kwargs["maintain_order"] = "right_left"
+        return left.join(right, **kwargs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Concat(PlanNode):
+    """Concatenate inputs (``how`` as in ``polars.concat``)."""
+
+    n_children: ClassVar[int | None] = None
+    how: str = "vertical"
+
+    def validate(self) -> None:
+        hows = ("vertical", "vertical_relaxed", "diagonal", "diagonal_relaxed", "horizontal")
+        if self.how not in hows:
+            raise PlanError(f"concat(how={self.how!r}) is not supported; choose one of {list(hows)}.")
+
+    def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:
+        return pl.concat(list(inputs), how=self.how)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Explode(PlanNode):
+    """One row per element of list column(s)."""
+
+    columns: tuple[str, ...]
+
+    def validate(self) -> None:
+        check_columns(self.columns, self.child.columns, where="explode()")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.explode(list(self.columns))
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset(self.columns)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Rename(PlanNode):
+    """Rename columns (old -> new)."""
+
+    row_local: ClassVar[bool] = True
+    mapping: tuple[tuple[str, str], ...]
+
+    def validate(self) -> None:
+        check_columns([old for old, _ in self.mapping], self.child.columns, where="rename()")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.rename(dict(self.mapping))
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset(old for old, _ in self.mapping)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Drop(PlanNode):
+    """Drop columns."""
+
+    row_local: ClassVar[bool] = True
+    columns: tuple[str, ...]
+
+    def validate(self) -> None:
+        check_columns(self.columns, self.child.columns, where="drop()")
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        return lf.drop(list(self.columns))
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Sample(PlanNode):
+    """Seeded random sample of ``n`` rows or a ``fraction`` of the rows (see :func:`sample_indices`)."""
+
+    n: int | None = None
+    fraction: float | None = None
+    seed: int = 0
+    with_replacement: bool = False
+    shuffle: bool = False
+
+    def validate(self) -> None:
+        if (self.n is None) == (self.fraction is None):
+            raise PlanError("sample() needs exactly one of n=... or fraction=....")
+        if self.n is not None and self.n < 0:
+            raise PlanError(f"sample(n) must be >= 0, got {self.n}.")
+        if self.fraction is not None and not (0 <= self.fraction <= 1 or self.with_replacement):
+            raise PlanError(f"sample(fraction) must be in [0, 1] without replacement, got {self.fraction}.")
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        df = lf.collect()
+        return df[sample_indices(df.height, n=self.n, fraction=self.fraction, seed=self.seed,
+                                 with_replacement=self.with_replacement, shuffle=self.shuffle)].lazy()
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset()
+
+
+def sample_indices(rows: int, *, n: int | None, fraction: float | None, seed: int,
+                   with_replacement: bool = False, shuffle: bool = False) -> list[int]:
+    """Row indices of a seeded sample: ``numpy.random.default_rng(seed).choice``.
+
+    Numpy's generator is used (not polars' ``sample``) so that samples stay the same
+    across polars versions; indices are sorted (input order kept) unless ``shuffle``.
+    """
+    size = n if n is not None else int(round((fraction or 0.0) * rows))
+    if size > rows and not with_replacement:
+        raise PlanError(f"sample(n={size}) is larger than the {rows} rows; use with_replacement=True or a smaller n.")
+    if rows == 0 or size == 0:
+        return []
+    idx = np.random.default_rng(seed).choice(rows, size=size, replace=with_replacement)
+    return idx.tolist() if shuffle else np.sort(idx).tolist()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SplitPart(PlanNode):
+    """One part of a seeded random split (``Frame.split``); original row order kept.
+
+    Rows are shuffled with ``numpy.random.default_rng(seed)``; part sizes are
+    ``round(fraction * rows)`` (the last part takes the remainder).
+    """
+
+    fractions: tuple[tuple[str, float], ...]
+    part: str
+    seed: int = 0
+
+    def validate(self) -> None:
+        names = [n for n, _ in self.fractions]
+        if self.part not in names:
+            raise PlanError(f"split part {self.part!r} is not one of {names}.")
+        if len(set(names)) != len(names) or any(f < 0 for _, f in self.fractions):
+            raise PlanError("split() needs distinct names and non-negative fractions.")
+        total = sum(f for _, f in self.fractions)
+        if abs(total - 1.0) > 1e-9:
+            raise PlanError(f"split() fractions must sum to 1, got {total}: {dict(self.fractions)}.")
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()
+
+    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
+        df = lf.collect()
+        rows = df.height
+        order = np.random.default_rng(self.seed).permutation(rows)
+        start = 0
+        for i, (name, frac) in enumerate(self.fractions):
+            size = rows - start if i == len(self.fractions) - 1 else min(rows - start, round(frac * rows))
+            if name == self.part:
+                idx = np.sort(order[start : start + size])
+                return df[idx.tolist()].lazy() if size else df.clear().lazy()
+            start += size
+        raise AssertionError("unreachable")
+
+    def columns_read(self) -> frozenset[str]:
+        return frozenset()
+
+
+# ------------------------------------------------------------------------------------
+# LLM nodes
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Generate(PlanNode):
+    """Generate ``column`` with an LLM from a Jinja2 ``prompt`` over each row.
+
+    Output: every input row and column, in order, plus ``column`` (String, or
+    List(String) of ``n`` samples when ``n > 1``) and ``error_column`` (String, null
+    when the row succeeded).
+    """
+
+    is_llm: ClassVar[bool] = True
+    row_local: ClassVar[bool] = True
+    column: str
+    model: ModelSpec
+    prompt: str
+    system: str | None = None
+    n: int = 1
+    sampling: SamplingParams = SamplingParams()
+    error_column: str = ""
+
+    def validate(self) -> None:
+        if not isinstance(self.column, str) or not self.column:
+            raise PlanError("generate() needs a non-empty output column name.")
+        if not isinstance(self.model, ModelSpec):
+            raise PlanError(f"generate(model=...) needs a model spec, got {type(self.model).__name__}.")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise PlanError(f"generate(n=...) must be a positive int, got {self.n!r}.")
+        if not self.error_column:
+            object.__setattr__(self, "error_column", f"{self.column}_error")
+        if self.error_column == self.column:
+            raise PlanError("error_column must differ from the output column.")
+        check_columns(self.columns_read(), self.child.columns, where=f"generate({self.column!r}) prompt")
+
+    def templates(self) -> list[PromptTemplate]:
+        out = [PromptTemplate.parse(self.prompt)]
+        if self.system is not None:
+            out.append(PromptTemplate.parse(self.system))
+        return out
+
+    def columns_read(self) -> frozenset[str]:
+        cols: set[str] = set()
+        for t in self.templates():
+            cols |= t.columns
+        return frozenset(cols)
+
+    def columns_written(self) -> frozenset[str]:
+        return frozenset({self.column, self.error_column})
+
+    def output_dtype(self) -> pl.DataType:
+        return pl.List(pl.String) if self.n > 1 else pl.String()
+
+    def _infer_schema(self) -> pl.Schema:
+        schema = dict(self.child.schema())
+        schema[self.column] = self.output_dtype()
+        schema[self.error_column] = pl.String()
+        return pl.Schema(schema)
