@@ -9,7 +9,7 @@ add plan nodes that the planner batches, caches and runs.
 >>> f = f.generate("a", lazyllm.TestModel(), prompt="Answer: {{ q }}")
 >>> f.columns
 ['q', 'a', 'a_error']
->>> f.filter(pl.col("q").str.contains("France")).collect(workspace=getfixture("tmp_path"), progress=False)["a"].to_list()
+>>> f.filter(pl.col("q").str.contains("France")).collect(progress=False)["a"].to_list()
 ['echo[0|greedy]: Answer: Capital of France?']
 """
 
@@ -278,7 +278,8 @@ class Frame:
         return self._wrap(node)
 
     # -- sinks ---------------------------------------------------------------------------
-    def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None) -> pl.DataFrame:  # type: ignore[valid-type]
+    def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
+                optimize: bool = True) -> pl.DataFrame:
         """Run the plan and return a ``polars.DataFrame``.
 
         Parameters
@@ -287,21 +288,40 @@ class Frame:
             Cache and run outputs (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
         progress : bool, optional
             Progress bars and log lines on stderr (default on unless ``LAZYLLM_QUIET=1``).
+        optimize : bool
+            Apply the optimizer rules (default). ``False`` runs the plan as written,
+            for comparison and debugging.
 
         Raises
         ------
         EngineError
             A model could not be loaded. Batches already computed stay in the cache.
         """
-        return executor.collect(self._node, workspace=workspace, progress=progress).frames[0]
+        return executor.collect(self._node, workspace=workspace, progress=progress, optimize=optimize).frames[0]
 
-    def explain(self, *, workspace: WorkspaceLike = None, fingerprints: bool = True) -> str:  # type: ignore[valid-type]
+    def explain(self, *, optimized: bool = True, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
+                fingerprints: bool = True) -> str:
         """The plan as text, with per-LLM-node rows in, predicted cache hits and LLM calls.
 
-        Reads the inputs and the cache (no model is loaded, no LLM is called).
+        Parameters
+        ----------
+        optimized : bool
+            Show the optimized plan and the rules that fired, one line each (default),
+            or the logical plan as written (False).
+
+        Reads the inputs and the cache: no model is loaded and no LLM is called.
         """
-        stats = executor.dry_run([self._node], workspace)
-        return render_plan(self._node, stats, fingerprints=fingerprints)
+        from lazyllm.planner.optimizer import optimize
+
+        if optimized:
+            result = optimize(self._node)
+            plan = result.plan
+            header = ["optimized plan"]
+            header += [f"  rule {name}: {note}" for name, note in result.fired] or ["  (no rule fired)"]
+        else:
+            plan, header = self._node, ["logical plan"]
+        stats = executor.dry_run([plan], workspace)
+        return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
 
     def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
         """Collect and write a parquet file; returns the collected DataFrame."""

@@ -1,0 +1,54 @@
+"""Predicate pushdown: a polars filter that reads no LLM-produced column runs before the LLM.
+
+Fires on ``Filter`` directly above a row-local node (an LLM node, a drop, a rename)
+or a stable sort, when the predicate reads none of the columns that node writes:
+filtering first gives the same rows in the same order, and the LLM sees fewer rows.
+Blocked when the predicate reads a column the node produces (for example a filter
+on the generated answer).
+
+>>> import polars as pl, lazyllm
+>>> from lazyllm.planner.optimizer import optimize
+>>> f = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
+>>> [type(n).__name__ for n in _chain(optimize(f.filter(pl.col("x") > 0).plan).plan)]
+['Generate', 'Filter', 'DataFrameSource']
+>>> [type(n).__name__ for n in _chain(optimize(f.filter(pl.col("y") != "").plan).plan)]
+['Filter', 'Generate', 'DataFrameSource']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..nodes import Drop, Filter, Generate, PlanNode, Rename, Sort
+
+
+def _chain(node: PlanNode) -> list[PlanNode]:
+    out = [node]
+    while node.children:
+        node = node.children[0]
+        out.append(node)
+    return out
+
+
+def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
+    if not isinstance(node, Filter):
+        return None
+    below = node.child
+    reads = node.columns_read()
+    if isinstance(below, Rename):
+        if reads & {new for _, new in below.mapping}:
+            return None
+    elif isinstance(below, (Generate, Drop)):
+        if reads & below.columns_written():
+            return None
+    elif not isinstance(below, Sort):
+        return None
+    pushed = Filter(children=(below.child,), predicate=node.predicate)
+    ctx.note(f"filter {node.predicate} moved below {_label(below)}")
+    return below.with_children(pushed)
+
+
+def _label(node: PlanNode) -> str:
+    if isinstance(node, Generate):
+        return f"generate {node.column!r}"
+    return node.kind.lower()

@@ -1,0 +1,159 @@
+"""Optimizer rules: for each, a plan where it fires and one where it must not,
+checked on the plan and on the results (optimized == unoptimized)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import lazyllm
+from lazyllm.errors import OptimizerError
+from lazyllm.planner.nodes import Filter, Generate, Head, PlanNode, walk
+from lazyllm.planner.optimizer import optimize
+
+
+def kinds(node: PlanNode) -> list[str]:
+    out = [node.kind]
+    while node.children:
+        node = node.children[0]
+        out.append(node.kind)
+    return out
+
+
+def base(n=8):
+    src = lazyllm.from_dicts([{"id": i, "topic": f"t{i}"} for i in range(n)])
+    return src.generate("q", lazyllm.TestModel(), prompt="Ask about {{ topic }}")
+
+
+def same_results(frame, ws, counters) -> tuple[int, int]:
+    """Collect optimized and unoptimized in separate workspaces; return engine calls of each."""
+    counters.reset_counters()
+    fast = frame.collect(workspace=ws.path / "opt")
+    calls_opt = counters.CALLS
+    counters.reset_counters()
+    slow = frame.collect(workspace=ws.path / "noopt", optimize=False)
+    calls_plain = counters.CALLS
+    assert_frame_equal(fast, slow)
+    return calls_opt, calls_plain
+
+
+# -- predicate pushdown ----------------------------------------------------------------
+
+
+def test_predicate_pushdown_fires_for_filters_on_input_columns(ws, counters):
+    frame = base().filter(pl.col("id") < 3)
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Generate", "Filter", "DataFrameSource"]
+    assert [name for name, _ in result.fired] == ["predicate_pushdown"]
+    assert "moved below generate 'q'" in frame.explain(workspace=ws)
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert (calls_opt, calls_plain) == (3, 8)
+
+
+def test_predicate_pushdown_blocked_for_filters_on_llm_columns(ws, counters):
+    frame = base().filter(pl.col("q").str.contains("t1"))
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Filter", "Generate", "DataFrameSource"]
+    assert result.fired == []
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert calls_opt == calls_plain == 8
+
+
+def test_predicate_pushdown_through_sort_and_two_llm_nodes(ws, counters):
+    frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").sort("id", descending=True)
+    frame = frame.filter(pl.col("id") % 2 == 0)
+    plan = optimize(frame.plan).plan
+    assert kinds(plan) == ["Sort", "Generate", "Generate", "Filter", "DataFrameSource"]
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert (calls_opt, calls_plain) == (8, 16)
+
+
+def test_predicate_pushdown_blocked_by_with_columns(ws, counters):
+    # with_columns may hold window expressions (mean, shift): filtering first would change them
+    frame = base().with_columns(m=pl.col("id").mean()).filter(pl.col("id") < 3)
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["Filter", "WithColumns"]
+    same_results(frame, ws, counters)
+
+
+# -- limit pushdown --------------------------------------------------------------------
+
+
+def test_limit_pushdown_fires_above_row_local_llm_nodes(ws, counters):
+    frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").head(2)
+    plan = optimize(frame.plan).plan
+    assert kinds(plan) == ["Generate", "Generate", "Head", "DataFrameSource"]
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert (calls_opt, calls_plain) == (4, 16)
+
+
+def test_limit_pushdown_blocked_by_filter_on_llm_output(ws, counters):
+    frame = base().filter(pl.col("q").str.contains("t")).head(2)
+    plan = optimize(frame.plan).plan
+    assert kinds(plan) == ["Head", "Filter", "Generate", "DataFrameSource"]
+    same_results(frame, ws, counters)
+
+
+def test_limit_pushdown_blocked_by_sort(ws, counters):
+    frame = base().sort("q", descending=True).head(2)
+    assert kinds(optimize(frame.plan).plan)[:3] == ["Head", "Sort", "Generate"]
+    same_results(frame, ws, counters)
+
+
+def test_stacked_heads_merge():
+    frame = base().head(5).head(3)
+    plan = optimize(frame.plan).plan
+    heads = [n for n in walk(plan) if isinstance(n, Head)]
+    assert [h.n for h in heads] == [3]
+
+
+# -- projection pruning ----------------------------------------------------------------
+
+
+def test_projection_pruning_drops_unread_llm_columns(ws, counters):
+    frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").select("id", "q")
+    plan = optimize(frame.plan).plan
+    assert [n.column for n in walk(plan) if isinstance(n, Generate)] == ["q"]
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert (calls_opt, calls_plain) == (8, 16)
+
+
+def test_projection_pruning_keeps_columns_read_downstream(ws, counters):
+    frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").select("id", "a")
+    plan = optimize(frame.plan).plan
+    assert [n.column for n in walk(plan) if isinstance(n, Generate)] == ["q", "a"]
+    frame2 = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").drop("a")
+    # the error column is still in the result: the node is kept
+    assert len([n for n in walk(optimize(frame2.plan).plan) if isinstance(n, Generate)]) == 2
+    same_results(frame, ws, counters)
+
+
+# -- driver ----------------------------------------------------------------------------
+
+
+def test_driver_names_the_rule_that_breaks_the_schema():
+    def bad_rule(node, ctx):
+        if isinstance(node, Filter):
+            return node.child
+        return None
+
+    bad_rule.__module__ = "lazyllm.planner.rules.bad_rule"
+    frame = base().filter(pl.col("id") < 3).select("id")
+    # removing a filter keeps the schema: allowed by the driver (rules must be correct);
+    # removing a generate whose column is selected changes it: refused
+    def drops_generate(node, ctx):
+        return node.child if isinstance(node, Generate) else None
+
+    drops_generate.__module__ = "lazyllm.planner.rules.drops_generate"
+    with pytest.raises(OptimizerError, match="drops_generate"):
+        optimize(base().select("q").plan, rules=(drops_generate,))
+    assert optimize(frame.plan, rules=(bad_rule,)).fired == []  # silent rules record nothing
+
+
+def test_driver_reaches_a_fixed_point():
+    frame = base().generate("a", lazyllm.TestModel(), prompt="{{ q }}").generate("b", lazyllm.TestModel(), prompt="{{ a }}")
+    frame = frame.filter(pl.col("id") < 4).head(2)
+    result = optimize(frame.plan)
+    again = optimize(result.plan)
+    assert again.fired == [] and again.plan.fingerprint == result.plan.fingerprint

@@ -1,0 +1,26 @@
+"""Run the docstring examples of the public modules (they use the deterministic test engine)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "lazyllm.frame",
+    "lazyllm.models",
+    "lazyllm.planner.templates",
+    "lazyllm.planner.rules.predicate_pushdown",
+    "lazyllm.planner.rules.limit_pushdown",
+    "lazyllm.planner.rules.projection_pruning",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that collect use ./.lazyllm
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
