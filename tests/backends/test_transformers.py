@@ -1,0 +1,299 @@
+"""TransformersEngine on the real embedded model (SmolLM2-135M-Instruct, CPU).
+
+The alias is converted once per test session into a temporary workspace. Sampling
+tests use float32: in bfloat16 on CPU, padding and batch size move the logits by up to
+about 0.5, so seeded samples depend on the batch (see the module docstring of
+lazyllm.backends.transformers); in float32 they move by about 1e-5.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import weakref
+from pathlib import Path
+
+import pytest
+
+from lazyllm.backends import transformers as engine_module
+from lazyllm.backends.catalog import ALIASES, DEFAULT_MODEL
+from lazyllm.backends.errors import EngineError, LazyLLMError, ModelNotFoundError
+from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams
+from lazyllm.backends.registry import engine_factory
+from lazyllm.backends.transformers import TransformersEngine, resolve_model_dir
+from lazyllm.models import Transformers
+
+FRANCE = "What is the capital of France?"
+COLORS = "Name three colors."
+MATH = "What is 2 + 2?"
+ESSAY = "Write a long essay about the history of the Roman Empire."
+
+
+def ask(question: str, **params) -> Request:
+    return Request(messages=(Message("user", question),), params=SamplingParams(**params))
+
+
+def run(engine: TransformersEngine, requests) -> dict[int, Response]:
+    out: dict[int, Response] = {}
+    for batch in engine.generate(requests):
+        for i, response in batch:
+            assert i not in out, "every index is yielded exactly once"
+            out[i] = response
+    assert sorted(out) == list(range(len(requests)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="session")
+def converted(workspace) -> Path:
+    return resolve_model_dir(Transformers(DEFAULT_MODEL), workspace)
+
+
+@pytest.fixture(scope="session")
+def engine(workspace, converted):
+    eng = TransformersEngine(Transformers(DEFAULT_MODEL, dtype="float32", batch_size=4), workspace=workspace)
+    yield eng
+    eng.close()
+
+
+# --------------------------------------------------------------------------- no model needed
+
+
+def test_registry_returns_the_engine_and_construction_loads_nothing(tmp_path):
+    assert engine_factory("transformers") is TransformersEngine
+    eng = TransformersEngine(Transformers("no-such-org/no-such-model"), workspace=tmp_path)
+    assert isinstance(eng, Engine)
+    assert eng.model is None and eng.tokenizer is None
+    assert list(eng.generate([])) == []  # nothing to do: nothing loaded, nothing raised
+    assert eng.model is None
+
+
+def test_unknown_hub_id_raises_model_not_found_with_the_fixes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at call time: nothing tries the network
+    eng = TransformersEngine(Transformers("lazyllm-tests/no-such-model"), workspace=tmp_path)
+    with pytest.raises(ModelNotFoundError) as info:
+        next(iter(eng.generate([ask("hi")])))
+    message = str(info.value)
+    assert "could not be found locally nor downloaded" in message
+    assert "'lazyllm-tests/no-such-model'" in message
+    assert DEFAULT_MODEL in message and "local folder" in message and "HF_HUB_OFFLINE" in message
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, LazyLLMError)
+
+
+def test_hub_id_is_downloaded_with_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        folder = tmp_path / "snapshot"
+        folder.mkdir(exist_ok=True)
+        if "*.bin" in kwargs["allow_patterns"]:
+            (folder / "pytorch_model.bin").write_bytes(b"")
+        return str(folder)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    folder = resolve_model_dir(Transformers("org/model", revision="abc123"), tmp_path)
+    assert folder == tmp_path / "snapshot"
+    # safetensors first; this repo has none, so the PyTorch weights are fetched next
+    assert [c[1]["allow_patterns"][-1] for c in calls] == ["*.safetensors", "*.bin"]
+    assert all(c[0] == "org/model" and c[1]["revision"] == "abc123" for c in calls)
+    assert all(c[1]["local_files_only"] is False for c in calls)
+    assert all("*.json" in c[1]["allow_patterns"] for c in calls)
+
+    calls.clear()
+    resolve_model_dir(Transformers("org/model", gguf_file="model.Q4.gguf"), tmp_path)
+    assert [c[1]["allow_patterns"][-1] for c in calls] == ["model.Q4.gguf"]
+
+
+def test_missing_local_path_raises_model_not_found(tmp_path):
+    spec = Transformers(str(tmp_path / "missing" / "model"))
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        resolve_model_dir(spec, tmp_path)
+
+
+def test_folder_without_a_model_raises_engine_error(tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    eng = TransformersEngine(Transformers(str(empty)), workspace=tmp_path)
+    with pytest.raises(EngineError, match="could not load the model"):
+        eng.load()
+
+
+def test_conversion_lock_is_exclusive(tmp_path):
+    lock = tmp_path / ".model.lock"
+    with engine_module._file_lock(lock):
+        with open(lock, "a+") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock, "a+") as other:  # released
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --------------------------------------------------------------------------- real model
+
+
+@pytest.mark.model
+def test_alias_is_converted_once_into_an_hf_folder(workspace, converted, monkeypatch):
+    source = ALIASES[DEFAULT_MODEL]
+    assert converted == workspace / "models" / f"{DEFAULT_MODEL}-{source.version()}"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (converted / name).is_file(), name
+    assert json.loads((converted / "config.json").read_text())["dtype"] == "float32"
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+    provenance = json.loads((converted / ".lazyllm-source.json").read_text())
+    assert provenance["package"] == source.package and provenance["hub_id"] == source.hub_id
+    assert [p.name for p in converted.parent.iterdir() if ".tmp-" in p.name] == []
+    assert converted.stat().st_mode & 0o777 == 0o755  # shareable, not mkdtemp's 0o700
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("the alias was converted again")
+
+    monkeypatch.setattr(engine_module.AutoModelForCausalLM, "from_pretrained", no_second_conversion)
+    assert resolve_model_dir(Transformers(DEFAULT_MODEL.upper()), workspace) == converted
+
+
+@pytest.mark.model
+def test_greedy_chat_answers_are_sensible(engine):
+    out = run(engine, [ask(FRANCE, max_tokens=24), ask(COLORS, max_tokens=24), ask(MATH, max_tokens=24)])
+    assert "Paris" in out[0].text
+    assert any(color in out[1].text for color in ("Red", "Blue", "Green", "red", "blue", "green"))
+    assert "4" in out[2].text
+    for response in out.values():
+        assert response.error is None and response.finish_reason == "stop"
+        assert response.text == response.text.strip() and response.text
+        assert 30 < response.input_tokens < 60  # the chat template adds a system prompt
+        assert 1 <= response.output_tokens <= 24
+    again = run(engine, [ask(FRANCE, max_tokens=24)])
+    assert again[0] == out[0]  # greedy, and input_tokens does not count the padding
+
+
+@pytest.mark.model
+def test_raw_prompt_without_chat_template(engine):
+    out = run(engine, [Request(prompt="The capital of France is", params=SamplingParams(max_tokens=8))])
+    assert out[0].error is None and out[0].text
+    assert out[0].input_tokens < 10  # no chat template, no system prompt
+
+
+@pytest.mark.model
+def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(engine):
+    sampled = ask(FRANCE, temperature=0.8, seed=11, max_tokens=16)
+    batch = [sampled, ask(ESSAY, temperature=0.8, seed=3, max_tokens=16), ask(COLORS, max_tokens=16)]
+    first = run(engine, batch)
+    assert run(engine, batch) == first
+    alone = run(engine, [sampled])
+    assert alone[0] == first[0]
+    others = run(engine, [ask(MATH, temperature=1.0, seed=99, max_tokens=8), sampled])
+    assert others[1] == first[0]
+    assert first[0].text
+
+
+@pytest.mark.model
+def test_different_seeds_give_different_text(engine):
+    questions = [FRANCE, COLORS, MATH]
+    one = run(engine, [ask(q, temperature=0.8, seed=1, max_tokens=12) for q in questions])
+    two = run(engine, [ask(q, temperature=0.8, seed=2, max_tokens=12) for q in questions])
+    assert any(one[i].text != two[i].text for i in range(len(questions)))
+    # the sample index changes the seed too
+    first, second = (Request(messages=(Message("user", FRANCE),), sample_index=k,
+                             params=SamplingParams(temperature=0.8, seed=1, max_tokens=12)) for k in (0, 1))
+    samples = run(engine, [first, second])
+    assert samples[0] == one[0] and samples[1].text != samples[0].text
+
+
+@pytest.mark.model
+def test_greedy_rows_are_unaffected_by_sampled_rows_in_their_batch(engine):
+    greedy = ask(COLORS, max_tokens=16)
+    alone = run(engine, [greedy])
+    mixed = run(engine, [ask(ESSAY, temperature=0.9, seed=5, max_tokens=16), greedy])
+    assert mixed[1] == alone[0]
+
+
+@pytest.mark.model
+def test_max_tokens_is_respected_per_row(engine):
+    out = run(engine, [ask(ESSAY, max_tokens=5), ask(ESSAY, max_tokens=12), ask(ESSAY, temperature=0.8, max_tokens=3)])
+    assert (out[0].output_tokens, out[0].finish_reason) == (5, "length")
+    assert (out[1].output_tokens, out[1].finish_reason) == (12, "length")
+    assert (out[2].output_tokens, out[2].finish_reason) == (3, "length")
+    assert out[1].text.startswith(out[0].text)
+
+
+@pytest.mark.model
+def test_stop_strings_cut_the_text(engine):
+    full = run(engine, [ask(ESSAY, max_tokens=24)])[0]
+    words = full.text.split()
+    stop = words[4]  # a word in the middle of the greedy answer
+    cut = run(engine, [ask(ESSAY, max_tokens=24, stop=(stop, "never-appears")), ask(ESSAY, max_tokens=24)])
+    assert cut[0].finish_reason == "stop"
+    assert cut[0].text == full.text[: full.text.find(stop)].strip()
+    assert stop not in cut[0].text
+    assert 1 <= cut[0].output_tokens < full.output_tokens
+    assert cut[1] == full  # the stop of one row does not end the other rows
+
+
+@pytest.mark.model
+def test_constraints_yield_error_responses(engine):
+    out = run(engine, [
+        Request(messages=(Message("user", "Is the sky blue?"),), choices=("yes", "no"),
+                params=SamplingParams(max_tokens=4)),
+        ask(FRANCE, max_tokens=12),
+        Request(prompt="Give JSON", json_schema='{"type":"object"}', params=SamplingParams(max_tokens=4)),
+    ])
+    for i, kind in ((0, "choices"), (2, "json_schema")):
+        assert out[i].finish_reason == "error" and out[i].text is None
+        assert "not implemented" in out[i].error and kind in out[i].error
+    assert "Paris" in out[1].text
+
+
+@pytest.mark.model
+def test_a_failing_batch_yields_errors_and_the_next_batch_runs(workspace, converted, monkeypatch):
+    eng = TransformersEngine(Transformers(DEFAULT_MODEL, dtype="float32", batch_size=1), workspace=workspace)
+    eng.load()
+    real_generate = eng.model.generate
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated out of memory")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(eng.model, "generate", flaky)
+    # batches are sorted longest prompt first: the essay runs (and fails) first
+    out = run(eng, [ask(FRANCE, max_tokens=8), ask(ESSAY, max_tokens=4)])
+    assert out[1].finish_reason == "error" and out[1].text is None and "simulated out of memory" in out[1].error
+    assert "Paris" in out[0].text
+    eng.close()
+
+
+@pytest.mark.model
+def test_local_folder_loads_with_the_default_dtype(workspace, converted):
+    spec = Transformers(str(converted))
+    assert spec.dtype == "bfloat16"
+    with TransformersEngine(spec, workspace=workspace) as eng:
+        out = run(eng, [ask(FRANCE, max_tokens=12)])
+        assert "Paris" in out[0].text
+        assert str(eng.model.dtype) == "torch.bfloat16"
+    assert eng.model is None
+
+
+@pytest.mark.model
+def test_close_frees_the_model_and_a_later_generate_reloads(workspace, converted):
+    eng = TransformersEngine(Transformers(DEFAULT_MODEL, dtype="float32"), workspace=workspace)
+    eng.load()
+    model = weakref.ref(eng.model)
+    eng.close()
+    gc.collect()
+    assert eng.model is None and eng.tokenizer is None
+    assert model() is None
+    eng.close()  # idempotent
+    assert "Paris" in run(eng, [ask(FRANCE, max_tokens=12)])[0].text
+    eng.close()
