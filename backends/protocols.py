@@ -115,8 +115,9 @@ class Request:
     """One LLM call: chat messages (or a raw prompt), sampling params, sample index.
 
     ``choices`` restricts the answer to one of the given strings; ``json_schema``
-    (canonical JSON text) restricts it to JSON matching the schema. Engines that
-    cannot enforce a constraint must say so by raising, not ignore it.
+    (canonical JSON text) restricts it to JSON matching the schema. An engine that
+    cannot enforce a constraint returns an error response for that request (never
+    an unconstrained answer).
     """
 
     messages: tuple[Message, ...] = ()

@@ -41,9 +41,8 @@ FUNCTIONS: tuple[str, ...] = tuple(sorted((
 
 QUESTION_SYSTEM = "You are an experienced Python developer."
 QUESTION_PROMPT = (
-    "Documentation of the Python function `{{ name }}`:\n\n{{ doc }}\n\n"
-    "Write one short question that a programmer might ask and that this documentation answers. "
-    "Reply with the question only."
+    "Read this documentation of `{{ name }}`:\n\n{{ doc }}\n\n"
+    'Write a question about `{{ name }}` that starts with "How" or "What".'
 )
 ANSWER_PROMPT = (
     "Documentation of the Python function `{{ name }}`:\n\n{{ doc }}\n\n"
@@ -81,8 +80,7 @@ def build(limit: int = 64, model: Any = None, question_tokens: int = 48, answer_
     docs = lazyllm.from_polars(load_docs(limit), label="stdlib docstrings")
     return (
         docs.generate("question", model, system=QUESTION_SYSTEM, prompt=QUESTION_PROMPT,
-                      max_tokens=question_tokens, stop=["\n\n"])
-        .with_columns(pl.col("question").str.strip_chars())
+                      max_tokens=question_tokens, stop=["\n"])
         .generate("answer", model, prompt=ANSWER_PROMPT, max_tokens=answer_tokens)
         .select("name", "module", "doc", "question", "answer", "question_error", "answer_error")
     )

@@ -275,9 +275,9 @@ def test_a_failing_batch_yields_errors_and_the_next_batch_runs(workspace, conver
 
 
 @pytest.mark.model
-def test_local_folder_loads_with_the_default_dtype(workspace, converted):
-    spec = Transformers(str(converted))
-    assert spec.dtype == "bfloat16"
+def test_local_folder_loads_in_the_requested_dtype(workspace, converted):
+    assert Transformers(str(converted)).dtype == "float32"  # the default
+    spec = Transformers(str(converted), dtype="bfloat16")
     with TransformersEngine(spec, workspace=workspace) as eng:
         out = run(eng, [ask(FRANCE, max_tokens=12)])
         assert "Paris" in out[0].text

@@ -57,7 +57,7 @@ def test_fingerprint_changes_with_prompt_params_model_and_upstream():
     assert _base(max_tokens=33).fingerprint != base
     assert _base(model=lazyllm.TestModel(name="other")).fingerprint != base
     assert _base(data=[{"x": "a"}, {"x": "c"}]).fingerprint != base
-    assert _base(model=lazyllm.Transformers()).fingerprint != _base(model=lazyllm.Transformers(dtype="float32")).fingerprint
+    assert _base(model=lazyllm.Transformers()).fingerprint != _base(model=lazyllm.Transformers(dtype="bfloat16")).fingerprint
 
 
 def test_performance_only_settings_do_not_change_fingerprints():
