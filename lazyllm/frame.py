@@ -15,15 +15,17 @@ add plan nodes that the planner batches, caches and runs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from lazyllm.backends.errors import PlanError
-from lazyllm.backends.protocols import SamplingParams
+from lazyllm.backends.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan
@@ -31,7 +33,7 @@ from lazyllm.planner.workspace import Workspace
 
 from .models import as_model_spec
 
-__all__ = ["Frame", "concat", "collect_all"]
+__all__ = ["Frame", "concat", "collect_all", "llm_predicate", "LLMPredicate"]
 
 WorkspaceLike = "str | os.PathLike[str] | Workspace | None"
 
@@ -119,8 +121,14 @@ class Frame:
         """Add or replace columns (``LazyFrame.with_columns``)."""
         return self._wrap(N.WithColumns(children=(self._node,), exprs=_exprs(exprs, named)))
 
-    def filter(self, *predicates: pl.Expr) -> "Frame":
-        """Keep rows where all predicates (boolean polars expressions) are true.
+    def filter(self, *predicates: "pl.Expr | LLMPredicate") -> "Frame":
+        """Keep rows where all predicates are true, applied in order.
+
+        A predicate is a boolean polars expression (``pl.col("score") >= 7``, run by
+        polars) or an LLM predicate (:func:`lazyllm.llm_predicate`: the model answers
+        yes/no per row, constrained; rows answered "no" or whose request failed are
+        dropped). The optimizer runs cheap polars predicates before LLM ones when
+        they read no LLM output.
 
         Raises
         ------
@@ -131,9 +139,13 @@ class Frame:
             raise PlanError("filter() needs at least one predicate, for example pl.col('score') >= 7.")
         node = self._node
         for p in predicates:
-            if not isinstance(p, pl.Expr):
-                raise PlanError(f"filter() takes polars expressions, got {type(p).__name__}.")
-            node = N.Filter(children=(node,), predicate=p)
+            if isinstance(p, LLMPredicate):
+                node = N.LLMFilter(children=(node,), model=p.model, prompt=p.prompt, system=p.system,
+                                   sampling=p.sampling, aliases=p.aliases)
+            elif isinstance(p, pl.Expr):
+                node = N.Filter(children=(node,), predicate=p)
+            else:
+                raise PlanError(f"filter() takes polars expressions or lazyllm.llm_predicate(...), got {type(p).__name__}.")
         return self._wrap(node)
 
     def head(self, n: int = 5) -> "Frame":
@@ -222,6 +234,8 @@ class Frame:
         max_tokens: int = 256,
         seed: int = 0,
         stop: str | Sequence[str] | None = None,
+        choices: Sequence[str] | None = None,
+        json_schema: Any = None,
         error_column: str | None = None,
     ) -> "Frame":
         """Generate ``column`` with an LLM, one prompt per row.
@@ -249,6 +263,13 @@ class Frame:
             Base seed: the same seed and inputs give the same text.
         stop : str or list of str, optional
             Generation ends before the first stop string.
+        choices : list of str, optional
+            The answer is exactly one of these labels (constrained decoding).
+        json_schema : pydantic model class, dict or JSON text, optional
+            The answer is JSON matching the schema (constrained decoding); the column
+            is a Struct of the parsed fields. The constraint is part of every
+            request's fingerprint. An answer that still fails to parse (for example
+            cut by ``max_tokens``) is null, with the reason in the error column.
         error_column : str, optional
             Where per-row errors go (default ``f"{column}_error"``; null on success).
 
@@ -274,7 +295,129 @@ class Frame:
         sampling = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
                                   seed=int(seed), stop=stops)
         node = N.Generate(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
-                          system=system, n=n, sampling=sampling, error_column=error_column or "")
+                          system=system, n=n, sampling=sampling, error_column=error_column or "",
+                          choices=None if choices is None else tuple(choices),
+                          json_schema=canonical_json_schema(json_schema))
+        return self._wrap(node)
+
+    def judge(
+        self,
+        column: str,
+        model: Any = None,
+        *,
+        prompt: str | None = None,
+        system: str | None = None,
+        question: str | None = None,
+        answer: str | None = None,
+        reference: str | None = None,
+        scale: tuple[int, int] = (1, 10),
+        rationale: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int | None = None,
+        error_column: str | None = None,
+    ) -> "Frame":
+        """Grade each row with an LLM judge: an integer score in ``scale`` (single-answer grading).
+
+        The answer is constrained to the integers of the scale (with ``rationale``,
+        to JSON holding a short rationale and the score), never free text parsed by
+        a regex. The default prompts are MT-Bench's single-answer grading prompts
+        (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena"),
+        see :mod:`lazyllm.prompts`; with ``reference`` the reference-guided one.
+
+        Parameters
+        ----------
+        column : str
+            Output column (Int64); ``f"{column}_rationale"`` (String) too with ``rationale``.
+        question, answer, reference : str, optional
+            Columns shown to the judge as ``{{ question }}``, ``{{ answer }}`` and
+            ``{{ reference }}`` (the default prompt needs question and answer).
+        prompt, system : str, optional
+            Your own Jinja2 templates (they may read any column and the variables above).
+            The default system prompt states the scale.
+        scale : (int, int)
+            Lowest and highest score.
+        max_tokens : int, optional
+            Default 4 (a score) or 256 (rationale and score).
+
+        Raises
+        ------
+        PlanError
+            The default prompt without ``question``/``answer`` columns, or a bad scale.
+        ColumnNotFoundError
+            A mapped column or a template variable is not in the frame.
+
+        Notes
+        -----
+        Cost: 1 LLM call per row (cached like any request).
+        """
+        from . import prompts
+
+        lo, hi = scale
+        if prompt is None:
+            if question is None or answer is None:
+                raise PlanError("judge() with the default prompt needs question='<column>' and answer='<column>' "
+                                "(and optionally reference='<column>'); or pass your own prompt=....")
+            prompt = prompts.JUDGE_REFERENCE_PROMPT if reference is not None else prompts.JUDGE_PROMPT
+        if system is None:
+            base = prompts.JUDGE_REFERENCE_SYSTEM if reference is not None else prompts.JUDGE_SYSTEM
+            system = base.format(lo=lo, hi=hi)
+        sampling = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens or (256 if rationale else 4)),
+                                  seed=int(seed))
+        node = N.Judge(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt, system=system,
+                       sampling=sampling, aliases=_aliases(question=question, answer=answer, reference=reference),
+                       scale=(int(lo), int(hi)), rationale=bool(rationale), error_column=error_column or "")
+        return self._wrap(node)
+
+    def judge_pairwise(
+        self,
+        column: str,
+        model: Any = None,
+        *,
+        a: str,
+        b: str,
+        question: str | None = None,
+        prompt: str | None = None,
+        system: str | None = None,
+        swap: bool = True,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int = 4,
+        error_column: str | None = None,
+    ) -> "Frame":
+        """Compare two answers per row: ``column`` is ``"a"``, ``"b"`` or ``"tie"``.
+
+        Position bias is mitigated by default: each pair is judged in both orders
+        (a first, then b first) and only a consistent verdict counts; an
+        inconsistent one becomes ``"tie"`` (Zheng et al. 2023, MT-Bench / Chatbot
+        Arena). The verdict is constrained to MT-Bench's letters "A", "B", "C" (tie).
+        ``f"{column}_verdicts"`` keeps the raw letter of each order.
+
+        Parameters
+        ----------
+        a, b : str
+            Columns holding the two answers (shown as ``{{ answer_a }}`` / ``{{ answer_b }}``).
+        question : str, optional
+            Column shown as ``{{ question }}`` (needed by the default prompt).
+        swap : bool
+            Judge both orders (default). False: one call per row, no bias check.
+
+        Notes
+        -----
+        Cost: 2 LLM calls per row (1 with ``swap=False``).
+        """
+        from . import prompts
+
+        if prompt is None:
+            if question is None:
+                raise PlanError("judge_pairwise() with the default prompt needs question='<column>'; "
+                                "or pass your own prompt=... reading {{ answer_a }} and {{ answer_b }}.")
+            prompt = prompts.PAIRWISE_PROMPT
+        sampling = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens), seed=int(seed))
+        node = N.PairwiseJudge(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
+                               system=prompts.PAIRWISE_SYSTEM if system is None else system, sampling=sampling,
+                               aliases=_aliases(question=question), a=a, b=b, swap=bool(swap),
+                               error_column=error_column or "")
         return self._wrap(node)
 
     # -- sinks ---------------------------------------------------------------------------
@@ -336,6 +479,53 @@ class Frame:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.write_ndjson(path)
         return df
+
+
+def _aliases(**mapping: str | None) -> tuple[tuple[str, str], ...]:
+    return tuple((var, col) for var, col in mapping.items() if col is not None)
+
+
+def canonical_json_schema(schema: Any) -> str | None:
+    """A JSON schema as canonical JSON text, from a pydantic model class, a dict or JSON text."""
+    if schema is None:
+        return None
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    elif isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as exc:
+            raise PlanError(f"json_schema is not valid JSON: {exc}.") from None
+    if not isinstance(schema, Mapping):
+        raise PlanError(f"json_schema must be a pydantic model class, a dict or JSON text, got {type(schema).__name__}.")
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class LLMPredicate:
+    """A yes/no question to an LLM, for :meth:`Frame.filter`. Build it with :func:`llm_predicate`."""
+
+    model: ModelSpec
+    prompt: str
+    system: str | None
+    sampling: SamplingParams
+    aliases: tuple[tuple[str, str], ...] = ()
+
+
+def llm_predicate(model: Any, prompt: str, *, system: str | None = None, temperature: float = 0.0, seed: int = 0,
+                  **columns: str) -> LLMPredicate:
+    """An LLM predicate: ``frame.filter(llm_predicate(model, "Is this answerable? {{ doc }}"))``.
+
+    The model answers "yes" or "no" (constrained decoding); rows answered "yes" are
+    kept. ``columns`` map template variables to columns (``text="doc"``). The default
+    system prompt asks for a yes/no answer (:data:`lazyllm.prompts.FILTER_SYSTEM`).
+    Cost: 1 LLM call per row reaching the filter.
+    """
+    from . import prompts
+
+    sampling = SamplingParams(temperature=float(temperature), max_tokens=2, seed=int(seed))
+    return LLMPredicate(as_model_spec(model), prompt, prompts.FILTER_SYSTEM if system is None else system, sampling,
+                        tuple(columns.items()))
 
 
 def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:

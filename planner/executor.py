@@ -33,7 +33,7 @@ from lazyllm.backends.protocols import Engine, ModelSpec
 from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
-from .nodes import DataFrameSource, FileSource, Generate, PlanNode
+from .nodes import DataFrameSource, FileSource, LLMNode, PlanNode
 from .scheduler import UNCOMPUTED, run_chain  # noqa: F401 (re-exported)
 from .workspace import Workspace, resolve_workspace
 
@@ -200,9 +200,9 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
     fp = node.fingerprint
     if fp in ctx.memo:
         return ctx.memo[fp]
-    if isinstance(node, Generate):
+    if isinstance(node, LLMNode):
         chain = [node]  # stacked LLM nodes run together (batched across nodes, pipelined per row)
-        while isinstance(chain[-1].child, Generate) and chain[-1].child.fingerprint not in ctx.memo:
+        while isinstance(chain[-1].child, LLMNode) and chain[-1].child.fingerprint not in ctx.memo:
             chain.append(chain[-1].child)
         chain.reverse()
         df = _evaluate(chain[0].child, ctx).collect()

@@ -23,6 +23,10 @@ from .nodes import (
     Generate,
     Head,
     Join,
+    Judge,
+    LLMFilter,
+    LLMNode,
+    PairwiseJudge,
     PlanNode,
     Rename,
     Sample,
@@ -139,17 +143,45 @@ def _(node: SplitPart) -> tuple[str, list[str]]:
     return f"SPLIT part {node.part!r} of ({parts}) seed={node.seed}", []
 
 
-@describe.register
-def _(node: Generate) -> tuple[str, list[str]]:
+def _llm_lines(node: LLMNode, extra: str = "") -> list[str]:
     p = node.sampling
     lines = [f"prompt: {_short(node.prompt)} reads {sorted(node.columns_read())}"]
     if node.system is not None:
         lines.append(f"system: {_short(node.system)}")
-    sampling = f"n={node.n} · temperature={p.temperature:g} · top_p={p.top_p:g} · max_tokens={p.max_tokens} · seed={p.seed}"
+    if node.aliases:
+        lines.append("variables: " + ", ".join(f"{v} = {c}" for v, c in node.aliases))
+    sampling = f"temperature={p.temperature:g} · top_p={p.top_p:g} · max_tokens={p.max_tokens} · seed={p.seed}"
     if p.stop:
         sampling += f" · stop={list(p.stop)}"
-    lines.append(sampling)
-    return f"GENERATE {node.column} ← {node.model.display_name}", lines
+    lines.append((extra + " · " if extra else "") + sampling)
+    return lines
+
+
+@describe.register
+def _(node: Generate) -> tuple[str, list[str]]:
+    extra = f"n={node.n}"
+    if node.choices is not None:
+        extra += f" · choices={list(node.choices)}"
+    if node.json_schema is not None:
+        extra += f" · json_schema={_short(node.json_schema, 60)}"
+    return f"GENERATE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
+
+
+@describe.register
+def _(node: Judge) -> tuple[str, list[str]]:
+    extra = f"scale={node.scale[0]}..{node.scale[1]}" + (" · with rationale" if node.rationale else "")
+    return f"JUDGE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
+
+
+@describe.register
+def _(node: PairwiseJudge) -> tuple[str, list[str]]:
+    extra = f"{node.a} vs {node.b} · " + ("both orders (position-bias check)" if node.swap else "one order")
+    return f"JUDGE_PAIRWISE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
+
+
+@describe.register
+def _(node: LLMFilter) -> tuple[str, list[str]]:
+    return f"LLM_FILTER yes/no ← {node.model.display_name}", _llm_lines(node)
 
 
 def _stats_line(stats: NodeStats) -> str:

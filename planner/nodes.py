@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from lazyllm.backends.errors import ColumnNotFoundError, PlanError
-from lazyllm.backends.protocols import ModelSpec, SamplingParams
+from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
 from .fingerprint import hash_canonical
 from .templates import PromptTemplate, check_columns
@@ -54,7 +55,12 @@ __all__ = [
     "Drop",
     "Sample",
     "SplitPart",
+    "LLMNode",
     "Generate",
+    "Judge",
+    "PairwiseJudge",
+    "LLMFilter",
+    "json_schema_dtype",
     "walk",
 ]
 
@@ -571,36 +577,39 @@ class SplitPart(PlanNode):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class Generate(PlanNode):
-    """Generate ``column`` with an LLM from a Jinja2 ``prompt`` over each row.
+class LLMNode(PlanNode):
+    """Base class of nodes that call an LLM once or more per row.
 
-    Output: every input row and column, in order, plus ``column`` (String, or
-    List(String) of ``n`` samples when ``n > 1``) and ``error_column`` (String, null
-    when the row succeeded).
+    A subclass says which requests a row needs (:meth:`requests_for`) and how their
+    responses become output values (:meth:`combine`); the scheduler does the rest
+    (cache, de-duplication, batching, pipelining). ``aliases`` map template
+    variables to columns (``("question", "q")`` lets a template's ``{{ question }}``
+    read column ``q``).
     """
 
     is_llm: ClassVar[bool] = True
     row_local: ClassVar[bool] = True
+    filters_rows: ClassVar[bool] = False
+    bound_vars: ClassVar[frozenset[str]] = frozenset()  # template variables the node supplies itself
     column: str
     model: ModelSpec
     prompt: str
     system: str | None = None
-    n: int = 1
     sampling: SamplingParams = SamplingParams()
+    aliases: tuple[tuple[str, str], ...] = ()
     error_column: str = ""
 
     def validate(self) -> None:
         if not isinstance(self.column, str) or not self.column:
-            raise PlanError("generate() needs a non-empty output column name.")
+            raise PlanError(f"{self.kind}: the output column name must be a non-empty string.")
         if not isinstance(self.model, ModelSpec):
-            raise PlanError(f"generate(model=...) needs a model spec, got {type(self.model).__name__}.")
-        if not isinstance(self.n, int) or self.n < 1:
-            raise PlanError(f"generate(n=...) must be a positive int, got {self.n!r}.")
+            raise PlanError(f"{self.kind}(model=...) needs a model spec, got {type(self.model).__name__}.")
         if not self.error_column:
             object.__setattr__(self, "error_column", f"{self.column}_error")
-        if self.error_column == self.column:
-            raise PlanError("error_column must differ from the output column.")
-        check_columns(self.columns_read(), self.child.columns, where=f"generate({self.column!r}) prompt")
+        if self.error_column in self.output_schema():
+            raise PlanError("error_column must differ from the output columns.")
+        check_columns([c for _, c in self.aliases], self.child.columns, where=f"{self.kind.lower()}() column mapping")
+        check_columns(self.columns_read(), self.child.columns, where=f"{self.kind.lower()}({self.column!r}) prompt")
 
     def templates(self) -> list[PromptTemplate]:
         out = [PromptTemplate.parse(self.prompt)]
@@ -609,19 +618,323 @@ class Generate(PlanNode):
         return out
 
     def columns_read(self) -> frozenset[str]:
-        cols: set[str] = set()
+        alias_vars = {v for v, _ in self.aliases}
+        cols: set[str] = {c for _, c in self.aliases}
         for t in self.templates():
-            cols |= t.columns
+            cols |= t.columns - alias_vars - self.bound_vars
         return frozenset(cols)
 
-    def columns_written(self) -> frozenset[str]:
-        return frozenset({self.column, self.error_column})
+    def output_schema(self) -> dict[str, pl.DataType]:
+        """The value columns this node adds (the error column comes on top)."""
+        raise NotImplementedError
 
-    def output_dtype(self) -> pl.DataType:
-        return pl.List(pl.String) if self.n > 1 else pl.String()
+    def columns_written(self) -> frozenset[str]:
+        return frozenset(self.output_schema()) | {self.error_column}
 
     def _infer_schema(self) -> pl.Schema:
         schema = dict(self.child.schema())
-        schema[self.column] = self.output_dtype()
+        schema.update(self.output_schema())
         schema[self.error_column] = pl.String()
         return pl.Schema(schema)
+
+    # -- execution hooks -----------------------------------------------------------------
+    def context(self, row: dict[str, Any]) -> dict[str, Any]:
+        ctx = dict(row)
+        for var, col in self.aliases:
+            ctx[var] = row[col]
+        return ctx
+
+    def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
+        templates = self.templates()
+        out = [Message("system", templates[1].render(ctx))] if self.system is not None else []
+        out.append(Message("user", templates[0].render(ctx)))
+        return tuple(out)
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        """The requests of one row (raises TemplateError when a template fails)."""
+        raise NotImplementedError
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        """Output values of one row from its responses (in request order), and an error."""
+        raise NotImplementedError
+
+
+def _errors(responses: Sequence[Response], several: bool) -> list[str]:
+    return [r.error if not several else f"request {i}: {r.error}" for i, r in enumerate(responses) if r.error]
+
+
+def json_schema_dtype(schema: Mapping[str, Any]) -> pl.DataType:
+    """The polars dtype of values matching a JSON schema (unknown shapes -> String of JSON)."""
+    kind = schema.get("type")
+    if "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
+        return pl.String()
+    if kind == "object" and isinstance(schema.get("properties"), Mapping):
+        return pl.Struct({name: json_schema_dtype(sub) for name, sub in schema["properties"].items()})
+    if kind == "array" and isinstance(schema.get("items"), Mapping):
+        return pl.List(json_schema_dtype(schema["items"]))
+    return {"string": pl.String(), "integer": pl.Int64(), "number": pl.Float64(), "boolean": pl.Boolean()}.get(
+        kind if isinstance(kind, str) else "", pl.String()
+    )
+
+
+def _to_dtype(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Shape a parsed JSON value for :func:`json_schema_dtype` (fallbacks become JSON text)."""
+    dtype = json_schema_dtype(schema)
+    if isinstance(dtype, pl.Struct) and isinstance(value, dict):
+        return {k: _to_dtype(value.get(k), sub) for k, sub in schema["properties"].items()}
+    if isinstance(dtype, pl.List) and isinstance(value, list):
+        return [_to_dtype(v, schema["items"]) for v in value]
+    if dtype == pl.String() and value is not None and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Generate(LLMNode):
+    """Generate ``column`` with an LLM from a Jinja2 ``prompt`` over each row.
+
+    Output: every input row and column, in order, plus ``column`` and
+    ``error_column`` (String, null when the row succeeded). ``column`` is String;
+    with ``choices`` one of the labels; with ``json_schema`` a Struct of the parsed
+    fields; a List of those when ``n > 1`` (sample ``i`` at index ``i``).
+    """
+
+    n: int = 1
+    choices: tuple[str, ...] | None = None
+    json_schema: str | None = None  # canonical JSON text
+
+    def validate(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise PlanError(f"generate(n=...) must be a positive int, got {self.n!r}.")
+        if self.choices is not None and self.json_schema is not None:
+            raise PlanError("generate() takes choices=... or json_schema=..., not both.")
+        if self.choices is not None and (not self.choices or not all(isinstance(c, str) and c for c in self.choices)):
+            raise PlanError(f"choices must be a non-empty list of non-empty strings, got {self.choices!r}.")
+        if self.json_schema is not None:
+            try:
+                schema = json.loads(self.json_schema)
+            except (TypeError, ValueError) as exc:
+                raise PlanError(f"json_schema is not valid JSON: {exc}.") from None
+            if not isinstance(schema, dict):
+                raise PlanError("json_schema must be a JSON object (a JSON schema).")
+        LLMNode.validate(self)
+
+    def schema_dict(self) -> dict[str, Any] | None:
+        return None if self.json_schema is None else json.loads(self.json_schema)
+
+    def value_dtype(self) -> pl.DataType:
+        schema = self.schema_dict()
+        return json_schema_dtype(schema) if schema is not None else pl.String()
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        dtype = self.value_dtype()
+        return {self.column: pl.List(dtype) if self.n > 1 else dtype}
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        messages = self.messages(self.context(row))
+        return [
+            Request(messages=messages, params=self.sampling, sample_index=s, choices=self.choices,
+                    json_schema=self.json_schema)
+            for s in range(self.n)
+        ]
+
+    def parse(self, text: str) -> Any:
+        """The value of one answer (raises ValueError when it breaks the constraint)."""
+        if self.choices is not None:
+            answer = text.strip()
+            if answer not in self.choices:
+                raise ValueError(f"answer {answer!r} is not one of {list(self.choices)}")
+            return answer
+        schema = self.schema_dict()
+        if schema is None:
+            return text
+        import jsonschema
+
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"answer is not valid JSON ({exc}): {text[:200]!r}") from None
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            raise ValueError(f"answer does not match the JSON schema: {exc.message}") from None
+        return _to_dtype(value, schema)
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        values: list[Any] = []
+        errors: list[str] = []
+        for i, r in enumerate(responses):
+            prefix = f"sample {i}: " if self.n > 1 else ""
+            if r.error is not None or r.text is None:
+                values.append(None)
+                errors.append(prefix + (r.error or "no text"))
+                continue
+            try:
+                values.append(self.parse(r.text))
+            except ValueError as exc:
+                values.append(None)
+                errors.append(prefix + str(exc))
+        value = values if self.n > 1 else values[0]
+        return {self.column: value}, ("; ".join(errors) if errors else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Judge(LLMNode):
+    """Single-answer grading: an integer score in ``scale`` per row (MT-Bench style).
+
+    The answer is constrained to the integers of the scale (or, with ``rationale``,
+    to JSON ``{"rationale": str, "score": int}``), so no free text is parsed by
+    guesswork. Output: ``column`` (Int64), ``f"{column}_rationale"`` (String) when
+    ``rationale`` is set, and the error column.
+    """
+
+    scale: tuple[int, int] = (1, 10)
+    rationale: bool = False
+
+    def validate(self) -> None:
+        lo, hi = self.scale
+        if not (isinstance(lo, int) and isinstance(hi, int)) or lo >= hi or hi - lo > 100:
+            raise PlanError(f"judge(scale=...) must be two ints (low, high) with low < high, got {self.scale!r}.")
+        LLMNode.validate(self)
+
+    @property
+    def rationale_column(self) -> str:
+        return f"{self.column}_rationale"
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        out: dict[str, pl.DataType] = {self.column: pl.Int64()}
+        if self.rationale:
+            out[self.rationale_column] = pl.String()
+        return out
+
+    def constraint(self) -> tuple[tuple[str, ...] | None, str | None]:
+        lo, hi = self.scale
+        if not self.rationale:
+            return tuple(str(v) for v in range(lo, hi + 1)), None
+        schema = {
+            "type": "object",
+            "properties": {"rationale": {"type": "string", "maxLength": 600},
+                           "score": {"type": "integer", "minimum": lo, "maximum": hi}},
+            "required": ["rationale", "score"],
+            "additionalProperties": False,
+        }
+        return None, json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        choices, schema = self.constraint()
+        return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=choices,
+                        json_schema=schema)]
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        out: dict[str, Any] = {c: None for c in self.output_schema()}
+        r = responses[0]
+        if r.error is not None or r.text is None:
+            return out, r.error or "no text"
+        lo, hi = self.scale
+        text = r.text.strip()
+        try:
+            if self.rationale:
+                value = json.loads(text)
+                score, why = value["score"], value["rationale"]
+                out[self.rationale_column] = str(why)
+            else:
+                score = int(text)
+            if not isinstance(score, int) or isinstance(score, bool) or not lo <= score <= hi:
+                raise ValueError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return out, f"the judge's answer {text[:200]!r} is not a score in [{lo}, {hi}]"
+        out[self.column] = score
+        return out, None
+
+
+#: MT-Bench's verdict letters: "A", "B", and "C" for a tie.
+VERDICTS = ("A", "B", "C")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PairwiseJudge(LLMNode):
+    """Pairwise comparison of columns ``a`` and ``b``: ``column`` is "a", "b" or "tie".
+
+    The template reads the two answers as ``{{ answer_a }}`` and ``{{ answer_b }}``
+    (the order shown to the judge). With ``swap`` (default), each pair is judged in
+    both orders and only a consistent verdict counts; an inconsistent one is a tie
+    (position-bias mitigation of Zheng et al. 2023, "Judging LLM-as-a-Judge with
+    MT-Bench and Chatbot Arena"). Cost: 2 LLM calls per row (1 without ``swap``).
+    Output: ``column``, ``f"{column}_verdicts"`` (List(String): the raw verdict
+    letter of each order, "A"/"B"/"C") and the error column.
+    """
+
+    bound_vars: ClassVar[frozenset[str]] = frozenset({"answer_a", "answer_b"})
+    a: str
+    b: str
+    swap: bool = True
+
+    def validate(self) -> None:
+        check_columns([self.a, self.b], self.child.columns, where="judge_pairwise()")
+        LLMNode.validate(self)
+
+    def columns_read(self) -> frozenset[str]:
+        return LLMNode.columns_read(self) | {self.a, self.b}
+
+    @property
+    def verdicts_column(self) -> str:
+        return f"{self.column}_verdicts"
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        return {self.column: pl.String(), self.verdicts_column: pl.List(pl.String())}
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        ctx = self.context(row)
+        orders = [(self.a, self.b), (self.b, self.a)] if self.swap else [(self.a, self.b)]
+        return [
+            Request(messages=self.messages({**ctx, "answer_a": row[first], "answer_b": row[second]}),
+                    params=self.sampling, choices=VERDICTS)
+            for first, second in orders
+        ]
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        errors = _errors(responses, several=len(responses) > 1)
+        letters = [(r.text or "").strip() if r.error is None else None for r in responses]
+        bad = [t for t in letters if t is not None and t not in VERDICTS]
+        if errors or bad:
+            msg = "; ".join(errors + [f"verdict {t!r} is not one of {list(VERDICTS)}" for t in bad])
+            return {self.column: None, self.verdicts_column: letters}, msg
+        first = {"A": "a", "B": "b", "C": "tie"}[letters[0]]  # type: ignore[index]
+        if len(letters) == 1:
+            return {self.column: first, self.verdicts_column: letters}, None
+        second = {"A": "b", "B": "a", "C": "tie"}[letters[1]]  # type: ignore[index]  # order was swapped
+        return {self.column: first if first == second else "tie", self.verdicts_column: letters}, None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class LLMFilter(LLMNode):
+    """Keep the rows an LLM answers "yes" for (constrained to "yes"/"no").
+
+    Rows answered "no", and rows whose request failed, are dropped; the output
+    schema is the input's. Cost: 1 LLM call per row reaching the filter.
+    """
+
+    row_local: ClassVar[bool] = False
+    filters_rows: ClassVar[bool] = True
+    column: str = "__lazyllm_keep__"
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        return {self.column: pl.Boolean()}
+
+    def columns_written(self) -> frozenset[str]:
+        return frozenset()  # nothing visible: the verdict column is internal
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=("yes", "no"))]
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        r = responses[0]
+        if r.error is not None or r.text is None:
+            return {self.column: False}, r.error or "no text"
+        answer = r.text.strip().lower()
+        if answer not in ("yes", "no"):
+            return {self.column: False}, f"answer {r.text[:100]!r} is not 'yes' or 'no'"
+        return {self.column: answer == "yes"}, None

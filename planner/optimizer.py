@@ -21,8 +21,8 @@ from lazyllm.backends.errors import LazyLLMError, OptimizerError
 from .nodes import (
     Drop,
     Filter,
-    Generate,
     Head,
+    LLMNode,
     PlanNode,
     Rename,
     Sample,
@@ -75,7 +75,9 @@ def required_by_child(node: PlanNode, required: frozenset[str] | None, index: in
         return node.columns_read()
     if required is None:
         return None
-    if isinstance(node, (Generate, WithColumns)):
+    if isinstance(node, LLMNode) and node.filters_rows:
+        return required | node.columns_read()
+    if isinstance(node, (LLMNode, WithColumns)):
         return (required - node.columns_written()) | node.columns_read()
     if isinstance(node, Drop):
         return required

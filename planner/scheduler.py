@@ -4,8 +4,9 @@ A *chain* is a maximal run of LLM nodes stacked directly on one another (after t
 optimizer has moved cheap filters and limits below them). Each is row-local, so row
 *i* of an upper node needs only row *i* of the nodes below it. The scheduler:
 
-- renders each node's request for a row as soon as the columns it reads are known
+- renders each node's requests for a row as soon as the columns it reads are known
   for that row (from the input or from a lower node's output: per-row pipelining);
+  a row dropped by an LLM filter below a node is never sent for that node;
 - looks every request up in the LMDB cache and de-duplicates identical requests
   (same model fingerprint, messages, sampling parameters, seed and sample index):
   one engine call fans out to every row that needs it;
@@ -23,6 +24,7 @@ depend on a value not computed yet are counted as calls of their own.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,8 +37,7 @@ from lazyllm.backends.errors import EngineError, TemplateError
 from lazyllm.backends.protocols import Message, Request, Response
 
 from .cache import request_key
-from .nodes import Generate
-from .templates import PromptTemplate
+from .nodes import LLMNode
 
 if TYPE_CHECKING:
     from .executor import NodeStats, _Context
@@ -49,32 +50,30 @@ UNCOMPUTED = "\u2047uncomputed\u2047"
 
 @dataclass
 class _NodeState:
-    node: Generate
+    node: LLMNode
     stats: "NodeStats"
     model_fp: str
-    deps: list[int]  # chain indices of the lower nodes this node reads from
-    prompt: PromptTemplate
-    system: PromptTemplate | None
+    deps: list[int]  # chain indices of the lower nodes this node waits for
     rows: int
-    values: list[Any] = field(default_factory=list)  # per row: str, list of str, or None
+    values: dict[str, list[Any]] = field(default_factory=dict)  # output column -> per-row values
     errors: list[str | None] = field(default_factory=list)
     done: list[bool] = field(default_factory=list)
-    pending: list[int] = field(default_factory=list)  # per row: samples not delivered yet
     rendered: list[bool] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # per row: responses not delivered yet
     keys: set[bytes] = field(default_factory=set)  # distinct requests of this node
     uncertain_rows: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.values = [None] * self.rows
+        self.values = {c: [None] * self.rows for c in self.node.output_schema()}
         self.errors = [None] * self.rows
         self.done = [False] * self.rows
-        self.pending = [self.node.n] * self.rows
         self.rendered = [False] * self.rows
+        self.pending = [0] * self.rows
 
 
 @dataclass
 class _Work:
-    """One distinct request and the (node, row, sample) slots waiting for it."""
+    """One distinct request and the (node, row, request index) slots waiting for it."""
 
     key: bytes
     request: Request
@@ -83,19 +82,19 @@ class _Work:
     slots: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-def _deps(chain: Sequence[Generate], i: int) -> list[int]:
-    """Nearest lower writer of each column node ``i`` reads (chain is bottom -> top)."""
-    out: set[int] = set()
+def _deps(chain: Sequence[LLMNode], i: int) -> list[int]:
+    """Nearest lower writer of each column node ``i`` reads, and every LLM filter below it."""
+    out: set[int] = {j for j in range(i) if chain[j].filters_rows}
     for col in chain[i].columns_read():
         for j in range(i - 1, -1, -1):
-            if col in chain[j].columns_written():
+            if col in chain[j].output_schema() or col == chain[j].error_column:
                 out.add(j)
                 break
     return sorted(out)
 
 
 class _ChainRun:
-    def __init__(self, chain: Sequence[Generate], df: pl.DataFrame, ctx: "_Context") -> None:
+    def __init__(self, chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> None:
         from .executor import NodeStats, model_fingerprint
 
         self.chain, self.df, self.ctx = chain, df, ctx
@@ -103,54 +102,71 @@ class _ChainRun:
         rows = df.height
         self.states: list[_NodeState] = []
         for i, node in enumerate(chain):
-            templates = node.templates()
             st = _NodeState(
                 node=node,
-                stats=NodeStats(node.fingerprint, node.kind, node.column, node.model.display_name, rows_in=rows),
+                stats=NodeStats(node.fingerprint, node.kind, node.column, node.model.display_name, rows_in=0),
                 model_fp=model_fingerprint(node.model),
                 deps=_deps(chain, i),
-                prompt=templates[0],
-                system=templates[1] if len(templates) > 1 else None,
                 rows=rows,
             )
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
+        self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
         self.dependents = [[j for j, st in enumerate(self.states) if i in st.deps] for i in range(len(chain))]
         cols = sorted(set().union(*(n.columns_read() for n in chain)) & set(df.columns))
         self.input_rows = df.select(cols).to_dicts() if cols else [{} for _ in range(rows)]
-        self.samples: dict[tuple[int, int], list[str | None]] = {}
-        self.sample_errors: dict[tuple[int, int], list[str]] = defaultdict(list)
+        self.responses: dict[tuple[int, int], list[Response | None]] = {}
         self.queues: dict[str, dict[bytes, _Work]] = defaultdict(dict)  # model fp -> key -> work
         self.queued: dict[bytes, _Work] = {}
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self.from_cache: set[bytes] = set()
+        self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
 
     # -- per-row bookkeeping -------------------------------------------------------------
+    def alive(self, i: int, r: int) -> bool:
+        """Row ``r`` passed every LLM filter below node ``i``."""
+        return all(self.states[f].values[self.chain[f].column][r] for f in self.filters if f < i)
+
     def row_context(self, i: int, r: int) -> dict[str, Any]:
         row = dict(self.input_rows[r])
         for st in self.states[:i]:
-            row[st.node.column] = st.values[r]
+            for col, vals in st.values.items():
+                row[col] = vals[r]
             row[st.node.error_column] = st.errors[r]
         return row
 
-    def finish_row(self, i: int, r: int) -> list[tuple[int, int]]:
+    def finish_row(self, i: int, r: int, responses: list[Response] | None) -> list[tuple[int, int]]:
         st = self.states[i]
-        texts = self.samples.pop((i, r), [None] * st.node.n)
-        errs = self.sample_errors.pop((i, r), [])
-        st.values[r] = texts[0] if st.node.n == 1 else texts
-        st.errors[r] = "; ".join(errs) if errs else None
+        if responses is not None and any(resp.finish_reason == "dry-run" for resp in responses):
+            self.unknown.add((i, r))  # a dry run did not compute this output
+        if responses is not None:
+            values, error = st.node.combine(responses)
+            for col, value in values.items():
+                st.values[col][r] = value
+            st.errors[r] = error
+            if error is not None:
+                st.stats.failures += 1
         st.done[r] = True
         return [(j, r) for j in self.dependents[i]]
 
-    def deliver(self, i: int, r: int, s: int, response: Response) -> list[tuple[int, int]]:
+    def fail_row(self, i: int, r: int, error: str) -> list[tuple[int, int]]:
         st = self.states[i]
-        texts = self.samples.setdefault((i, r), [None] * st.node.n)
-        if response.error is None:
-            texts[s] = response.text
-        else:
-            self.sample_errors[(i, r)].append(response.error if st.node.n == 1 else f"sample {s}: {response.error}")
+        values, _ = st.node.combine([Response(text=None, finish_reason="error", error=error)])
+        for col, value in values.items():
+            st.values[col][r] = value
+        st.errors[r] = error
+        st.stats.failures += 1
+        st.done[r] = True
+        return [(j, r) for j in self.dependents[i]]
+
+    def deliver(self, i: int, r: int, k: int, response: Response) -> list[tuple[int, int]]:
+        st = self.states[i]
+        got = self.responses[(i, r)]
+        got[k] = response
         st.pending[r] -= 1
-        return self.finish_row(i, r) if st.pending[r] == 0 else []
+        if st.pending[r] == 0:
+            return self.finish_row(i, r, self.responses.pop((i, r)))  # type: ignore[arg-type]
+        return []
 
     def make_ready(self, items: list[tuple[int, int]]) -> None:
         """Render the requests of (node, row) pairs whose inputs are known; serve known ones."""
@@ -164,28 +180,31 @@ class _ChainRun:
                 if st.rendered[r] or any(not self.states[d].done[r] for d in st.deps):
                     continue
                 st.rendered[r] = True
-                row = self.row_context(i, r)
-                try:
-                    messages = ([Message("system", st.system.render(row))] if st.system else []) + [
-                        Message("user", st.prompt.render(row))
-                    ]
-                except TemplateError as exc:
-                    self.sample_errors[(i, r)].append(str(exc))
-                    st.pending[r] = 0
-                    st.stats.failures += 1
-                    next_todo.extend(self.finish_row(i, r))
+                if not self.alive(i, r):  # dropped by an LLM filter below: nothing to send
+                    next_todo.extend(self.finish_row(i, r, None))
                     continue
-                uncertain = self.ctx.dry_run and any(UNCOMPUTED in m.content for m in messages)
+                st.stats.rows_in += 1
+                try:
+                    requests = st.node.requests_for(st.node.context(self.row_context(i, r)))
+                except TemplateError as exc:
+                    next_todo.extend(self.fail_row(i, r, str(exc)))
+                    continue
+                uncertain = self.ctx.dry_run and (
+                    any((d, r) in self.unknown for d in st.deps)
+                    or any(UNCOMPUTED in m.content for req in requests for m in req.messages)
+                )
                 if uncertain:
                     st.uncertain_rows.add(r)
-                for s in range(st.node.n):
-                    req = Request(messages=tuple(messages), params=st.node.sampling, sample_index=s)
+                    self.unknown.add((i, r))
+                self.responses[(i, r)] = [None] * len(requests)
+                st.pending[r] = len(requests)
+                for k, req in enumerate(requests):
                     key = request_key(st.model_fp, req)
                     if uncertain:  # depends on a value not computed yet: a call of its own
-                        key = hashlib.sha256(key + f"{i}:{r}:{s}".encode()).digest()
+                        key = hashlib.sha256(key + f"{i}:{r}:{k}".encode()).digest()
                     st.stats.requests += 1
                     st.keys.add(key)
-                    slots_by_key[key].append((i, r, s))
+                    slots_by_key[key].append((i, r, k))
                     first.setdefault(key, (req, i, uncertain))
             lookup = [k for k, (_, _, unc) in first.items() if not unc and k not in self.known and k not in self.queued]
             for key, response in self.cache.get_many(lookup).items():
@@ -193,8 +212,8 @@ class _ChainRun:
                 self.from_cache.add(key)
             for key, slots in slots_by_key.items():
                 if key in self.known:
-                    for i, r, s in slots:
-                        next_todo.extend(self.deliver(i, r, s, self.known[key]))
+                    for i, r, k in slots:
+                        next_todo.extend(self.deliver(i, r, k, self.known[key]))
                     continue
                 work = self.queued.get(key)
                 if work is None:
@@ -214,16 +233,25 @@ class _ChainRun:
         else:
             self._drain()
         elapsed = time.perf_counter() - start
-        outputs, current = [], self.df
+        outputs: list[pl.DataFrame] = []
+        current = self.df
+        index = list(range(self.df.height))  # input rows still in the frame
         for st in self.states:
             st.stats.unique_requests = len(st.keys)
             st.stats.cache_hits = len(st.keys & self.from_cache)
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
-            current = current.with_columns(
-                pl.Series(st.node.column, st.values, dtype=st.node.output_dtype()),
-                pl.Series(st.node.error_column, st.errors, dtype=pl.String),
-            )
+            schema = st.node.output_schema()
+            if st.node.filters_rows:
+                keep = st.values[st.node.column]
+                mask = [bool(keep[r]) for r in index]
+                index = [r for r, m in zip(index, mask) if m]
+                current = current.filter(pl.Series(mask, dtype=pl.Boolean))
+            else:
+                current = current.with_columns(
+                    *[pl.Series(col, [st.values[col][r] for r in index], dtype=dtype) for col, dtype in schema.items()],
+                    pl.Series(st.node.error_column, [st.errors[r] for r in index], dtype=pl.String),
+                )
             outputs.append(current)
         return outputs
 
@@ -244,15 +272,13 @@ class _ChainRun:
             response = responses.get(j) or Response(text=None, finish_reason="error",
                                                     error="the engine returned no response")
             owner = self.states[work.node_index].stats
-            if response.error is not None:
-                owner.failures += 1
-            else:
+            if response.error is None:
                 self.known[work.key] = response
             owner.input_tokens += response.input_tokens
             owner.output_tokens += response.output_tokens
             tokens += response.output_tokens
-            for i, r, s in work.slots:
-                ready.extend(self.deliver(i, r, s, response))
+            for i, r, k in work.slots:
+                ready.extend(self.deliver(i, r, k, response))
         self.make_ready(ready)
         return tokens
 
@@ -260,7 +286,8 @@ class _ChainRun:
         while any(self.queues.values()):
             fp = next(fp for fp, q in self.queues.items() if q)
             works = self._take(fp, len(self.queues[fp]))
-            self._complete(works, {j: Response(text=UNCOMPUTED) for j in range(len(works))})
+            # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
+            self._complete(works, {j: _placeholder(self.states[w.node_index].node) for j, w in enumerate(works)})
 
     def _drain(self) -> None:
         """Send queued work to the engines, one model at a time, batch by batch."""
@@ -276,8 +303,7 @@ class _ChainRun:
                 for i, st in enumerate(self.states):
                     if st.model_fp == current and i not in announced:
                         announced.add(i)
-                        ctx.say(f"generate {st.node.column!r} · {spec.display_name} · {st.stats.rows_in} rows · "
-                                f"{len(st.keys & self.from_cache)} served from cache so far")
+                        ctx.say(f"{_what(st.node)} · {spec.display_name} · starts")
                 engine = ctx.engine(spec)
                 works = self._take(current, int(getattr(spec, "batch_size", 32) or 32))
                 bar.update(total=sum(len(q) for q in self.queues.values()) + len(works))
@@ -296,16 +322,38 @@ class _ChainRun:
                     ) from exc
                 bar.advance(len(works), self._complete(works, responses))
         for st in self.states:
+            hits = len(st.keys & self.from_cache)
             if st.stats.calls:
-                ctx.say(f"generate {st.node.column!r} done · {st.stats.calls} calls · "
-                         f"{len(st.keys & self.from_cache)} cache hits · "
-                        f"{st.stats.output_tokens} output tokens · {st.stats.failures} failed")
+                ctx.say(f"{_what(st.node)} done · {st.stats.rows_in} rows · {st.stats.calls} LLM calls · "
+                        f"{hits} cache hits · {st.stats.output_tokens} output tokens · {st.stats.failures} failed")
+            elif st.stats.requests:
+                ctx.say(f"{_what(st.node)} · {st.stats.rows_in} rows · served from cache")
 
     def _label(self) -> str:
-        names = ", ".join(st.node.column for st in self.states)
-        return f"generate {names}"
+        return " + ".join(_what(st.node) for st in self.states)
 
 
-def run_chain(chain: Sequence[Generate], df: pl.DataFrame, ctx: "_Context") -> list[pl.DataFrame]:
+def _what(node: LLMNode) -> str:
+    return "llm filter" if node.filters_rows else f"{node.kind.lower()} {node.column!r}"
+
+
+def _placeholder(node: LLMNode) -> Response:
+    """A dry run's stand-in for an answer not computed yet: optimistic, so that estimates
+    downstream are upper bounds (an LLM filter keeps the row, a judge gives the top score)."""
+    from .nodes import Generate, Judge, PairwiseJudge
+
+    text = UNCOMPUTED
+    if node.filters_rows:
+        text = "yes"
+    elif isinstance(node, Judge):
+        text = json.dumps({"rationale": UNCOMPUTED, "score": node.scale[1]}) if node.rationale else str(node.scale[1])
+    elif isinstance(node, PairwiseJudge):
+        text = "C"
+    elif isinstance(node, Generate) and node.choices:
+        text = node.choices[0]
+    return Response(text=text, finish_reason="dry-run")
+
+
+def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> list[pl.DataFrame]:
     """Run ``chain`` (bottom node first) over ``df``; return the output frame of each node."""
     return _ChainRun(chain, df, ctx).run()

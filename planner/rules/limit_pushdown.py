@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Drop, Generate, Head, PlanNode, Rename
+from ..nodes import Drop, Head, LLMNode, PlanNode, Rename
 
 
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
@@ -26,8 +26,8 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     if isinstance(below, Head):
         ctx.note(f"head {node.n} merged with head {below.n}")
         return Head(children=(below.child,), n=min(node.n, below.n))
-    if not isinstance(below, (Generate, Drop, Rename)):
-        return None
-    what = f"generate {below.column!r}" if isinstance(below, Generate) else below.kind.lower()
+    if not isinstance(below, (LLMNode, Drop, Rename)) or not below.row_local:
+        return None  # an LLM filter drops rows: the head must wait for its answers
+    what = f"{below.kind.lower()} {below.column!r}" if isinstance(below, LLMNode) else below.kind.lower()
     ctx.note(f"head {node.n} moved below {what}")
     return below.with_children(Head(children=(below.child,), n=node.n))

@@ -1,8 +1,9 @@
 """Predicate pushdown: a polars filter that reads no LLM-produced column runs before the LLM.
 
-Fires on ``Filter`` directly above a row-local node (an LLM node, a drop, a rename)
-or a stable sort, when the predicate reads none of the columns that node writes:
-filtering first gives the same rows in the same order, and the LLM sees fewer rows.
+Fires on ``Filter`` directly above a row-local node (an LLM node, a drop, a rename),
+an LLM filter (two filters commute) or a stable sort, when the predicate reads none
+of the columns that node writes: filtering first gives the same rows in the same
+order, and the LLM sees fewer rows.
 Blocked when the predicate reads a column the node produces (for example a filter
 on the generated answer).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Drop, Filter, Generate, PlanNode, Rename, Sort
+from ..nodes import Drop, Filter, LLMNode, PlanNode, Rename, Sort
 
 
 def _chain(node: PlanNode) -> list[PlanNode]:
@@ -38,7 +39,7 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     if isinstance(below, Rename):
         if reads & {new for _, new in below.mapping}:
             return None
-    elif isinstance(below, (Generate, Drop)):
+    elif isinstance(below, (LLMNode, Drop)):
         if reads & below.columns_written():
             return None
     elif not isinstance(below, Sort):
@@ -49,6 +50,6 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
 
 
 def _label(node: PlanNode) -> str:
-    if isinstance(node, Generate):
-        return f"generate {node.column!r}"
+    if isinstance(node, LLMNode):
+        return "llm filter" if node.filters_rows else f"{node.kind.lower()} {node.column!r}"
     return node.kind.lower()

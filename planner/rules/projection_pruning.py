@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Generate, PlanNode
+from ..nodes import LLMNode, PlanNode
 
 
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
-    if not isinstance(node, Generate) or ctx.required is None:
-        return None
+    if not isinstance(node, LLMNode) or node.filters_rows or ctx.required is None:
+        return None  # an LLM filter changes the rows: never pruned
     if node.columns_written() & ctx.required:
         return None
-    ctx.note(f"generate {node.column!r} pruned: its output is never read")
+    ctx.note(f"{node.kind.lower()} {node.column!r} pruned: its output is never read")
     return node.child
