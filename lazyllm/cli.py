@@ -15,7 +15,7 @@ app.add_typer(cache_app, name="cache")
 @app.command()
 def demo(
     limit: int = typer.Option(64, help="number of standard-library functions"),
-    out: str = typer.Option("lazyllm_output/docs_qa.parquet", help="parquet output path"),
+    out: str = typer.Option("lazyllm_output", help="output folder for the parquet files"),
     workspace: Optional[str] = typer.Option(None, help="workspace folder (default LAZYLLM_HOME or ./.lazyllm)"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:

@@ -33,7 +33,7 @@ from lazyllm.backends.protocols import Engine, ModelSpec
 from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
-from .nodes import DataFrameSource, FileSource, LLMNode, PlanNode
+from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode
 from .scheduler import UNCOMPUTED, run_chain  # noqa: F401 (re-exported)
 from .workspace import Workspace, resolve_workspace
 
@@ -200,7 +200,9 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
     fp = node.fingerprint
     if fp in ctx.memo:
         return ctx.memo[fp]
-    if isinstance(node, LLMNode):
+    if isinstance(node, Head) and node.waves:
+        out = _run_waves(node, ctx)
+    elif isinstance(node, LLMNode):
         chain = [node]  # stacked LLM nodes run together (batched across nodes, pipelined per row)
         while isinstance(chain[-1].child, LLMNode) and chain[-1].child.fingerprint not in ctx.memo:
             chain.append(chain[-1].child)
@@ -217,6 +219,62 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
         out = node.apply(*inputs)
     ctx.memo[fp] = out
     return out
+
+
+def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
+    """Run the filters and LLM nodes under ``head`` on successive slices of their input
+    until ``head.n`` rows pass. The nodes keep input order and decide each row alone,
+    so the first n passing rows are the same as when every row is processed.
+
+    The first wave has n rows; later waves are sized from the pass rate so far
+    (remaining / rate x 1.2, at least 8 rows).
+    """
+    from .rules.limit_pushdown import wave_chain
+
+    chain = wave_chain(head.child) or []
+    base = chain[-1].children[0]
+    base_df = _evaluate(base, ctx).collect()
+    parts: list[pl.DataFrame] = []
+    passed = start = 0
+    size = max(head.n, 1)
+    while True:
+        wave = base_df.slice(start, size)
+        plan: PlanNode = DataFrameSource(data=wave, label=f"rows {start}..{start + wave.height}")
+        for node in reversed(chain):
+            plan = node.with_children(plan)
+        before = set(ctx.stats)
+        parts.append(_evaluate(plan, ctx).collect())
+        _fold_wave_stats(ctx, before, chain, plan)
+        passed += parts[-1].height
+        start += wave.height
+        if passed >= head.n or start >= base_df.height:
+            break
+        rate = max(passed / start, 0.05)
+        size = max(8, int((head.n - passed) / rate * 1.2) + 1)
+    if len(parts) > 1:
+        ctx.say(f"head {head.n}: {passed} rows passed after {start} of {base_df.height} input rows "
+                f"({len(parts)} waves)")
+    return pl.concat(parts).head(head.n).lazy()
+
+
+def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wave_root: PlanNode) -> None:
+    """Add a wave's LLM stats to the stats of the nodes of the original plan."""
+    wave_nodes: list[PlanNode] = []
+    node = wave_root
+    while node.children:
+        wave_nodes.append(node)
+        node = node.children[0]
+    for original, wave_node in zip(chain, wave_nodes):
+        fp = wave_node.fingerprint
+        if fp not in ctx.stats or fp in before:
+            continue
+        got = ctx.stats.pop(fp)
+        total = ctx.stats.setdefault(original.fingerprint, NodeStats(original.fingerprint, got.kind, got.column,
+                                                                       got.model))
+        for f in ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "input_tokens",
+                  "output_tokens", "uncertain_rows"):
+            setattr(total, f, getattr(total, f) + getattr(got, f))
+        total.seconds += got.seconds
 
 
 # ------------------------------------------------------------------------------------

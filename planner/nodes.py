@@ -333,9 +333,14 @@ class Filter(PlanNode):
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Head(PlanNode):
-    """The first ``n`` rows."""
+    """The first ``n`` rows.
+
+    ``waves`` (set by the limit-pushdown rule, performance only) runs the LLM work
+    below in waves of rows until ``n`` rows pass the filters, instead of for every row.
+    """
 
     n: int
+    waves: bool = field(default=False, metadata={"performance_only": True})
 
     def validate(self) -> None:
         if not isinstance(self.n, int) or self.n < 0:

@@ -287,7 +287,7 @@ class _ChainRun:
             fp = next(fp for fp, q in self.queues.items() if q)
             works = self._take(fp, len(self.queues[fp]))
             # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
-            self._complete(works, {j: _placeholder(self.states[w.node_index].node) for j, w in enumerate(works)})
+            self._complete(works, {j: _placeholder(self.states[w.node_index].node, w.key) for j, w in enumerate(works)})
 
     def _drain(self) -> None:
         """Send queued work to the engines, one model at a time, batch by batch."""
@@ -337,12 +337,12 @@ def _what(node: LLMNode) -> str:
     return "llm filter" if node.filters_rows else f"{node.kind.lower()} {node.column!r}"
 
 
-def _placeholder(node: LLMNode) -> Response:
+def _placeholder(node: LLMNode, key: bytes) -> Response:
     """A dry run's stand-in for an answer not computed yet: optimistic, so that estimates
     downstream are upper bounds (an LLM filter keeps the row, a judge gives the top score)."""
     from .nodes import Generate, Judge, PairwiseJudge
 
-    text = UNCOMPUTED
+    text = f"{UNCOMPUTED}{key.hex()[:12]}"  # distinct per request, like real answers
     if node.filters_rows:
         text = "yes"
     elif isinstance(node, Judge):

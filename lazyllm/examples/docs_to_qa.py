@@ -2,8 +2,12 @@
 
 Reads the docstrings of a fixed, sorted set of 64 standard-library functions (real
 text present on every machine), asks the model for a question a programmer would
-ask about each, answers it from the documentation, and writes the result to
-parquet. Run it with ``lazyllm demo`` or ``python -m lazyllm.examples.docs_to_qa``.
+ask about each, answers it from the documentation, judges each answer against its
+docstring (score 1-10, reference-guided MT-Bench prompt), keeps the answers scored
+at or above a threshold, and builds a preference frame for DPO the way
+self-rewarding language models do (two sampled answers per kept question, a
+pairwise judgement in both orders, ``prompt``/``chosen``/``rejected`` columns).
+Everything is written to parquet. Run it with ``lazyllm demo`` or ``python -m lazyllm.examples.docs_to_qa``.
 
 A second run is served from the workspace's cache in seconds (no model is loaded).
 """
@@ -14,6 +18,7 @@ import argparse
 import importlib
 import inspect
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ import polars as pl
 
 import lazyllm
 
-__all__ = ["FUNCTIONS", "load_docs", "build", "main"]
+__all__ = ["FUNCTIONS", "load_docs", "build", "main", "DocsQA", "THRESHOLD"]
 
 #: 64 standard-library functions, sorted by qualified name.
 FUNCTIONS: tuple[str, ...] = tuple(sorted((
@@ -44,6 +49,8 @@ QUESTION_PROMPT = (
     "Read this documentation of `{{ name }}`:\n\n{{ doc }}\n\n"
     'Write a question about `{{ name }}` that starts with "How" or "What".'
 )
+THRESHOLD = 7
+
 ANSWER_PROMPT = (
     "Documentation of the Python function `{{ name }}`:\n\n{{ doc }}\n\n"
     "Question: {{ question }}\n\nAnswer the question in two or three sentences, using the documentation."
@@ -74,37 +81,90 @@ def load_docs(limit: int = 64, max_chars: int = 700) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def build(limit: int = 64, model: Any = None, question_tokens: int = 48, answer_tokens: int = 96) -> lazyllm.Frame:
-    """The lazy docs -> question -> answer plan (nothing runs until collect)."""
+@dataclass(frozen=True)
+class DocsQA:
+    """The lazy frames of the main job (nothing has run)."""
+
+    qa: lazyllm.Frame  # every function: question, answer, judge score
+    kept: lazyllm.Frame  # answers scored >= the threshold
+    preferences: lazyllm.Frame  # (prompt, chosen, rejected) pairs for DPO
+
+    def frames(self) -> dict[str, lazyllm.Frame]:
+        return {"qa": self.qa, "kept": self.kept, "preferences": self.preferences}
+
+
+def build(
+    limit: int = 64,
+    model: Any = None,
+    question_tokens: int = 48,
+    answer_tokens: int = 96,
+    sample_tokens: int = 64,
+    threshold: int = THRESHOLD,
+) -> DocsQA:
+    """The lazy plan: docs -> question -> answer -> judge -> filter, and preference pairs.
+
+    Preference pairs follow Self-Rewarding Language Models (Yuan et al. 2024): two
+    answers sampled with different seeds (``n=2``: sample 0 and 1), a pairwise judge
+    of the same model in both orders, and the consistent winner as ``chosen``.
+    """
     model = model or lazyllm.default_model()
     docs = lazyllm.from_polars(load_docs(limit), label="stdlib docstrings")
-    return (
+    qa = (
         docs.generate("question", model, system=QUESTION_SYSTEM, prompt=QUESTION_PROMPT,
                       max_tokens=question_tokens, stop=["\n"])
         .generate("answer", model, prompt=ANSWER_PROMPT, max_tokens=answer_tokens)
-        .select("name", "module", "doc", "question", "answer", "question_error", "answer_error")
+        .judge("score", model, question="question", answer="answer", reference="doc")
+        .select("name", "module", "doc", "question", "answer", "score", "question_error", "answer_error", "score_error")
     )
+    kept = qa.filter(pl.col("score") >= threshold)
+    preferences = (
+        kept.generate("samples", model, prompt=ANSWER_PROMPT, n=2, temperature=0.8, top_p=0.95, seed=1,
+                      max_tokens=sample_tokens)
+        .with_columns(answer_1=pl.col("samples").list.get(0), answer_2=pl.col("samples").list.get(1))
+        .filter(pl.col("answer_1").is_not_null(), pl.col("answer_2").is_not_null(), pl.col("answer_1") != pl.col("answer_2"))
+        .judge_pairwise("winner", model, a="answer_1", b="answer_2", question="question")
+        .filter(pl.col("winner").is_in(["a", "b"]))
+        .select(
+            "name",
+            pl.col("question").alias("prompt"),
+            pl.when(pl.col("winner") == "a").then(pl.col("answer_1")).otherwise(pl.col("answer_2")).alias("chosen"),
+            pl.when(pl.col("winner") == "a").then(pl.col("answer_2")).otherwise(pl.col("answer_1")).alias("rejected"),
+        )
+    )
+    return DocsQA(qa, kept, preferences)
 
 
-def main(argv: list[str] | None = None) -> pl.DataFrame:
+def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=64, help="number of functions (default 64)")
-    parser.add_argument("--out", default="lazyllm_output/docs_qa.parquet", help="parquet output path")
+    parser.add_argument("--out", default="lazyllm_output", help="output folder for the parquet files")
     parser.add_argument("--workspace", default=None, help="workspace folder (default LAZYLLM_HOME or ./.lazyllm)")
+    parser.add_argument("--threshold", type=int, default=THRESHOLD, help=f"keep scores >= this (default {THRESHOLD})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    frame = build(args.limit)
-    print("Plan (before running):")
-    print(frame.explain(workspace=args.workspace))
+    job = build(args.limit, threshold=args.threshold)
+    print("Plan of the preference pairs (before running):")
+    print(job.preferences.explain(workspace=args.workspace))
     start = time.perf_counter()
-    df = frame.write_parquet(args.out, workspace=args.workspace, progress=not args.quiet)
+    names = list(job.frames())
+    results = dict(zip(names, lazyllm.collect_all(list(job.frames().values()), workspace=args.workspace,
+                                                   progress=not args.quiet)))
     seconds = time.perf_counter() - start
-    with pl.Config(tbl_rows=5, fmt_str_lengths=80, tbl_width_chars=160):
-        print(df.select("name", "question", "answer").head(5))
-    errors = df.filter(pl.col("question_error").is_not_null() | pl.col("answer_error").is_not_null()).height
-    print(f"{df.height} rows ({errors} with errors) written to {Path(args.out).resolve()} in {seconds:.1f} s")
-    return df
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in results.items():
+        df.write_parquet(out / f"{name}.parquet")
+    qa, kept, prefs = results["qa"], results["kept"], results["preferences"]
+    with pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=170):
+        print(kept.select("name", "question", "answer", "score").head(5))
+        print(prefs.select("prompt", "chosen", "rejected").head(3))
+    errors = qa.filter(pl.any_horizontal(pl.col("^.*_error$").is_not_null())).height
+    print(f"{qa.height} questions answered ({errors} with errors), score distribution "
+          f"{dict(sorted(qa['score'].value_counts().iter_rows()))}")
+    print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs")
+    print(f"written to {out.resolve()}/{{qa,kept,preferences}}.parquet in {seconds:.1f} s")
+    return results
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ from lazyllm.examples import docs_to_qa
 
 pytestmark = pytest.mark.model
 
+_BUILD = docs_to_qa.build
+
+
+def _small(limit, threshold=docs_to_qa.THRESHOLD):
+    return _BUILD(limit, model=lazyllm.Transformers(batch_size=8), question_tokens=24, answer_tokens=24,
+                  sample_tokens=16, threshold=threshold)
+
 
 def test_docs_are_real_stdlib_text():
     df = docs_to_qa.load_docs()
@@ -20,28 +27,29 @@ def test_docs_are_real_stdlib_text():
 
 
 def test_main_job_runs_then_reruns_from_cache(model_workspace, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "qa.parquet"
-    argv = ["--limit", "3", "--out", str(out), "--workspace", str(model_workspace.path), "--quiet"]
-    monkeypatch.setattr(docs_to_qa, "build", lambda limit: _small(limit))
-    df = docs_to_qa.main(argv)
+    out = tmp_path / "out"
+    argv = ["--limit", "3", "--out", str(out), "--workspace", str(model_workspace.path), "--quiet", "--threshold", "1"]
+    monkeypatch.setattr(docs_to_qa, "build", _small)
+    results = docs_to_qa.main(argv)
     printed = capsys.readouterr().out
     assert "GENERATE question ← transformers:smollm2-135m-instruct" in printed
-    assert "LLM calls to make: 3" in printed
-    assert df.height == 3 and pl.read_parquet(out).equals(df)
-    assert df["question_error"].is_null().all() and df["answer_error"].is_null().all()
-    assert all(len(a) > 10 for a in df["answer"].to_list())
+    assert "JUDGE_PAIRWISE winner" in printed
+    qa, kept, prefs = results["qa"], results["kept"], results["preferences"]
+    assert qa.height == 3 and pl.read_parquet(out / "qa.parquet").equals(qa)
+    assert qa["question_error"].is_null().all() and qa["answer_error"].is_null().all()
+    assert all(len(a) > 10 for a in qa["answer"].to_list())
+    # the judge can only answer a score on the scale (constrained decoding)
+    assert qa["score_error"].is_null().all()
+    assert qa["score"].is_between(1, 10).all()
+    assert kept.height == 3  # threshold 1 keeps everything
+    assert prefs.columns == ["name", "prompt", "chosen", "rejected"]
+    assert (prefs["chosen"] != prefs["rejected"]).all()
 
     def no_load(self):
         raise AssertionError("a cached rerun must not load the model")
 
     monkeypatch.setattr(tf_engine.TransformersEngine, "load", no_load)
     again = docs_to_qa.main(argv)
-    assert again.equals(df)
-    assert "predicted cache hits: 3/3" in capsys.readouterr().out
-
-
-_BUILD = docs_to_qa.build
-
-
-def _small(limit):
-    return _BUILD(limit, model=lazyllm.Transformers(batch_size=4), question_tokens=24, answer_tokens=24)
+    for name in results:
+        assert again[name].equals(results[name])
+    assert "LLM calls to make: 0" in capsys.readouterr().out

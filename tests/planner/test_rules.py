@@ -157,3 +157,41 @@ def test_driver_reaches_a_fixed_point():
     result = optimize(frame.plan)
     again = optimize(result.plan)
     assert again.fired == [] and again.plan.fingerprint == result.plan.fingerprint
+
+
+# -- waves: generate until n rows pass ---------------------------------------------------
+
+
+def test_head_above_an_llm_filter_runs_in_waves(ws, counters):
+    model = lazyllm.TestModel(name="every-third", rules=(("t0", "yes"), ("t3", "yes"), ("t6", "yes"), ("t9", "yes"),
+                                                         ("t", "no")), batch_size=4)
+    src = lazyllm.from_dicts([{"id": i, "topic": f"t{i}"} for i in range(30)])
+    frame = src.filter(lazyllm.llm_predicate(model, "keep {{ topic }}?")).generate(
+        "q", lazyllm.TestModel(), prompt="Ask about {{ topic }}").head(2)
+    result = optimize(frame.plan)
+    # the head moves below the generate, then runs the LLM filter in waves
+    assert kinds(result.plan)[:3] == ["Generate", "Head", "LLMFilter"] and result.plan.child.waves
+    assert any("waves until 2 rows pass" in note for _, note in result.fired)
+    counters.reset_counters()
+    df = frame.collect(workspace=ws.path / "waves")
+    waves_calls = counters.CALLS
+    counters.reset_counters()
+    plain = frame.collect(workspace=ws.path / "plain", optimize=False)
+    assert df.equals(plain) and df["id"].to_list() == [0, 3]
+    assert counters.CALLS == 30 + 4  # every row judged, every kept row generated
+    assert waves_calls == 10 + 2  # waves of 2 then 8 rows judged; 2 rows generated
+
+
+def test_waves_blocked_without_llm_work_below(ws):
+    frame = lazyllm.from_dicts([{"id": i} for i in range(10)]).filter(pl.col("id") > 3).head(2)
+    assert not optimize(frame.plan).plan.waves
+    frame = base().head(2)  # an LLM node but no filter: plain limit pushdown, no waves
+    assert [n.waves for n in walk(optimize(frame.plan).plan) if isinstance(n, Head)] == [False]
+
+
+def test_waves_stop_at_the_end_of_the_input(ws, counters):
+    model = lazyllm.TestModel(name="rare", rules=(("t1", "yes"), ("t", "no")))
+    src = lazyllm.from_dicts([{"id": i, "topic": f"t{i}"} for i in range(5)])
+    df = src.filter(lazyllm.llm_predicate(model, "{{ topic }}")).head(3).collect(workspace=ws)
+    assert df["id"].to_list() == [1]
+    assert counters.CALLS == 5
