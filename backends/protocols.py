@@ -60,6 +60,10 @@ class ModelSpec:
         """A short name for explain() and progress lines."""
         return f"{self.provider}:{type(self).__name__}"
 
+    def prices(self) -> tuple[float, float] | None:
+        """USD per million (input, output) tokens for priced API models; None for local models."""
+        return None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:
@@ -212,6 +216,11 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model (memory, accelerator) so the next stage can use it."""
         ...
+
+
+#: Optional on an engine class: ``token_counter(spec, workspace) -> Callable[[Sequence[Message]], int] | None``,
+#: a cheap prompt-token counter (a tokenizer, no weights) used by ``explain()`` estimates.
+TOKEN_COUNTER_HOOK = "token_counter"
 
 
 def workspace_models_dir(workspace: Path) -> Path:

@@ -22,14 +22,14 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import polars as pl
 
-from lazyllm.backends.protocols import Engine, ModelSpec
+from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
@@ -65,6 +65,11 @@ class NodeStats:
     output_tokens: int = 0
     seconds: float = 0.0
     uncertain_rows: int = 0  # dry run: rows whose inputs are not computed yet
+    est_input_tokens: int = 0  # dry run: prompt tokens of the calls to make
+    est_output_tokens: int = 0  # dry run: generated tokens of the calls to make
+    input_basis: str = ""  # "tokenizer" or "chars/4"
+    output_basis: str = ""  # "max_tokens" (an upper bound) or "cached mean"
+    est_cost: float | None = None  # USD, for priced API models
 
     @property
     def tokens_per_second(self) -> float:
@@ -86,6 +91,7 @@ class _Context:
         self.memo: dict[str, pl.LazyFrame] = {}
         self.stats: dict[str, NodeStats] = {}
         self.engines: dict[str, Engine] = {}
+        self._counters: dict[str, tuple[Callable[[Sequence[Message]], int], str]] = {}
         self._console: Any = None
 
     @property
@@ -122,6 +128,24 @@ class _Context:
                        console=self.console, transient=True)
         with bar:
             yield _Bar(bar, bar.add_task(label, total=None, rate=""))
+
+    def token_counter(self, spec: ModelSpec) -> tuple[Callable[[Sequence[Message]], int], str]:
+        """A prompt-token counter for ``spec``: the engine's tokenizer when it offers one
+        cheaply (no weights loaded), else about 4 characters per token plus 4 tokens of
+        chat formatting per message (a rule of thumb for English text)."""
+        key = model_fingerprint(spec)
+        if key not in self._counters:
+            counter = None
+            try:
+                hook = getattr(engine_factory(spec.provider), TOKEN_COUNTER_HOOK, None)
+                counter = hook(spec, workspace=self.workspace.path) if hook is not None else None
+            except Exception as exc:  # noqa: BLE001 - an estimate must never fail explain()
+                log.debug("no tokenizer for %s: %s", spec.display_name, exc)
+            if counter is not None:
+                self._counters[key] = (counter, "tokenizer")
+            else:
+                self._counters[key] = (lambda msgs: sum(len(m.content) // 4 + 4 for m in msgs), "chars/4")
+        return self._counters[key]
 
     def close(self) -> None:
         for engine in self.engines.values():

@@ -85,7 +85,7 @@ def _(node: Filter) -> tuple[str, list[str]]:
 
 @describe.register
 def _(node: Head) -> tuple[str, list[str]]:
-    return f"HEAD {node.n}", []
+    return f"HEAD {node.n}" + (" (in waves: LLM work below stops once enough rows pass)" if node.waves else ""), []
 
 
 @describe.register
@@ -193,6 +193,12 @@ def _stats_line(stats: NodeStats) -> str:
         line += f" · requests: {stats.requests} ({stats.requests - stats.unique_requests} duplicates)"
     if stats.uncertain_rows:
         line += f" · {stats.uncertain_rows} rows wait on upstream LLM output (estimate)"
+    if stats.calls:
+        bound = "≤ " if stats.output_basis == "max_tokens" else "≈ "
+        line += (f"\nest. tokens: {stats.est_input_tokens:,} in ({stats.input_basis}) · "
+                 f"{bound}{stats.est_output_tokens:,} out ({stats.output_basis})")
+        if stats.est_cost is not None:
+            line += f" · est. cost ${stats.est_cost:,.4f}"
     return line
 
 
@@ -213,7 +219,7 @@ def render_plan(root: PlanNode, stats: Mapping[str, NodeStats] | None = None, *,
         for d in details:
             lines.append(f"{body}{d}")
         if stats is not None and node.fingerprint in stats:
-            lines.append(f"{body}{_stats_line(stats[node.fingerprint])}")
+            lines.extend(f"{body}{part}" for part in _stats_line(stats[node.fingerprint]).split("\n"))
         for i, c in enumerate(node.children):
             last = i == len(node.children) - 1
             visit(c, child_prefix + ("└─ " if last else "├─ "), child_prefix + ("   " if last else "│  "))

@@ -294,6 +294,10 @@ class Select(PlanNode):
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.select(self.exprs)
 
+    def is_projection(self) -> bool:
+        """Only bare columns (no computation, no rename): row-local, order kept."""
+        return all(e.meta.is_column() for e in self.exprs)
+
     def columns_read(self) -> frozenset[str]:
         return _expr_columns(self.exprs)
 

@@ -286,8 +286,31 @@ class _ChainRun:
         while any(self.queues.values()):
             fp = next(fp for fp, q in self.queues.items() if q)
             works = self._take(fp, len(self.queues[fp]))
+            self._estimate(works)
             # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
             self._complete(works, {j: _placeholder(self.states[w.node_index].node, w.key) for j, w in enumerate(works)})
+
+    def _estimate(self, works: list[_Work]) -> None:
+        """Dry run: estimated input/output tokens and cost of the calls to make."""
+        for i, st in enumerate(self.states):
+            mine = [w for w in works if w.node_index == i]
+            if not mine:
+                continue
+            count, basis = self.ctx.token_counter(st.node.model)
+            st.stats.est_input_tokens += sum(count(w.request.messages) for w in mine)
+            st.stats.input_basis = basis
+            cached = [self.known[k].output_tokens for k in st.keys & self.from_cache]
+            if cached:
+                mean = sum(cached) / len(cached)
+                st.stats.est_output_tokens += round(mean * len(mine))
+                st.stats.output_basis = "cached mean"
+            else:
+                st.stats.est_output_tokens += sum(w.request.params.max_tokens for w in mine)
+                st.stats.output_basis = "max_tokens"
+            prices = st.node.model.prices()
+            if prices is not None:
+                st.stats.est_cost = (st.stats.est_input_tokens * prices[0]
+                                     + st.stats.est_output_tokens * prices[1]) / 1e6
 
     def _drain(self) -> None:
         """Send queued work to the engines, one model at a time, batch by batch."""

@@ -1,6 +1,7 @@
 """Limit pushdown: ``head(n)`` runs before row-local LLM nodes, so only n rows are generated.
 
-Fires on ``Head`` directly above a row-local node (an LLM node, drop, rename): that
+Fires on ``Head`` directly above a row-local node (an LLM node, drop, rename, a
+select of bare columns): that
 node keeps one output row per input row in order, so the first n outputs come from
 the first n inputs. Two stacked heads merge into the smaller one. Blocked above
 anything that can drop or reorder rows (a filter, a sort, a join).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Drop, Filter, Head, LLMNode, PlanNode, Rename
+from ..nodes import Drop, Filter, Head, LLMNode, PlanNode, Rename, Select
 
 #: Nodes a wave may run through: they keep input order and decide each row alone.
 WAVE_NODES = (Filter, LLMNode, Drop, Rename)
@@ -30,7 +31,7 @@ def wave_chain(node: PlanNode) -> list[PlanNode] | None:
     """The nodes between a head and the input its waves slice (top first), if waves help."""
     chain: list[PlanNode] = []
     below = node
-    while isinstance(below, WAVE_NODES):
+    while isinstance(below, WAVE_NODES) or (isinstance(below, Select) and below.is_projection()):
         chain.append(below)
         below = below.children[0]
     has_llm = any(isinstance(n, LLMNode) for n in chain)
@@ -45,7 +46,8 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     if isinstance(below, Head):
         ctx.note(f"head {node.n} merged with head {below.n}")
         return Head(children=(below.child,), n=min(node.n, below.n))
-    if not isinstance(below, (LLMNode, Drop, Rename)) or not below.row_local:
+    projection = isinstance(below, Select) and below.is_projection()
+    if not projection and (not isinstance(below, (LLMNode, Drop, Rename)) or not below.row_local):
         if not node.waves and wave_chain(below) is not None:
             ctx.note(f"head {node.n} above filtered LLM output: generate in waves until {node.n} rows pass")
             return Head(children=(below,), n=node.n, waves=True)

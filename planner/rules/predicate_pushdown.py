@@ -1,6 +1,7 @@
 """Predicate pushdown: a polars filter that reads no LLM-produced column runs before the LLM.
 
-Fires on ``Filter`` directly above a row-local node (an LLM node, a drop, a rename),
+Fires on ``Filter`` directly above a row-local node (an LLM node, a drop, a rename,
+a select of bare columns),
 an LLM filter (two filters commute) or a stable sort, when the predicate reads none
 of the columns that node writes: filtering first gives the same rows in the same
 order, and the LLM sees fewer rows.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Drop, Filter, LLMNode, PlanNode, Rename, Sort
+from ..nodes import Drop, Filter, LLMNode, PlanNode, Rename, Select, Sort
 
 
 def _chain(node: PlanNode) -> list[PlanNode]:
@@ -42,6 +43,9 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     elif isinstance(below, (LLMNode, Drop)):
         if reads & below.columns_written():
             return None
+    elif isinstance(below, Select):
+        if not below.is_projection():
+            return None  # computed columns: the predicate may read them
     elif not isinstance(below, Sort):
         return None
     pushed = Filter(children=(below.child,), predicate=node.predicate)
