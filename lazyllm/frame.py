@@ -33,7 +33,7 @@ from lazyllm.planner.workspace import Workspace
 
 from .models import as_model_spec
 
-__all__ = ["Frame", "concat", "collect_all", "llm_predicate", "LLMPredicate"]
+__all__ = ["Frame", "concat", "collect_all", "llm_predicate", "LLMPredicate", "sql"]
 
 WorkspaceLike = "str | os.PathLike[str] | Workspace | None"
 
@@ -420,6 +420,14 @@ class Frame:
                                error_column=error_column or "")
         return self._wrap(node)
 
+    def sql(self, query: str) -> "Frame":
+        """A DuckDB SQL query over this frame, named ``self``: ``frame.sql("SELECT ... FROM self")``.
+
+        Lazy: DuckDB runs at collect time over Arrow data; the result can be chained
+        into further operators (LLM ones included). See :func:`lazyllm.sql` for several frames.
+        """
+        return Frame(N.SQL(children=(self._node,), query=query, names=("self",)))
+
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
                 optimize: bool = True) -> pl.DataFrame:
@@ -473,12 +481,52 @@ class Frame:
         df.write_parquet(path)
         return df
 
+    def card(self, *, workspace: WorkspaceLike = None, **kwargs: Any) -> "Any":  # type: ignore[valid-type]
+        """The synthetic data card of this frame (see :func:`lazyllm.cards.data_card`)."""
+        from .cards import data_card
+
+        return data_card(self, workspace=workspace, **kwargs)
+
+    def save_dataset(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Write parquet shards and a README data card (see :func:`lazyllm.hub.save_dataset`)."""
+        from .hub import save_dataset
+
+        return save_dataset(self, directory, **kwargs)
+
+    def publish(self, repo_id: str, **kwargs: Any) -> str:
+        """Publish to the Hugging Face Hub (see :func:`lazyllm.hub.publish`); returns the commit URL."""
+        from .hub import publish
+
+        return publish(self, repo_id, **kwargs)
+
     def write_ndjson(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
         """Collect and write JSON lines; returns the collected DataFrame."""
         df = self.collect(**collect_kwargs)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.write_ndjson(path)
         return df
+
+
+def sql(query: str, **frames: Frame) -> Frame:
+    """A lazy Frame from a DuckDB SQL query over named frames.
+
+    >>> import lazyllm
+    >>> a = lazyllm.from_dicts([{"id": 1, "q": "x"}, {"id": 2, "q": "y"}])
+    >>> b = lazyllm.from_dicts([{"id": 2, "score": 9}])
+    >>> lazyllm.sql("SELECT a.q, b.score FROM a JOIN b USING (id)", a=a, b=b).collect(progress=False).rows()
+    [('y', 9)]
+
+    Raises
+    ------
+    PlanError
+        The query does not run on the inputs' schemas (checked when the frame is built).
+    """
+    if not frames:
+        raise PlanError("sql() needs at least one frame: lazyllm.sql('SELECT ... FROM t', t=frame).")
+    for name, f in frames.items():
+        if not isinstance(f, Frame):
+            raise PlanError(f"sql(): {name}= must be a lazyllm Frame, got {type(f).__name__}.")
+    return Frame(N.SQL(children=tuple(f.plan for f in frames.values()), query=query, names=tuple(frames)))
 
 
 def _aliases(**mapping: str | None) -> tuple[tuple[str, str], ...]:

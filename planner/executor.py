@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -81,6 +81,7 @@ class RunResult:
     frames: list[pl.DataFrame]
     stats: dict[str, NodeStats] = field(default_factory=dict)
     seconds: float = 0.0
+    log_path: Path | None = None
 
 
 class _Context:
@@ -191,10 +192,14 @@ def collect_all(
     With ``optimize`` (default) each plan is first rewritten by the optimizer rules.
     """
     ws = resolve_workspace(workspace)
+    logical = list(roots)
+    fired: list[list[tuple[str, str]]] = [[] for _ in roots]
     if optimize:
         from .optimizer import optimize as _optimize
 
-        roots = [_optimize(r).plan for r in roots]
+        results = [_optimize(r) for r in roots]
+        roots = [r.plan for r in results]
+        fired = [r.fired for r in results]
     ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress))
     start = time.perf_counter()
     try:
@@ -202,7 +207,7 @@ def collect_all(
     finally:
         ctx.close()
     result = RunResult(frames, ctx.stats, time.perf_counter() - start)
-    _write_run_log(ws, roots, result)
+    result.log_path = _write_run_log(ws, logical, roots, fired, result)
     return result
 
 
@@ -318,16 +323,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_run_log(ws: Workspace, roots: Sequence[PlanNode], result: RunResult) -> None:
+def _write_run_log(ws: Workspace, logical: Sequence[PlanNode], roots: Sequence[PlanNode],
+                   fired: Sequence[Sequence[tuple[str, str]]], result: RunResult) -> Path | None:
+    """One JSON file per collect in ``<workspace>/runs/``: what ran, with which stats.
+
+    ``frames[i]`` holds the logical fingerprint of the i-th collected frame (as
+    ``Frame.fingerprint`` shows it), the fingerprint of its optimized plan (the keys
+    of ``nodes``' stats), the rules that fired and the row count.
+    """
     record = {
-        "roots": [r.fingerprint for r in roots],
-        "rows": [f.height for f in result.frames],
+        "format": 1,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "frames": [
+            {"fingerprint": lg.fingerprint, "optimized": r.fingerprint, "rows": f.height,
+             "rules_fired": [f"{name}: {note}" for name, note in fr]}
+            for lg, r, f, fr in zip(logical, roots, result.frames, fired)
+        ],
         "seconds": result.seconds,
         "nodes": [asdict(s) for s in result.stats.values()],
         "versions": _versions(),
-        "argv": sys.argv[:1],
     }
     try:
-        ws.write_run_log(roots[0].fingerprint if roots else "empty", record)
+        return ws.write_run_log(logical[0].fingerprint if logical else "empty", record)
     except OSError as exc:  # a read-only workspace must not fail a finished collect
         log.warning("could not write the run log: %s", exc)
+        return None

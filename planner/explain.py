@@ -29,6 +29,7 @@ from .nodes import (
     PairwiseJudge,
     PlanNode,
     Rename,
+    SQL,
     Sample,
     Select,
     Sort,
@@ -135,6 +136,11 @@ def _(node: Drop) -> tuple[str, list[str]]:
 def _(node: Sample) -> tuple[str, list[str]]:
     size = f"n={node.n}" if node.n is not None else f"fraction={node.fraction}"
     return f"SAMPLE {size} seed={node.seed}", []
+
+
+@describe.register
+def _(node: SQL) -> tuple[str, list[str]]:
+    return f"SQL (duckdb) over {', '.join(node.names)}", [f"query: {_short(node.query, 100)}"]
 
 
 @describe.register

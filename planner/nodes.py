@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from lazyllm.backends.errors import ColumnNotFoundError, PlanError
+from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
 from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
 from .fingerprint import hash_canonical
@@ -55,6 +55,7 @@ __all__ = [
     "Drop",
     "Sample",
     "SplitPart",
+    "SQL",
     "LLMNode",
     "Generate",
     "Judge",
@@ -578,6 +579,57 @@ class SplitPart(PlanNode):
 
     def columns_read(self) -> frozenset[str]:
         return frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SQL(PlanNode):
+    """A DuckDB SQL query over the inputs, each registered as a table under ``names``.
+
+    DuckDB reads the inputs as Arrow tables and returns Arrow; one in-memory
+    connection per execution (DuckDB 2's relations must be fully read before the
+    next statement). The output schema is found by running the query on empty inputs.
+    Row order is DuckDB's: add ORDER BY for a stable order.
+    """
+
+    n_children: ClassVar[int | None] = None
+    query: str
+    names: tuple[str, ...]
+
+    def validate(self) -> None:
+        if len(self.names) != len(self.children):
+            raise PlanError(f"sql(): {len(self.names)} table names for {len(self.children)} frames.")
+        if len(set(self.names)) != len(self.names) or not all(n.isidentifier() for n in self.names):
+            raise PlanError(f"sql() table names must be distinct identifiers, got {list(self.names)}.")
+        if not isinstance(self.query, str) or not self.query.strip():
+            raise PlanError("sql() needs a query, e.g. \"SELECT * FROM self\".")
+
+    def _infer_schema(self) -> pl.Schema:
+        empties = [pl.DataFrame(schema=c.schema()) for c in self.children]
+        return self._run(empties).schema
+
+    def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:
+        return self._run([lf.collect() for lf in inputs]).lazy()
+
+    def _run(self, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise MissingDependencyError("duckdb", "sql", "lazyllm.sql()") from exc
+        con = duckdb.connect()
+        try:
+            for name, df in zip(self.names, frames):
+                con.register(name, df.to_arrow())
+            try:
+                table = con.sql(self.query).to_arrow_table()
+            except duckdb.Error as exc:
+                first = str(exc).strip().split("\n")[0]
+                raise PlanError(f"DuckDB rejects the query: {first}. Tables: {list(self.names)}; "
+                                f"columns: {[list(df.columns) for df in frames]}.") from None
+        finally:
+            con.close()
+        out = pl.from_arrow(table)
+        assert isinstance(out, pl.DataFrame)
+        return out
 
 
 # ------------------------------------------------------------------------------------

@@ -65,10 +65,25 @@ class Workspace:
         return self.subdir("results")
 
     def write_run_log(self, fingerprint: str, record: dict[str, Any]) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
         path = self.runs_dir / f"{stamp}-{fingerprint[:12]}.json"
         path.write_text(json.dumps(record, indent=2, default=str))
         return path
+
+
+    def run_logs(self) -> list[Path]:
+        """Run logs, oldest first."""
+        d = self.path / "runs"
+        return sorted(d.glob("*.json")) if d.is_dir() else []
+
+    def latest_run(self, fingerprint: str) -> dict[str, Any] | None:
+        """The newest run log that collected a frame with this logical fingerprint."""
+        for path in reversed(self.run_logs()):
+            record = json.loads(path.read_text())
+            if any(f.get("fingerprint") == fingerprint for f in record.get("frames", [])):
+                record["path"] = str(path)
+                return record
+        return None
 
 
 def resolve_workspace(workspace: "str | os.PathLike[str] | Workspace | None" = None) -> Workspace:
