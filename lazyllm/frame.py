@@ -29,6 +29,7 @@ from lazyllm.backends.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan
+from lazyllm.planner.templates import check_columns
 from lazyllm.planner.workspace import Workspace
 
 from .models import as_model_spec
@@ -192,15 +193,18 @@ class Frame:
 
     def explode(self, columns: str | Sequence[str], *more: str) -> "Frame":
         """One row per element of the given list column(s)."""
-        return self._wrap(N.Explode(children=(self._node,), columns=_names([columns, *more], "explode()")))
+        return self._wrap(N.Explode(children=(self._node,), names=_names([columns, *more], "explode()")))
 
     def rename(self, mapping: Mapping[str, str]) -> "Frame":
         """Rename columns (old name -> new name)."""
+        check_columns(mapping, self.columns, where="rename()")
         return self._wrap(N.Rename(children=(self._node,), mapping=tuple(mapping.items())))
 
     def drop(self, *columns: str | Sequence[str]) -> "Frame":
         """Drop columns."""
-        return self._wrap(N.Drop(children=(self._node,), columns=_names(columns, "drop()")))
+        names = _names(columns, "drop()")
+        check_columns(names, self.columns, where="drop()")
+        return self._wrap(N.Drop(children=(self._node,), names=names))
 
     def sample(self, n: int | None = None, *, fraction: float | None = None, seed: int = 0,
                with_replacement: bool = False, shuffle: bool = False) -> "Frame":

@@ -119,7 +119,7 @@ def _(node: Concat) -> tuple[str, list[str]]:
 
 @describe.register
 def _(node: Explode) -> tuple[str, list[str]]:
-    return "EXPLODE " + ", ".join(node.columns), []
+    return "EXPLODE " + ", ".join(node.names), []
 
 
 @describe.register
@@ -129,7 +129,7 @@ def _(node: Rename) -> tuple[str, list[str]]:
 
 @describe.register
 def _(node: Drop) -> tuple[str, list[str]]:
-    return "DROP " + ", ".join(node.columns), []
+    return "DROP " + ", ".join(node.names), []
 
 
 @describe.register

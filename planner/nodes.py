@@ -78,6 +78,7 @@ class PlanNode:
     children: tuple["PlanNode", ...] = ()
     _fingerprint: str | None = field(default=None, init=False, repr=False)
     _schema: pl.Schema | None = field(default=None, init=False, repr=False)
+    _empty: pl.LazyFrame | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.children, tuple) or not all(isinstance(c, PlanNode) for c in self.children):
@@ -99,8 +100,23 @@ class PlanNode:
         raise NotImplementedError(f"{type(self).__name__} is not a relational node")
 
     def _infer_schema(self) -> pl.Schema:
-        empties = [pl.LazyFrame(schema=c.schema()) for c in self.children]
-        return _polars_schema(lambda: self.apply(*empties).collect_schema(), self)
+        return _polars_schema(lambda: self.empty().collect_schema(), self)
+
+    def empty(self) -> pl.LazyFrame:
+        """A lazy frame with this node's schema and no rows (for schema inference).
+
+        Relational nodes apply themselves to their children's empty frames (a lazy
+        plan, nothing is built); others build one from their schema.
+        """
+        if self._empty is None:
+            if type(self).apply is PlanNode.apply:
+                lf = pl.LazyFrame(schema=self.schema())
+            elif self.children:
+                lf = self.apply(*[c.empty() for c in self.children])
+            else:  # a source: its scan, without rows
+                lf = self.apply().clear()
+            object.__setattr__(self, "_empty", lf)
+        return self._empty  # type: ignore[return-value]
 
     def columns_read(self) -> frozenset[str] | None:
         return None
@@ -143,11 +159,13 @@ class PlanNode:
     def schema(self) -> pl.Schema:
         """Output schema (column name -> polars dtype)."""
         if self._schema is None:
-            object.__setattr__(self, "_schema", pl.Schema(self._infer_schema()))
+            inferred = self._infer_schema()
+            object.__setattr__(self, "_schema", inferred if isinstance(inferred, pl.Schema) else pl.Schema(inferred))
         return self._schema  # type: ignore[return-value]
 
     @property
     def columns(self) -> list[str]:
+        """Output column names (subclasses must not define a field called ``columns``)."""
         return list(self.schema().names())
 
     def with_children(self, *children: "PlanNode") -> "PlanNode":
@@ -187,9 +205,13 @@ def _polars_schema(fn: Any, node: PlanNode) -> pl.Schema:
         raise PlanError(f"{node.kind}: polars rejects this operation: {first}") from None
 
 
-def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str]:
+def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
+    """Columns the expressions read; None (= possibly every column) when any uses a
+    selector (``pl.all()``, a regex, ``pl.exclude``, several names in one ``pl.col``)."""
     out: set[str] = set()
     for e in exprs:
+        if '"Selector"' in e.meta.serialize(format="json"):
+            return None
         out.update(e.meta.root_names())
     return frozenset(out)
 
@@ -299,7 +321,7 @@ class Select(PlanNode):
         """Only bare columns (no computation, no rename): row-local, order kept."""
         return all(e.meta.is_column() for e in self.exprs)
 
-    def columns_read(self) -> frozenset[str]:
+    def columns_read(self) -> frozenset[str] | None:
         return _expr_columns(self.exprs)
 
 
@@ -313,10 +335,13 @@ class WithColumns(PlanNode):
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.with_columns(self.exprs)
 
-    def columns_read(self) -> frozenset[str]:
+    def columns_read(self) -> frozenset[str] | None:
         return _expr_columns(self.exprs)
 
-    def columns_written(self) -> frozenset[str]:
+    def columns_written(self) -> frozenset[str] | None:  # type: ignore[override]
+        """Output names; None when a selector expands to names known only at run time."""
+        if _expr_columns(self.exprs) is None:
+            return None
         return frozenset(e.meta.output_name() for e in self.exprs)
 
 
@@ -329,11 +354,14 @@ class Filter(PlanNode):
     def validate(self) -> None:
         check_columns(self.predicate.meta.root_names(), self.child.columns, where="filter()")
 
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()  # rows change, columns do not
+
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.filter(self.predicate)
 
-    def columns_read(self) -> frozenset[str]:
-        return frozenset(self.predicate.meta.root_names())
+    def columns_read(self) -> frozenset[str] | None:
+        return _expr_columns([self.predicate])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -351,6 +379,9 @@ class Head(PlanNode):
         if not isinstance(self.n, int) or self.n < 0:
             raise PlanError(f"head(n) needs a non-negative int, got {self.n!r}.")
 
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()  # rows change, columns do not
+
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.head(self.n)
 
@@ -366,11 +397,14 @@ class Sort(PlanNode):
     descending: tuple[bool, ...]
     nulls_last: bool = False
 
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()  # rows change, columns do not
+
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.sort(list(self.by), descending=list(self.descending), nulls_last=self.nulls_last,
                        maintain_order=True)
 
-    def columns_read(self) -> frozenset[str]:
+    def columns_read(self) -> frozenset[str] | None:
         return _expr_columns(self.by)
 
 
@@ -386,6 +420,9 @@ class Unique(PlanNode):
             raise PlanError(f"unique(keep=...) must be 'first', 'last', 'none' or 'any', got {self.keep!r}.")
         if self.subset is not None:
             check_columns(self.subset, self.child.columns, where="unique()")
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()  # rows change, columns do not
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         subset = list(self.subset) if self.subset is not None else None
@@ -447,30 +484,35 @@ class Concat(PlanNode):
 class Explode(PlanNode):
     """One row per element of list column(s)."""
 
-    columns: tuple[str, ...]
+    names: tuple[str, ...]
 
     def validate(self) -> None:
-        check_columns(self.columns, self.child.columns, where="explode()")
+        check_columns(self.names, self.child.columns, where="explode()")
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
-        return lf.explode(list(self.columns))
+        return lf.explode(list(self.names))
 
     def columns_read(self) -> frozenset[str]:
-        return frozenset(self.columns)
+        return frozenset(self.names)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Rename(PlanNode):
-    """Rename columns (old -> new)."""
+    """Rename columns (old -> new).
+
+    Names are checked by ``Frame.rename``; the node itself skips names that are gone
+    (an optimizer rule may have pruned the LLM column it renamed, when nothing reads it).
+    """
 
     row_local: ClassVar[bool] = True
     mapping: tuple[tuple[str, str], ...]
 
-    def validate(self) -> None:
-        check_columns([old for old, _ in self.mapping], self.child.columns, where="rename()")
+    def _infer_schema(self) -> pl.Schema:
+        mapping = dict(self.mapping)
+        return pl.Schema({mapping.get(name, name): dtype for name, dtype in self.child.schema().items()})
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
-        return lf.rename(dict(self.mapping))
+        return lf.rename(dict(self.mapping), strict=False)
 
     def columns_read(self) -> frozenset[str]:
         return frozenset(old for old, _ in self.mapping)
@@ -478,16 +520,21 @@ class Rename(PlanNode):
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Drop(PlanNode):
-    """Drop columns."""
+    """Drop columns.
+
+    Names are checked by ``Frame.drop``; the node itself skips names that are gone
+    (projection pruning removes an LLM node whose only use was to be dropped).
+    """
 
     row_local: ClassVar[bool] = True
-    columns: tuple[str, ...]
+    names: tuple[str, ...]
 
-    def validate(self) -> None:
-        check_columns(self.columns, self.child.columns, where="drop()")
+    def _infer_schema(self) -> pl.Schema:
+        gone = set(self.names)
+        return pl.Schema({name: dtype for name, dtype in self.child.schema().items() if name not in gone})
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
-        return lf.drop(list(self.columns))
+        return lf.drop(list(self.names), strict=False)
 
     def columns_read(self) -> frozenset[str]:
         return frozenset()
@@ -513,6 +560,9 @@ class Sample(PlanNode):
 
     def _infer_schema(self) -> pl.Schema:
         return self.child.schema()
+
+    def empty(self) -> pl.LazyFrame:
+        return self.child.empty()
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         df = lf.collect()
@@ -564,6 +614,9 @@ class SplitPart(PlanNode):
     def _infer_schema(self) -> pl.Schema:
         return self.child.schema()
 
+    def empty(self) -> pl.LazyFrame:
+        return self.child.empty()
+
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         df = lf.collect()
         rows = df.height
@@ -606,6 +659,9 @@ class SQL(PlanNode):
     def _infer_schema(self) -> pl.Schema:
         empties = [pl.DataFrame(schema=c.schema()) for c in self.children]
         return self._run(empties).schema
+
+    def empty(self) -> pl.LazyFrame:
+        return pl.LazyFrame(schema=self.schema())
 
     def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:
         return self._run([lf.collect() for lf in inputs]).lazy()
@@ -697,6 +753,13 @@ class LLMNode(PlanNode):
         schema.update(self.output_schema())
         schema[self.error_column] = pl.String()
         return pl.Schema(schema)
+
+    def empty(self) -> pl.LazyFrame:
+        if self._empty is None:
+            cols = {**self.output_schema(), self.error_column: pl.String()}
+            lf = self.child.empty().with_columns(pl.lit(None, dtype=d).alias(c) for c, d in cols.items())
+            object.__setattr__(self, "_empty", lf)
+        return self._empty  # type: ignore[return-value]
 
     # -- execution hooks -----------------------------------------------------------------
     def context(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -987,6 +1050,9 @@ class LLMFilter(LLMNode):
 
     def _infer_schema(self) -> pl.Schema:
         return self.child.schema()
+
+    def empty(self) -> pl.LazyFrame:
+        return self.child.empty()
 
     def requests_for(self, row: dict[str, Any]) -> list[Request]:
         return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=("yes", "no"))]

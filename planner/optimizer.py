@@ -72,20 +72,25 @@ def _rule_name(rule: Rule) -> str:
 def required_by_child(node: PlanNode, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
     """Columns that ``node`` (whose own output is read for ``required``) reads from child ``index``."""
     if isinstance(node, Select):
-        return node.columns_read()
+        return node.columns_read()  # None when a selector may read any column
     if required is None:
         return None
     if isinstance(node, LLMNode) and node.filters_rows:
         return required | node.columns_read()
     if isinstance(node, (LLMNode, WithColumns)):
-        return (required - node.columns_written()) | node.columns_read()
+        read, written = node.columns_read(), node.columns_written()
+        if read is None or written is None:
+            return None
+        return (required - written) | read
     if isinstance(node, Drop):
         return required
     if isinstance(node, Rename):
         back = {new: old for old, new in node.mapping}
-        return frozenset(back.get(c, c) for c in required)
+        renamed_away = {old for old, new in node.mapping} - set(back)
+        return frozenset(back.get(c, c) for c in required if c not in renamed_away or c in back)
     if isinstance(node, (Filter, Head, Sort, Sample, SplitPart)):
-        return required | (node.columns_read() or frozenset())
+        read = node.columns_read()
+        return None if read is None else required | read
     return None  # joins, concat, unique, explode...: keep everything (safe default)
 
 

@@ -37,6 +37,8 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
         return None
     below = node.child
     reads = node.columns_read()
+    if reads is None:
+        return None  # a selector may read any column, including LLM output
     if isinstance(below, Rename):
         if reads & {new for _, new in below.mapping}:
             return None

@@ -45,6 +45,8 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> lazyllm.Frame:
         return frame.head(op[1] % 7 + 1)
     if kind == "sort":
         return frame.sort("id", descending=bool(op[1] % 2))
+    if kind == "select_all":  # selectors read every column: nothing below may be pruned
+        return frame.select(pl.all()) if op[1] % 2 else frame.select(pl.exclude("topic"), pl.col("topic"))
     if kind == "select":
         keep = [c for c in cols if c in ("id", "topic") or (op[1] % 2 == 0 and not c.endswith("_error"))]
         return frame.select(keep)
@@ -53,7 +55,7 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> lazyllm.Frame:
 
 ops = st.lists(
     st.tuples(st.sampled_from(["generate", "judge", "filter_input", "filter_llm", "llm_filter", "head", "sort",
-                               "select"]), st.integers(0, 100)),
+                               "select", "select_all"]), st.integers(0, 100)),
     min_size=1,
     max_size=6,
 )

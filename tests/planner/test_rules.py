@@ -195,3 +195,12 @@ def test_waves_stop_at_the_end_of_the_input(ws, counters):
     df = src.filter(lazyllm.llm_predicate(model, "{{ topic }}")).head(3).collect(workspace=ws)
     assert df["id"].to_list() == [1]
     assert counters.CALLS == 5
+
+
+def test_projection_pruning_blocked_by_selectors(ws, counters):
+    frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").select(pl.all()).select("id", "a")
+    plan = optimize(frame.plan).plan
+    assert [n.column for n in walk(plan) if isinstance(n, Generate)] == ["q", "a"]
+    frame = base().select(pl.exclude("id"))
+    assert [n.column for n in walk(optimize(frame.plan).plan) if isinstance(n, Generate)] == ["q"]
+    same_results(frame, ws, counters)

@@ -1,0 +1,227 @@
+"""Side-by-side benchmarks. Runs alternate (A B A B ...) and results are reported as
+medians, min-max and ratios measured in the same run, because the machines are
+shared and noisy. Nothing here is a test: no thresholds, no assertions.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run                  # every comparison
+    python -m benchmarks.run planner cache    # some of them
+    python -m benchmarks.run planner --repeats 3 --model test
+
+Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
+the machine, date and command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "RESULTS.md"
+WORK = ROOT / ".work"  # gitignored: shared converted model, scratch workspaces
+
+
+@dataclass
+class Measure:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def span(self) -> str:
+        return f"{min(self.seconds):.3g}–{max(self.seconds):.3g}"
+
+
+def alternate(runs: dict[str, Callable[[], dict[str, Any] | None]], repeats: int) -> dict[str, Measure]:
+    """Run each callable ``repeats`` times, interleaved A B A B ..., timing each call."""
+    out = {name: Measure(name) for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            extra = fn() or {}
+            out[name].seconds.append(time.perf_counter() - start)
+            for k, v in extra.items():
+                out[name].extra.setdefault(k, []).append(v)
+    return out
+
+
+def table(measures: dict[str, Measure], baseline: str, extra_cols: tuple[str, ...] = ()) -> str:
+    head = "| run | median s | min–max s | ratio vs " + baseline + " |" + "".join(f" {c} |" for c in extra_cols)
+    sep = "|---|---|---|---|" + "---|" * len(extra_cols)
+    rows = [head, sep]
+    base = measures[baseline].median
+    for m in measures.values():
+        cells = "".join(f" {statistics.median(m.extra[c]) if c in m.extra else '-'} |" for c in extra_cols)
+        rows.append(f"| {m.name} | {m.median:.3f} | {m.span()} | {m.median / base:.3f} |{cells}")
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.node()} · {os.cpu_count()} CPUs · Python {platform.python_version()} · "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads) · polars {pl.__version__}")
+
+
+def write_section(title: str, body: str, command: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = f"\n## {title}\n\n{stamp} · {machine()}\n\nCommand: `{command}`\n\n{body}\n"
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nWritten by `python -m benchmarks.run`; newest sections last.\n")
+    with RESULTS.open("a") as fh:
+        fh.write(text)
+    print(text)
+
+
+# ------------------------------------------------------------------------------------
+# Workspaces sharing one converted model
+# ------------------------------------------------------------------------------------
+
+
+def shared_models() -> Path:
+    """A workspace whose models/ holds the converted default model (converted once)."""
+    import lazyllm
+    from lazyllm.backends.transformers import resolve_model_dir
+
+    base = WORK / "models-ws"
+    resolve_model_dir(lazyllm.default_model(), base)
+    return base / "models"
+
+
+def fresh_workspace() -> Path:
+    """An empty workspace (cold cache) that reuses the converted model."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    ws = Path(tempfile.mkdtemp(prefix="ws-", dir=WORK))
+    (ws / "models").symlink_to(shared_models())
+    return ws
+
+
+def pick_model(kind: str) -> Any:
+    import lazyllm
+
+    if kind == "test":
+        return lazyllm.TestModel(name="bench", rules=(("Rate", "8"),), batch_size=16)
+    return lazyllm.Transformers(lazyllm.DEFAULT_MODEL, num_threads=int(os.environ.get("LAZYLLM_NUM_THREADS", "2")))
+
+
+# ------------------------------------------------------------------------------------
+# Comparisons
+# ------------------------------------------------------------------------------------
+
+
+def bench_planner(args: argparse.Namespace) -> None:
+    """The main job with a cheap filter and a head the optimizer can push down: on vs off."""
+    import lazyllm
+    from lazyllm.examples import docs_to_qa
+
+    model = pick_model(args.model)
+    job = docs_to_qa.build(64, model=model)
+    frame = job.qa.filter(pl.col("module").is_in(["json", "os.path", "re", "textwrap"])).head(8)
+    calls: dict[str, int] = {}
+
+    def run(optimize: bool) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            ws = fresh_workspace()
+            try:
+                result = lazyllm.planner.executor.collect(frame.plan, workspace=ws, progress=False, optimize=optimize)
+                n = sum(s.calls for s in result.stats.values())
+                calls["on" if optimize else "off"] = n
+                return {"LLM calls": n, "rows": result.frames[0].height}
+            finally:
+                shutil.rmtree(ws, ignore_errors=True)
+
+        return go
+
+    measures = alternate({"optimizer off": run(False), "optimizer on": run(True)}, args.repeats)
+    body = table(measures, "optimizer off", ("LLM calls", "rows"))
+    body += ("\n\nWorkload: docs→question→answer→judge on 64 docstrings, then `filter(module in 4 modules)` and "
+             f"`head(8)`; model `{model.display_name}`; cold workspace each run. Optimizer on/off LLM calls: "
+             f"{calls.get('on')} / {calls.get('off')}.")
+    write_section("Planner: optimizer on vs off", body, " ".join(sys.argv))
+
+
+def bench_cache(args: argparse.Namespace) -> None:
+    """LMDB lookups per second on 100k entries, and plan + optimize time of a 50-node plan."""
+    import lazyllm
+    from lazyllm.backends.protocols import Response
+    from lazyllm.planner.cache import PromptCache
+    from lazyllm.planner.optimizer import optimize
+
+    tmp = Path(tempfile.mkdtemp(prefix="cache-", dir=WORK if WORK.exists() else None))
+    try:
+        cache = PromptCache(tmp / "c")
+        keys = [i.to_bytes(32, "big") for i in range(100_000)]
+        resp = Response(text="a cached answer of moderate length " * 4, input_tokens=50, output_tokens=40)
+        for i in range(0, len(keys), 10_000):
+            cache.put_many([(k, resp) for k in keys[i : i + 10_000]])
+
+        def lookups() -> dict[str, Any]:
+            start = time.perf_counter()
+            got = cache.get_many(keys)
+            rate = len(got) / (time.perf_counter() - start)
+            return {"lookups/s": f"{rate:,.0f}"}
+
+        def contains() -> dict[str, Any]:
+            start = time.perf_counter()
+            got = cache.contains_many(keys)
+            rate = len(got) / (time.perf_counter() - start)
+            return {"lookups/s": f"{rate:,.0f}"}
+
+        m1 = alternate({"get_many (decode)": lookups, "contains_many": contains}, args.repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    model = lazyllm.TestModel(name="plan")
+
+    def plan50() -> dict[str, Any]:
+        frame = lazyllm.from_dicts([{"id": i, "x": f"t{i}"} for i in range(10)])
+        for i in range(10):  # 5 nodes per round; filters and heads the rules push down through LLM nodes
+            frame = (frame.generate(f"g{i}", model, prompt="{{ x }} " + str(i))
+                     .filter(pl.col("id") > i - 20)
+                     .rename({f"g{i}": f"h{i}"})
+                     .drop(f"g{i}_error")
+                     .head(1000 - i))
+        start = time.perf_counter()
+        result = optimize(frame.plan)
+        return {"optimize ms": round((time.perf_counter() - start) * 1000, 1), "rules fired": len(result.fired)}
+
+    m2 = alternate({"build + optimize 50-node plan": plan50}, args.repeats)
+    body = table(m1, "contains_many", ("lookups/s",)) + "\n\n100,000 entries in one LMDB environment; " \
+        "all keys looked up in one read transaction.\n\n" + table(m2, "build + optimize 50-node plan",
+                                                                  ("optimize ms", "rules fired"))
+    write_section("Cache lookups and planning time", body, " ".join(sys.argv))
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {"planner": bench_planner, "cache": bench_cache}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", nargs="*", choices=[*BENCHES, []] if False else list(BENCHES), default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (alternating)")
+    parser.add_argument("--model", choices=["default", "test"], default="default",
+                        help="the embedded model (default) or the deterministic test engine")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in args.which or list(BENCHES):
+        BENCHES[name](args)
+
+
+if __name__ == "__main__":
+    main()
