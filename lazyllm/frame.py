@@ -432,6 +432,29 @@ class Frame:
         """
         return Frame(N.SQL(children=(self._node,), query=query, names=("self",)))
 
+    def train(self, spec: Any) -> Any:
+        """A lazy trained model: ``spec`` (SFT, DPO, ORPO, KTO, SimPO, RewardModel) on this frame.
+
+        Nothing trains now. The handle is a model spec: pass it to ``generate(...)``
+        (the planner trains first, in the same collect) or call ``handle.fit()``.
+        A finished training is cached by fingerprint (data subplan + spec + base
+        model) in the workspace: rerunning the workflow does not retrain.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A column named by the spec is not in the frame (raised here).
+        """
+        from lazyllm.planner.train import TrainedModel
+
+        from .training import TrainSpec
+
+        if not isinstance(spec, TrainSpec):
+            raise PlanError(f"train() takes a training spec (lazyllm.SFT, DPO, ORPO, KTO, SimPO, RewardModel), "
+                            f"got {type(spec).__name__}.")
+        check_columns(spec.columns().values(), self.columns, where=f"train({type(spec).__name__})")
+        return TrainedModel(spec=spec, data=self._node)
+
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
                 optimize: bool = True) -> pl.DataFrame:

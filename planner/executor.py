@@ -111,6 +111,10 @@ class _Context:
     def engine(self, spec: ModelSpec) -> Engine:
         key = model_fingerprint(spec)
         if key not in self.engines:
+            from .train import TrainedModel, ensure_trained
+
+            if isinstance(spec, TrainedModel):  # train first (cached by fingerprint)
+                ensure_trained(spec, self)
             factory = engine_factory(spec.provider)
             self.engines[key] = factory(spec, workspace=self.workspace.path)
         return self.engines[key]

@@ -150,8 +150,17 @@ def _(node: SplitPart) -> tuple[str, list[str]]:
 
 
 def _llm_lines(node: LLMNode, extra: str = "") -> list[str]:
+    from .train import TrainedModel
+
     p = node.sampling
     lines = [f"prompt: {_short(node.prompt)} reads {sorted(node.columns_read())}"]
+    model = node.model
+    while isinstance(model, TrainedModel):
+        spec = model.spec
+        lines.append(f"model: {spec.method.upper()} of {spec.base.display_name} on data #{model.data.fingerprint[:10]}"
+                     f" ({'LoRA r=' + str(spec.lora.r) if spec.lora else 'full fine-tuning'}, epochs={spec.epochs:g}, "
+                     f"lr={spec.learning_rate:g}) · trained on first use, cached by fingerprint")
+        model = spec.base
     if node.system is not None:
         lines.append(f"system: {_short(node.system)}")
     if node.aliases:

@@ -1,0 +1,198 @@
+"""Training specs for ``Frame.train``: SFT, DPO, ORPO, KTO, SimPO and reward models.
+
+Each spec is declarative (a frozen dataclass): the base model, which columns hold
+the training fields, LoRA or full fine-tuning, and the hyperparameters. Training
+runs with TRL and PEFT (``pip install -e '.[train]'``) when something needs the
+trained model; see :mod:`lazyllm.planner.train`.
+
+Methods and sources:
+
+- SFT: supervised fine-tuning on prompt/response pairs or chat messages (TRL ``SFTTrainer``).
+- DPO: Direct Preference Optimization (Rafailov et al. 2023), TRL ``DPOTrainer``.
+- ORPO: Odds-Ratio Preference Optimization (Hong et al. 2024), TRL ``ORPOTrainer``.
+- KTO: Kahneman-Tversky Optimization (Ethayarajh et al. 2024), TRL ``KTOTrainer``.
+- SimPO: Simple Preference Optimization (Meng et al. 2024), TRL's CPO trainer with ``loss_type="simpo"``.
+- RewardModel: a Bradley-Terry reward model (Ouyang et al. 2022), TRL ``RewardTrainer``.
+
+PPO is no longer in TRL; lazyllm offers offline preference training (the DPO family)
+and self-rewarding loops (generate -> judge_pairwise -> DPO -> generate) instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import polars as pl
+
+from lazyllm.backends.errors import PlanError
+from lazyllm.backends.protocols import ModelSpec
+from lazyllm.planner.train import job_options_of, non_null_rows
+
+from .models import as_model_spec
+
+__all__ = ["LoRA", "TrainSpec", "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardModel"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoRA:
+    """PEFT LoRA settings (Hu et al. 2021): rank ``r``, scaling ``alpha``, dropout, target modules."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise PlanError(f"LoRA needs r >= 1 and alpha >= 1, got r={self.r}, alpha={self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise PlanError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+
+
+def _perf(default: Any) -> Any:
+    return field(default=default, metadata={"performance_only": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Common training options.
+
+    Parameters
+    ----------
+    base : model spec or str
+        The model to fine-tune (a transformers model; default the embedded SmolLM2).
+    lora : LoRA or None
+        LoRA adapter settings; None for full fine-tuning.
+    epochs : float
+        Passes over the training rows (``max_steps`` overrides it when set).
+    learning_rate : float
+        Peak learning rate (linear decay).
+    batch_size : int
+        Rows per device per step; ``gradient_accumulation`` steps per optimizer update.
+    max_length : int
+        Tokens per example (longer ones are truncated).
+    seed : int
+        Seeds the data order, the validation split and the initialisation.
+    validation : float, optional
+        Fraction of rows held out for an eval loss.
+    save_steps : int
+        Checkpoint every N optimizer steps (an interrupted training resumes from the last one).
+    devices : int or list of str, optional
+        ``2`` or ``["cuda:0", "cuda:1"]``: several worker processes (FSDP on GPUs),
+        launched by lazyllm. Performance only.
+    """
+
+    method: ClassVar[str] = ""
+    base: Any = None
+    lora: LoRA | None = LoRA()
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    max_length: int = 512
+    seed: int = 0
+    validation: float | None = None
+    save_steps: int = _perf(50)
+    devices: Any = _perf(None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", as_model_spec(self.base))
+        if not isinstance(self.base, ModelSpec) or self.base.provider != "transformers":
+            raise PlanError(f"{type(self).__name__}(base=...) must be a transformers model (an alias, folder or hub "
+                            f"id, or a trained handle), got {self.base!r}.")
+        if self.epochs <= 0 and not self.max_steps:
+            raise PlanError("epochs must be > 0 (or set max_steps).")
+        if self.batch_size < 1 or self.gradient_accumulation < 1 or self.max_length < 8:
+            raise PlanError("batch_size and gradient_accumulation must be >= 1 and max_length >= 8.")
+        if self.validation is not None and not 0 < self.validation < 1:
+            raise PlanError(f"validation must be a fraction in (0, 1), got {self.validation}.")
+
+    def columns(self) -> dict[str, str]:
+        """Standard field name -> frame column."""
+        raise NotImplementedError
+
+    def standardize(self, df: pl.DataFrame) -> list[dict[str, Any]]:
+        """Training rows with standard field names (rows with a null field are dropped)."""
+        return non_null_rows(df, self.columns())
+
+    def job_options(self) -> dict[str, Any]:
+        return job_options_of(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFT(TrainSpec):
+    """Supervised fine-tuning on ``prompt``/``response`` columns, or a ``messages`` column
+    (a list of {"role", "content"} structs). Loss on the response tokens."""
+
+    method: ClassVar[str] = "sft"
+    prompt: str | None = "prompt"
+    response: str | None = "response"
+    messages: str | None = None
+
+    def columns(self) -> dict[str, str]:
+        if self.messages is not None:
+            return {"messages": self.messages}
+        if self.prompt is None or self.response is None:
+            raise PlanError("SFT needs prompt= and response= columns, or messages=.")
+        return {"prompt": self.prompt, "completion": self.response}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPO(TrainSpec):
+    """Direct Preference Optimization on (prompt, chosen, rejected); ``beta`` is the KL strength."""
+
+    method: ClassVar[str] = "dpo"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    beta: float = 0.1
+
+    def columns(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ORPO(DPO):
+    """Odds-Ratio Preference Optimization (no reference model); ``beta`` weighs the odds-ratio loss."""
+
+    method: ClassVar[str] = "orpo"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimPO(DPO):
+    """SimPO (length-normalised, reference-free), as TRL's CPO trainer with ``loss_type="simpo"``."""
+
+    method: ClassVar[str] = "simpo"
+    beta: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class KTO(TrainSpec):
+    """KTO on unpaired feedback: ``prompt``, ``completion`` and a boolean ``label`` (desirable or not)."""
+
+    method: ClassVar[str] = "kto"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    label: str = "label"
+    beta: float = 0.1
+
+    def columns(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardModel(TrainSpec):
+    """A reward model (sequence classifier with one output) on ``chosen``/``rejected`` pairs."""
+
+    method: ClassVar[str] = "reward"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    prompt: str | None = None
+
+    def columns(self) -> dict[str, str]:
+        out = {"chosen": self.chosen, "rejected": self.rejected}
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out

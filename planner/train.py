@@ -1,0 +1,197 @@
+"""Training as part of the plan: a trained model is a model spec that knows its data.
+
+``Frame.train(spec)`` returns a :class:`TrainedModel`: a declarative model spec whose
+identity is the training data subplan's fingerprint + the training spec + the base
+model. Nothing trains until something needs it: ``handle.fit()``, or a downstream
+LLM node that uses the handle as its model being collected (the executor trains
+first, in the same collect, sharing its subplans). A finished training is kept in
+``<workspace>/models/trained/<fingerprint>/`` with a ``COMPLETE`` marker, so a rerun
+does not retrain; an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from lazyllm.backends.errors import PlanError
+from lazyllm.backends.protocols import ModelSpec, performance_only
+
+from .fingerprint import hash_canonical
+from .nodes import PlanNode
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+__all__ = ["TrainedModel", "trained_dir", "ensure_trained", "is_trained"]
+
+log = logging.getLogger("lazyllm")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainedModel(ModelSpec):
+    """A model trained by a plan: ``base`` fine-tuned with ``spec`` on the rows of ``data``.
+
+    Usable wherever a model spec is (``frame.generate(column, handle, ...)``): the
+    transformers engine loads the base with the trained adapter (or the full
+    weights). Inference options (dtype, device, batch size, threads) come from the base.
+    """
+
+    provider = "transformers"
+
+    spec: Any  # a lazyllm.training spec (SFT, DPO, ...)
+    data: PlanNode = field(repr=False)
+    batch_size: int = performance_only(32)
+
+    @property
+    def base(self) -> ModelSpec:
+        return self.spec.base
+
+    # inference options of the base model, so engines can treat this like its base
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dtype", "device", "num_threads", "chat_template", "revision", "gguf_file"):
+            return getattr(self.spec.base, name)
+        raise AttributeError(name)
+
+    @property
+    def model(self) -> str:
+        return getattr(self.spec.base, "model", "")
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "trained": {
+                "method": self.spec.method,
+                "spec": self.spec,  # canonicalised without performance-only fields
+                "data": self.data.fingerprint,
+                "base": self.spec.base.identity(),
+            },
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return hash_canonical({"model": self})
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.spec.method}({self.spec.base.display_name})#{self.fingerprint[:8]}"
+
+    def fit(self, *, workspace: "str | os.PathLike[str] | Workspace | None" = None, progress: bool | None = None
+            ) -> dict[str, Any]:
+        """Train now (collecting the training data first) unless already trained; return the metrics.
+
+        Cost: the LLM work of the data subplan (cached like any collect) plus the training.
+        """
+        from .executor import _Context, _progress_enabled
+        from .workspace import resolve_workspace
+
+        ws = resolve_workspace(workspace)
+        ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress))
+        try:
+            return ensure_trained(self, ctx)
+        finally:
+            ctx.close()
+
+    collect = fit
+
+
+def trained_dir(model: TrainedModel, workspace: Path) -> Path:
+    """Where the trained weights of ``model`` live in a workspace."""
+    return Path(workspace) / "models" / "trained" / model.fingerprint[:24]
+
+
+def is_trained(model: TrainedModel, workspace: Path) -> bool:
+    return (trained_dir(model, workspace) / "COMPLETE").is_file()
+
+
+def _split(rows: list[dict[str, Any]], fraction: float | None, seed: int) -> tuple[list[dict], list[dict] | None]:
+    if not fraction:
+        return rows, None
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_eval = max(1, round(fraction * len(rows))) if len(rows) > 1 else 0
+    eval_idx = set(order[:n_eval].tolist())
+    train = [r for i, r in enumerate(rows) if i not in eval_idx]
+    return train, [r for i, r in enumerate(rows) if i in eval_idx] or None
+
+
+def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
+    """Train ``model`` inside the executor context ``ctx`` unless a finished training exists.
+
+    Returns the metrics (from the ``COMPLETE`` marker when cached). Raises
+    :class:`PlanError` when the training data is empty.
+    """
+    from .executor import _evaluate
+
+    out = trained_dir(model, ctx.workspace.path)
+    marker = out / "COMPLETE"
+    if marker.is_file():
+        ctx.say(f"train {model.display_name}: cached in {out}")
+        return json.loads(marker.read_text())
+    if isinstance(model.base, TrainedModel):  # a model trained from a trained model: train that first
+        ensure_trained(model.base, ctx)
+    df = _evaluate(model.data, ctx).collect()
+    rows = model.spec.standardize(df)
+    if not rows:
+        raise PlanError(f"train {model.display_name}: the training data has no usable rows "
+                        f"(after dropping nulls in {model.spec.columns()}). Check the upstream filters.")
+    train_rows, eval_rows = _split(rows, model.spec.validation, model.spec.seed)
+    from lazyllm.backends.transformers import resolve_model_dir
+
+    base_dir = resolve_model_dir(model.base, ctx.workspace.path)
+    try:
+        from lazyllm.backends.trainers import TrainJob, train
+    except ImportError as exc:  # trl/peft missing
+        from lazyllm.backends.errors import MissingDependencyError
+
+        raise MissingDependencyError(getattr(exc, "name", "trl") or "trl", "train", "Frame.train()") from exc
+    options = model.spec.job_options()
+    job = TrainJob(method=model.spec.method, base_dir=Path(base_dir), output_dir=out, train=train_rows,
+                   eval=eval_rows, **options)
+    for engine in list(ctx.engines.values()):  # free memory for training
+        engine.close()
+    ctx.engines.clear()
+    ctx.say(f"train {model.display_name}: {len(train_rows)} rows"
+            + (f" (+{len(eval_rows)} validation)" if eval_rows else "") + f" -> {out}")
+    result = train(job)
+    metrics = dict(result.metrics)
+    metrics.update({"fingerprint": model.fingerprint, "data_fingerprint": model.data.fingerprint,
+                    "adapter": result.adapter, "resumed_from": result.resumed_from})
+    if not marker.is_file():  # the backend writes it; make sure a finished run is marked
+        marker.write_text(json.dumps(metrics, default=str))
+    ctx.say(f"train {model.display_name}: done · final loss {metrics.get('final_train_loss')}")
+    return metrics
+
+
+def job_options_of(spec: Any) -> dict[str, Any]:
+    """The TrainJob keyword arguments of a training spec (shared helper for specs)."""
+    lora = None if spec.lora is None else dataclasses.asdict(spec.lora)
+    if lora is not None and isinstance(lora.get("target_modules"), tuple):
+        lora["target_modules"] = list(lora["target_modules"])
+    return {
+        "lora": lora,
+        "epochs": spec.epochs,
+        "max_steps": spec.max_steps,
+        "learning_rate": spec.learning_rate,
+        "batch_size": spec.batch_size,
+        "gradient_accumulation": spec.gradient_accumulation,
+        "max_length": spec.max_length,
+        "seed": spec.seed,
+        "beta": getattr(spec, "beta", None),
+        "save_steps": spec.save_steps,
+        "devices": spec.devices,
+    }
+
+
+def non_null_rows(df: pl.DataFrame, mapping: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of ``df`` renamed by ``mapping`` (standard name -> column), dropping rows with nulls."""
+    cols = {std: col for std, col in mapping.items()}
+    sub = df.select([pl.col(col).alias(std) for std, col in cols.items()]).drop_nulls()
+    return sub.to_dicts()
