@@ -14,6 +14,8 @@ MODULES = [
     "lazyllm.planner.rules.predicate_pushdown",
     "lazyllm.planner.rules.limit_pushdown",
     "lazyllm.planner.rules.projection_pruning",
+    "lazyllm.cards",
+    "lazyllm.hub",
     "lazyllm.backends.testing",
     "lazyllm.backends.transformers",
 ]
