@@ -51,6 +51,11 @@ QUESTION_PROMPT = (
 )
 THRESHOLD = 7
 
+SUMMARY_SQL = (
+    "SELECT module, count(*) AS kept, round(avg(score), 2) AS mean_score, min(score) AS min_score "
+    "FROM self GROUP BY module ORDER BY kept DESC, module"
+)
+
 ANSWER_PROMPT = (
     "Documentation of the Python function `{{ name }}`:\n\n{{ doc }}\n\n"
     "Question: {{ question }}\n\nAnswer the question in two or three sentences, using the documentation."
@@ -153,8 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, df in results.items():
-        df.write_parquet(out / f"{name}.parquet")
+    results["qa"].write_parquet(out / "qa.parquet")
+    for name in ("kept", "preferences"):  # dataset folders: parquet shards + data card (README.md)
+        job.frames()[name].save_dataset(out / name, data=results[name], workspace=args.workspace,
+                                        title=f"Python stdlib QA ({name})", license="apache-2.0")
     qa, kept, prefs = results["qa"], results["kept"], results["preferences"]
     with pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=170):
         print(kept.select("name", "question", "answer", "score").head(5))
@@ -163,7 +170,13 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     print(f"{qa.height} questions answered ({errors} with errors), score distribution "
           f"{dict(sorted(qa['score'].value_counts().iter_rows()))}")
     print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs")
-    print(f"written to {out.resolve()}/{{qa,kept,preferences}}.parquet in {seconds:.1f} s")
+    summary = job.kept.sql(SUMMARY_SQL).collect(workspace=args.workspace, progress=False)  # served from cache
+    with pl.Config(tbl_rows=40, tbl_width_chars=120):
+        print("DuckDB summary of the kept data:\n" + SUMMARY_SQL)
+        print(summary)
+    print(f"written to {out.resolve()}: qa.parquet, kept/ and preferences/ (parquet + data card) "
+          f"in {seconds:.1f} s")
+    results["summary"] = summary
     return results
 
 

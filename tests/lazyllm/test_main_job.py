@@ -36,6 +36,13 @@ def test_main_job_runs_then_reruns_from_cache(model_workspace, tmp_path, monkeyp
     assert "JUDGE_PAIRWISE winner" in printed
     qa, kept, prefs = results["qa"], results["kept"], results["preferences"]
     assert qa.height == 3 and pl.read_parquet(out / "qa.parquet").equals(qa)
+    assert "DuckDB summary of the kept data" in printed and results["summary"]["kept"].sum() == kept.height
+    card = (out / "kept" / "README.md").read_text()
+    assert "synthetic" in card and "smollm2-135m-instruct" in card.lower()
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(out / "preferences"))["train"]
+    assert loaded.num_rows == prefs.height
     assert qa["question_error"].is_null().all() and qa["answer_error"].is_null().all()
     assert all(len(a) > 10 for a in qa["answer"].to_list())
     # the judge can only answer a score on the scale (constrained decoding)
@@ -50,6 +57,6 @@ def test_main_job_runs_then_reruns_from_cache(model_workspace, tmp_path, monkeyp
 
     monkeypatch.setattr(tf_engine.TransformersEngine, "load", no_load)
     again = docs_to_qa.main(argv)
-    for name in results:
+    for name in ("qa", "kept", "preferences"):
         assert again[name].equals(results[name])
     assert "LLM calls to make: 0" in capsys.readouterr().out
