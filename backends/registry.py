@@ -25,6 +25,8 @@ __all__ = ["register_engine", "engine_factory", "available_providers"]
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "transformers": ("lazyllm.backends.transformers:TransformersEngine", None),
     "test": ("lazyllm.backends.testing:DeterministicEngine", None),
+    "openai": ("lazyllm.backends.openai_api:OpenAIEngine", "openai"),
+    "vllm": ("lazyllm.backends.vllm_engine:VLLMEngine", "vllm"),
 }
 # third-party import name -> extra that installs it
 _EXTRA_FOR_MODULE = {"vllm": "vllm", "openai": "openai", "trl": "train", "peft": "train", "ray": "ray", "duckdb": "sql"}

@@ -12,7 +12,7 @@ from . import errors
 from . import prompts
 from .frame import Frame, LLMPredicate, collect_all, concat, llm_predicate, sql
 from .io import from_arrow, from_dicts, from_hf, from_pandas, from_polars, read_csv, read_ndjson, read_parquet
-from .models import ModelSpec, TestModel, Transformers, default_model
+from .models import VLLM, ModelSpec, OpenAI, TestModel, Transformers, default_model
 from .training import DPO, KTO, ORPO, SFT, LoRA, RewardModel, SimPO, TrainSpec
 
 __version__ = "0.1.0"
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Frame", "collect_all", "concat", "llm_predicate", "LLMPredicate", "prompts", "sql",
     "read_parquet", "read_csv", "read_ndjson", "from_polars", "from_pandas", "from_arrow", "from_dicts", "from_hf",
-    "ModelSpec", "Transformers", "TestModel", "default_model", "DEFAULT_MODEL",
+    "ModelSpec", "Transformers", "OpenAI", "VLLM", "TestModel", "default_model", "DEFAULT_MODEL",
     "Workspace", "errors",
     "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardModel", "LoRA", "TrainSpec",
 ]

@@ -196,3 +196,263 @@ def as_model_spec(model: Any) -> ModelSpec:
         f"model must be a model spec (for example lazyllm.Transformers('{DEFAULT_MODEL}')) or a string, "
         f"got {type(model).__name__}."
     )
+
+
+# --------------------------------------------------------------------------- API and vLLM specs
+
+_GUIDED = ("auto", "openai", "vllm")
+_DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAI(ModelSpec):
+    """A model behind an OpenAI-compatible HTTP API: OpenAI, ``vllm serve``, llama.cpp server, SGLang.
+
+    Run by :class:`lazyllm.backends.openai_api.OpenAIEngine` (``pip install -e '.[openai]'``).
+
+    Parameters
+    ----------
+    model : str
+        The model id the server knows (``"gpt-4o-mini"``; for ``vllm serve`` the
+        served model name, by default the folder or Hub id it was started with).
+    base_url : str
+        The API root, ending in ``/v1``. Part of the fingerprint: two servers are two
+        models, even with the same model id.
+    guided : {"auto", "openai", "vllm"}
+        How ``choices`` / ``json_schema`` constraints are sent: OpenAI structured
+        outputs (``response_format``), or vLLM's ``structured_outputs`` body field;
+        ``"auto"`` asks the server once (see the engine's docstring). Fingerprinted.
+    api_key : str, optional
+        The API key; default: the environment variable ``api_key_env``. Never part of
+        a fingerprint, a repr, a log line, the cache or a card. Performance only.
+    api_key_env : str
+        The environment variable that holds the key. Performance only.
+    concurrency : int
+        Requests in flight at once. Performance only.
+    timeout : float
+        Seconds per HTTP attempt before it counts as timed out. Performance only.
+    max_retries : int
+        Retries per request after a 408/409/429/5xx answer, a timeout or a dropped
+        connection (so at most ``max_retries + 1`` attempts). Performance only.
+    backoff, max_backoff : float
+        Seconds: retry ``k`` (from 0) waits ``uniform(0, min(max_backoff, backoff * 2**k))``.
+        Performance only.
+    batch_size : int, optional
+        Requests per ``generate()`` call of the planner. Default 256 online, 50,000
+        (OpenAI's limit per batch) in batch mode. Performance only.
+    price_per_million : (float, float), optional
+        USD per million (input, output) tokens, overriding the price table of
+        :mod:`lazyllm.backends.prices`; give the price of the mode you use (batch
+        mode does not halve it). Performance only.
+    batch : bool
+        Use the OpenAI Batch API (upload, batch, poll, download; results within 24 h,
+        half price). The outputs are the same requests, so it is performance only.
+    poll_interval : float
+        Seconds between two polls of a running batch. Performance only.
+    guided_legacy_fields : bool
+        With ``guided="vllm"``, also send ``guided_choice`` / ``guided_json`` (vLLM
+        servers older than 0.10.2). Performance only.
+
+    Examples
+    --------
+    >>> spec = OpenAI("gpt-4o-mini", api_key="sk-not-shown")
+    >>> "sk-not-shown" in repr(spec)   # never printed, logged, cached or fingerprinted
+    False
+    >>> spec.identity()    # doctest: +NORMALIZE_WHITESPACE
+    {'provider': 'openai', 'spec': 'OpenAI', 'model': 'gpt-4o-mini',
+     'base_url': 'https://api.openai.com/v1', 'guided': 'auto'}
+    >>> spec.prices()
+    (0.15, 0.6)
+    >>> OpenAI("gpt-4o-mini", batch=True).prices()   # the Batch API bills half
+    (0.075, 0.3)
+    >>> OpenAI("smollm2", base_url="http://127.0.0.1:8000/v1").prices() is None   # self-hosted: no price
+    True
+    """
+
+    provider = "openai"
+
+    model: str
+    _: KW_ONLY
+    base_url: str = _DEFAULT_OPENAI_URL
+    guided: str = "auto"
+    api_key: str | None = performance_only(None, repr=False)
+    api_key_env: str = performance_only("OPENAI_API_KEY")
+    concurrency: int = performance_only(16)
+    timeout: float = performance_only(60.0)
+    max_retries: int = performance_only(5)
+    backoff: float = performance_only(0.5)
+    max_backoff: float = performance_only(30.0)
+    batch_size: int | None = performance_only(None)
+    price_per_million: tuple[float, float] | None = performance_only(None)
+    batch: bool = performance_only(False)
+    poll_interval: float = performance_only(30.0)
+    guided_legacy_fields: bool = performance_only(False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise PlanError("OpenAI(model=...) needs the model id the server knows, e.g. 'gpt-4o-mini'.")
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
+            raise PlanError(f"base_url must be an http(s) URL such as {_DEFAULT_OPENAI_URL!r}, got {self.base_url!r}.")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.guided not in _GUIDED:
+            raise PlanError(f"guided must be one of {list(_GUIDED)}, got {self.guided!r}.")
+        for name in ("concurrency",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PlanError(f"{name} must be a positive int, got {value!r}.")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise PlanError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
+        for name in ("timeout", "poll_interval"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+                raise PlanError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}.")
+        for name in ("backoff", "max_backoff"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise PlanError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)!r}.")
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 50_000 if self.batch else 256)
+        elif not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise PlanError(f"batch_size must be a positive int, got {self.batch_size!r}.")
+        if self.price_per_million is not None:
+            price = tuple(self.price_per_million)
+            if len(price) != 2 or not all(isinstance(p, (int, float)) and p >= 0 for p in price):
+                raise PlanError("price_per_million must be (USD per 1M input tokens, USD per 1M output tokens), "
+                                f"two numbers >= 0, got {self.price_per_million!r}.")
+            object.__setattr__(self, "price_per_million", (float(price[0]), float(price[1])))
+
+    @property
+    def display_name(self) -> str:
+        return f"openai:{self.model}"
+
+    def prices(self) -> tuple[float, float] | None:
+        """USD per million (input, output) tokens: ``price_per_million``, else the table
+        price for api.openai.com (halved in batch mode), else None (unknown or self-hosted)."""
+        if self.price_per_million is not None:
+            return self.price_per_million
+        from urllib.parse import urlparse
+
+        from lazyllm.backends.prices import BATCH_DISCOUNT, lookup_price
+
+        if (urlparse(self.base_url).hostname or "").lower() != "api.openai.com":
+            return None
+        price = lookup_price(self.model)
+        if price is None or not self.batch:
+            return price
+        return (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT)
+
+
+__all__ += ["OpenAI"]
+
+
+@dataclass(frozen=True, slots=True)
+class VLLM(ModelSpec):
+    """A causal LM run offline with vLLM (``vllm.LLM``), in a worker process.
+
+    Run by :class:`lazyllm.backends.vllm_engine.VLLMEngine`; vLLM lives in its own
+    virtual environment (``bash scripts/install_vllm.sh`` creates ``.venv-vllm``).
+
+    Parameters
+    ----------
+    model : str
+        An alias (converted once into an HF folder in the workspace, as for
+        :class:`Transformers`), a local HF folder, or a Hub id. vLLM does not load the
+        packaged GGUF files: aliases are converted first.
+    revision : str, optional
+        Hub revision of a Hub id.
+    dtype : {"auto", "float32", "bfloat16", "float16"}
+        Weights and activations dtype. Fingerprinted.
+    quantization : str, optional
+        vLLM's ``quantization`` (``"awq"``, ``"gptq"``, ``"fp8"``, ...). Fingerprinted.
+    lora_path : str, optional
+        A PEFT LoRA adapter folder applied to every request (``LoRARequest``); its
+        content is fingerprinted, not its path.
+    max_lora_rank : int
+        The largest LoRA rank vLLM reserves room for. Performance only.
+    max_model_len : int, optional
+        Context length (prompt + output tokens); vLLM's default is the model's.
+        Performance only (a request that does not fit fails as an error row).
+    tensor_parallel_size, pipeline_parallel_size : int
+        GPUs to split the model across. Performance only.
+    gpu_memory_utilization : float
+        Fraction of accelerator memory (on CPU: of memory node 0) vLLM may use.
+        Performance only.
+    enforce_eager : bool
+        Skip graph capture and compilation: about 30 s instead of 90-160 s to start
+        on CPU, and a quarter of the peak memory. Performance only.
+    kv_cache_space_gib : int
+        On CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) unless the environment
+        sets it. Performance only.
+    device : {"auto", "cpu", "cuda"}
+        Where vLLM runs, as far as the engine's CPU settings go ("auto": CUDA when
+        torch sees a GPU). Performance only.
+    batch_size : int
+        Requests per worker call (vLLM batches them itself). Performance only.
+    python : str, optional
+        The interpreter that has vLLM (default: see
+        :func:`lazyllm.backends.vllm_engine.find_vllm_python`). Performance only.
+
+    Examples
+    --------
+    >>> VLLM().display_name
+    'vllm:smollm2-135m-instruct'
+    >>> sorted(VLLM(batch_size=8, enforce_eager=False).identity()) == sorted(VLLM().identity())
+    True
+    """
+
+    provider = "vllm"
+
+    model: str = DEFAULT_MODEL
+    _: KW_ONLY
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    quantization: str | None = None
+    lora_path: str | None = None
+    max_lora_rank: int = performance_only(16)
+    max_model_len: int | None = performance_only(None)
+    tensor_parallel_size: int = performance_only(1)
+    pipeline_parallel_size: int = performance_only(1)
+    gpu_memory_utilization: float = performance_only(0.5)
+    enforce_eager: bool = performance_only(True)
+    kv_cache_space_gib: int = performance_only(1)
+    device: str = performance_only("auto")
+    batch_size: int = performance_only(256)
+    python: str | None = performance_only(None)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise PlanError("VLLM(model=...) needs an alias, a local folder or a Hub id.")
+        if self.dtype not in _DTYPES:
+            raise PlanError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
+        for name in ("batch_size", "tensor_parallel_size", "pipeline_parallel_size", "kv_cache_space_gib",
+                     "max_lora_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PlanError(f"{name} must be a positive int, got {value!r}.")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 16):
+            raise PlanError(f"max_model_len must be an int >= 16 or None, got {self.max_model_len!r}.")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise PlanError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise PlanError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if self.lora_path is not None and not os.path.isdir(self.lora_path):
+            raise PlanError(f"lora_path {self.lora_path!r} is not a folder. Pass the folder of a PEFT LoRA adapter "
+                            "(adapter_config.json and the adapter weights).")
+
+    @property
+    def display_name(self) -> str:
+        name = self.model if alias_source(self.model) is not None or not os.path.isdir(self.model) \
+            else Path(self.model).name
+        return f"vllm:{name}"
+
+    def identity(self) -> dict[str, Any]:
+        """Model identity for fingerprints: the model as :meth:`Transformers.identity` names it
+        (never this machine's paths), dtype, quantization and the LoRA adapter's content."""
+        out = Transformers(self.model, revision=self.revision).identity()
+        out.pop("chat_template", None)
+        out.pop("gguf_file", None)
+        out.update(provider=self.provider, dtype=self.dtype, quantization=self.quantization)
+        if self.lora_path is not None:
+            out["lora_content"] = _folder_content_sample(str(Path(self.lora_path).resolve()))
+        return out
+
+
+__all__ += ["VLLM"]

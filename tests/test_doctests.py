@@ -18,6 +18,8 @@ MODULES = [
     "lazyllm.hub",
     "lazyllm.backends.testing",
     "lazyllm.backends.constraints",
+    "lazyllm.backends.answers",
+    "lazyllm.backends.prices",
     "lazyllm.backends.transformers",
 ]
 

