@@ -64,7 +64,7 @@ from transformers import (
 
 from .catalog import ALIASES, PackagedGGUF, alias_source
 from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_constrained
-from .errors import EngineError, ModelNotFoundError
+from .errors import EngineError, MissingDependencyError, ModelNotFoundError
 from .protocols import Request, Response, workspace_models_dir
 
 if TYPE_CHECKING:  # the spec class lives in the user-facing package
@@ -121,6 +121,10 @@ def resolve_model_dir(spec: Transformers, workspace: Path) -> Path:
     A Hub id costs a download of the config, tokenizer and weights files (safetensors,
     else PyTorch ``.bin``; only ``spec.gguf_file`` when it is set).
     """
+    from lazyllm.planner.train import TrainedModel
+
+    if isinstance(spec, TrainedModel):
+        return _trained_model_dir(spec, workspace)
     source = alias_source(spec.model)
     if source is not None:
         target = workspace_models_dir(workspace) / f"{spec.model.lower()}-{source.version()}"
@@ -128,6 +132,57 @@ def resolve_model_dir(spec: Transformers, workspace: Path) -> Path:
     if os.path.isdir(spec.model):
         return Path(spec.model)
     return _download_from_hub(spec)
+
+
+def existing_model_dir(spec: Transformers, workspace: Path) -> Path | None:
+    """The model folder when it is already on this machine (no conversion, no download)."""
+    from lazyllm.planner.train import TrainedModel
+
+    while isinstance(spec, TrainedModel):
+        spec = spec.base
+    source = alias_source(spec.model)
+    if source is not None:
+        target = workspace_models_dir(workspace) / f"{spec.model.lower()}-{source.version()}"
+        return target if (target / "config.json").is_file() else None
+    return Path(spec.model) if os.path.isdir(spec.model) else None
+
+
+def _trained_model_dir(spec: Any, workspace: Path) -> Path:
+    """The loadable folder of a trained model: its full weights, or base + LoRA adapter
+    merged once into ``<trained dir>/merged`` (so it can also be the base of a later training)."""
+    from lazyllm.planner.train import trained_dir
+
+    out = trained_dir(spec, workspace)
+    if not (out / "COMPLETE").is_file():
+        raise EngineError(
+            f"{spec.display_name} is not trained yet in {workspace}: the planner trains it before use "
+            "(collect a frame that generates with it), or call handle.fit()."
+        )
+    if not (out / "adapter_config.json").is_file():
+        return out  # full fine-tuning: the weights are there
+    merged = out / "merged"
+    if (merged / "config.json").is_file():
+        return merged
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise MissingDependencyError("peft", "train", "Loading a LoRA-trained model") from exc
+    base_dir = resolve_model_dir(spec.base, workspace)
+    with _file_lock(out / ".merge.lock"):
+        if (merged / "config.json").is_file():
+            return merged
+        tmp = Path(tempfile.mkdtemp(prefix=".merged.tmp-", dir=out))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+            model = PeftModel.from_pretrained(model, out).merge_and_unload()
+            model.save_pretrained(tmp)
+            tokenizer_src = out if (out / "tokenizer_config.json").is_file() else base_dir
+            AutoTokenizer.from_pretrained(tokenizer_src, local_files_only=True).save_pretrained(tmp)
+            os.rename(tmp, merged)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return merged
 
 
 def _convert_packaged_gguf(source: PackagedGGUF, target: Path) -> Path:
@@ -403,6 +458,26 @@ class TransformersEngine:
         """The loaded tokenizer, or None before the first load and after close()."""
         return self._tokenizer
 
+    @classmethod
+    def token_counter(cls, spec: Transformers, *, workspace: Path) -> Any:
+        """A prompt-token counter (chat template applied) from the model's tokenizer, when
+        the model folder is already here (no conversion, no download, no weights); else None.
+        Used by ``explain()`` estimates. Cost: loading a tokenizer (well under a second)."""
+        folder = existing_model_dir(spec, workspace)
+        if folder is None:
+            return None
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        use_template = bool(spec.chat_template and getattr(tokenizer, "chat_template", None))
+
+        def count(messages: Sequence[Any]) -> int:
+            if use_template:
+                chat = [{"role": m.role, "content": m.content} for m in messages]
+                text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return len(tokenizer("\n\n".join(m.content for m in messages))["input_ids"])
+
+        return count
+
     def load(self) -> None:
         """Load the tokenizer and the model (no-op when loaded).
 
@@ -422,7 +497,10 @@ class TransformersEngine:
         if threads:
             torch.set_num_threads(threads)
         folder = resolve_model_dir(spec, self.workspace)
-        gguf_file = None if alias_source(spec.model) is not None else spec.gguf_file  # aliases are converted
+        from lazyllm.planner.train import TrainedModel
+
+        converted = alias_source(spec.model) is not None or isinstance(spec, TrainedModel)
+        gguf_file = None if converted else spec.gguf_file  # aliases and trained models are HF folders
         device = _pick_device(spec.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
