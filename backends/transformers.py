@@ -320,37 +320,51 @@ class _PerRowSampling(LogitsProcessor):
     For a sampled row the processor draws the next token itself, with the row's own
     ``torch.Generator`` (CPU, seeded with :meth:`Request.seed`), and sets every other
     logit to ``-inf``, so the greedy ``argmax`` of ``generate`` picks it. The draw is
-    inverse-CDF over the top-p set sorted by probability (stable sort), in float64.
+    inverse-CDF sampling: over the whole vocabulary in token-id order when
+    ``top_p == 1``; otherwise over the nucleus (the most probable tokens whose mass
+    reaches ``top_p``), found among the 512 most probable tokens (``torch.topk``) or,
+    when those do not reach ``top_p``, a full stable sort. Probabilities are float32.
     Rows with temperature 0 are left untouched (greedy). Exactly one uniform number is
     drawn per sampled row per step, so a row's text does not depend on its batch.
+    Cost: well under a millisecond per sampled row per step on a 49k vocabulary.
     """
+
+    TOP_K = 512
 
     def __init__(self, requests: Sequence[Request]) -> None:
         self.rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
-        self.temperature = torch.tensor(
-            [requests[i].params.temperature for i in self.rows], dtype=torch.float64
-        )
-        self.top_p = torch.tensor([requests[i].params.top_p for i in self.rows], dtype=torch.float64)
+        self.temperature = [requests[i].params.temperature for i in self.rows]
+        self.top_p = [requests[i].params.top_p for i in self.rows]
         self.generators = [torch.Generator(device="cpu").manual_seed(requests[i].seed()) for i in self.rows]
+
+    def _draw(self, probs: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        if top_p >= 1.0:
+            cdf = probs.cumsum(0)
+            pick = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])]), right=True))
+            return min(pick, probs.shape[0] - 1)
+        top, order = torch.topk(probs, min(self.TOP_K, probs.shape[0]))
+        cumulative = top.cumsum(0)
+        if float(cumulative[-1]) < top_p:  # the nucleus is wider than the top 512
+            top, order = torch.sort(probs, descending=True, stable=True)
+            cumulative = top.cumsum(0)
+        n = int(((cumulative - top) < top_p).sum())  # a prefix, never empty
+        cdf = cumulative[:n]
+        pick = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])]), right=True))
+        return int(order[min(pick, n - 1)])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return scores
         rows = torch.tensor(self.rows, device=scores.device)
-        logits = scores.index_select(0, rows).to("cpu", torch.float64)
-        probs = torch.softmax(logits / self.temperature[:, None], dim=-1)
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-        cumulative = sorted_probs.cumsum(dim=-1)
-        keep = (cumulative - sorted_probs) < self.top_p[:, None]  # a prefix, never empty
-        kept = sorted_probs * keep
-        cdf = kept.cumsum(dim=-1)
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        u = u * cdf[:, -1]
-        pick = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1)
-        pick = torch.minimum(pick, keep.sum(dim=-1) - 1)
-        tokens = order.gather(1, pick[:, None]).to(scores.device)
+        logits = scores.index_select(0, rows).to("cpu", torch.float32)
+        tokens = []
+        for j in range(len(self.rows)):
+            probs = torch.softmax(logits[j] / self.temperature[j], dim=-1)
+            tokens.append(self._draw(probs, self.top_p[j], self.generators[j]))
+        chosen = torch.tensor(tokens, device=scores.device)[:, None]
         forced = torch.full((len(self.rows), scores.shape[1]), float("-inf"), dtype=scores.dtype, device=scores.device)
-        forced.scatter_(1, tokens, 0.0)
+        forced.scatter_(1, chosen, 0.0)
         scores = scores.clone()
         scores[rows] = forced
         return scores
