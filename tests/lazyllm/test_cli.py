@@ -142,7 +142,7 @@ def test_card_of_a_workspace_and_of_a_dataset(tmp_path, ws):
     assert bad.exit_code == 2 and "neither a workspace" in bad.output
 
 
-def test_demo_writes_the_three_parquet_files(tmp_path, ws, monkeypatch):
+def test_demo_writes_the_outputs_and_their_cards(tmp_path, ws, monkeypatch):
     from lazyllm.examples import docs_to_qa
 
     build = docs_to_qa.build
@@ -151,9 +151,10 @@ def test_demo_writes_the_three_parquet_files(tmp_path, ws, monkeypatch):
     out = tmp_path / "lazyllm_output"
     result = invoke("demo", "--limit", 3, "--out", out, "--workspace", ws.path, "--quiet")
     assert result.exit_code == 0, result.output
-    for name in ("qa", "kept", "preferences"):
-        assert (out / f"{name}.parquet").is_file()
     assert pl.read_parquet(out / "qa.parquet").height == 3
+    for name in ("kept", "preferences"):  # dataset folders with a data card
+        assert (out / name / "README.md").is_file() and list((out / name / "data").glob("*.parquet"))
+    assert "DuckDB summary of the kept data" in result.output
 
 
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["explain", "--help"], ["cache", "gc", "--help"],
