@@ -541,7 +541,18 @@ class Drop(PlanNode):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class Sample(PlanNode):
+class _RowsByPosition(PlanNode):
+    """Base of nodes that pick rows by position (they collect their input): same columns."""
+
+    def _infer_schema(self) -> pl.Schema:
+        return self.child.schema()
+
+    def empty(self) -> pl.LazyFrame:
+        return self.child.empty()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Sample(_RowsByPosition):
     """Seeded random sample of ``n`` rows or a ``fraction`` of the rows (see :func:`sample_indices`)."""
 
     n: int | None = None
@@ -557,12 +568,6 @@ class Sample(PlanNode):
             raise PlanError(f"sample(n) must be >= 0, got {self.n}.")
         if self.fraction is not None and not (0 <= self.fraction <= 1 or self.with_replacement):
             raise PlanError(f"sample(fraction) must be in [0, 1] without replacement, got {self.fraction}.")
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()
-
-    def empty(self) -> pl.LazyFrame:
-        return self.child.empty()
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         df = lf.collect()
@@ -590,7 +595,7 @@ def sample_indices(rows: int, *, n: int | None, fraction: float | None, seed: in
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class SplitPart(PlanNode):
+class SplitPart(_RowsByPosition):
     """One part of a seeded random split (``Frame.split``); original row order kept.
 
     Rows are shuffled with ``numpy.random.default_rng(seed)``; part sizes are
@@ -610,12 +615,6 @@ class SplitPart(PlanNode):
         total = sum(f for _, f in self.fractions)
         if abs(total - 1.0) > 1e-9:
             raise PlanError(f"split() fractions must sum to 1, got {total}: {dict(self.fractions)}.")
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()
-
-    def empty(self) -> pl.LazyFrame:
-        return self.child.empty()
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         df = lf.collect()

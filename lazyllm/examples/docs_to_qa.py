@@ -7,7 +7,9 @@ docstring (score 1-10, reference-guided MT-Bench prompt), keeps the answers scor
 at or above a threshold, and builds a preference frame for DPO the way
 self-rewarding language models do (two sampled answers per kept question, a
 pairwise judgement in both orders, ``prompt``/``chosen``/``rejected`` columns).
-Everything is written to parquet. Run it with ``lazyllm demo`` or ``python -m lazyllm.examples.docs_to_qa``.
+Finally it fine-tunes the model with LoRA (SFT) on the kept pairs and answers a few
+held-out questions with the trained adapter. Everything is written to parquet, with
+data cards, and a DuckDB SQL summary of the kept data is printed. Run it with ``lazyllm demo`` or ``python -m lazyllm.examples.docs_to_qa``.
 
 A second run is served from the workspace's cache in seconds (no model is loaded).
 """
@@ -56,6 +58,12 @@ SUMMARY_SQL = (
     "FROM self GROUP BY module ORDER BY kept DESC, module"
 )
 
+#: ANSWER_PROMPT as a polars format string (name, doc, question): the SFT prompt column.
+PROMPT_FORMAT = (
+    "Documentation of the Python function `{}`:\n\n{}\n\nQuestion: {}\n\n"
+    "Answer the question in two or three sentences, using the documentation."
+)
+
 ANSWER_PROMPT = (
     "Documentation of the Python function `{{ name }}`:\n\n{{ doc }}\n\n"
     "Question: {{ question }}\n\nAnswer the question in two or three sentences, using the documentation."
@@ -93,9 +101,11 @@ class DocsQA:
     qa: lazyllm.Frame  # every function: question, answer, judge score
     kept: lazyllm.Frame  # answers scored >= the threshold
     preferences: lazyllm.Frame  # (prompt, chosen, rejected) pairs for DPO
+    heldout: lazyllm.Frame  # held-out kept questions answered by the base and the LoRA-tuned model
+    tuned: object  # the lazy trained-model handle (SFT with LoRA on the other kept pairs)
 
     def frames(self) -> dict[str, lazyllm.Frame]:
-        return {"qa": self.qa, "kept": self.kept, "preferences": self.preferences}
+        return {"qa": self.qa, "kept": self.kept, "preferences": self.preferences, "heldout": self.heldout}
 
 
 def build(
@@ -105,6 +115,7 @@ def build(
     answer_tokens: int = 96,
     sample_tokens: int = 64,
     threshold: int = THRESHOLD,
+    train_steps: int | None = None,
 ) -> DocsQA:
     """The lazy plan: docs -> question -> answer -> judge -> filter, and preference pairs.
 
@@ -136,7 +147,22 @@ def build(
             pl.when(pl.col("winner") == "a").then(pl.col("answer_2")).otherwise(pl.col("answer_1")).alias("rejected"),
         )
     )
-    return DocsQA(qa, kept, preferences)
+    # fine-tune the model with LoRA on the kept pairs (the full answer prompt -> the kept answer), then
+    # answer held-out kept questions with the trained adapter; trained on first use, cached by fingerprint
+    prompted = kept.with_columns(
+        pl.format(PROMPT_FORMAT, pl.col("name"), pl.col("doc"), pl.col("question")).alias("prompt")
+    )
+    parts = prompted.split({"train": 0.9, "heldout": 0.1}, seed=0)
+    tuned = parts["train"].train(lazyllm.SFT(
+        base=model, prompt="prompt", response="answer", lora=lazyllm.LoRA(r=8, alpha=16), epochs=1,
+        max_steps=train_steps, batch_size=4, learning_rate=5e-4, max_length=384, seed=0,
+    ))
+    heldout = (
+        parts["heldout"]
+        .generate("tuned_answer", tuned, prompt="{{ prompt }}", max_tokens=answer_tokens)
+        .select("name", "question", pl.col("answer").alias("base_answer"), "tuned_answer", "tuned_answer_error")
+    )
+    return DocsQA(qa, kept, preferences, heldout, tuned)
 
 
 def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
@@ -159,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results["qa"].write_parquet(out / "qa.parquet")
+    results["heldout"].write_parquet(out / "heldout.parquet")
     for name in ("kept", "preferences"):  # dataset folders: parquet shards + data card (README.md)
         job.frames()[name].save_dataset(out / name, data=results[name], workspace=args.workspace,
                                         title=f"Python stdlib QA ({name})", license="apache-2.0")
@@ -170,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     print(f"{qa.height} questions answered ({errors} with errors), score distribution "
           f"{dict(sorted(qa['score'].value_counts().iter_rows()))}")
     print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs")
+    with pl.Config(tbl_rows=6, fmt_str_lengths=90, tbl_width_chars=170):
+        print("Held-out questions, base vs LoRA-tuned answers:")
+        print(results["heldout"].select("question", "base_answer", "tuned_answer"))
     summary = job.kept.sql(SUMMARY_SQL).collect(workspace=args.workspace, progress=False)  # served from cache
     with pl.Config(tbl_rows=40, tbl_width_chars=120):
         print("DuckDB summary of the kept data:\n" + SUMMARY_SQL)
