@@ -120,19 +120,20 @@ class _Context:
         return self.engines[key]
 
     @contextmanager
-    def progress_bar(self, label: str) -> Iterator["_Bar"]:
-        """A rich progress bar (requests done / to call, output tokens per second, ETA)."""
+    def progress_bars(self, labels: Sequence[str]) -> Iterator["_Bars"]:
+        """One rich progress bar per LLM node: rows done / rows, cache hits, output
+        tokens per second, elapsed time and ETA (nothing when progress is off)."""
         if not self.progress:
-            yield _Bar(None, None)
+            yield _Bars(None, [])
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       console=self.console, transient=True)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                       TextColumn("{task.fields[hits]} cached"), TextColumn("{task.fields[rate]}"),
+                       TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         with bar:
-            yield _Bar(bar, bar.add_task(label, total=None, rate=""))
+            yield _Bars(bar, [bar.add_task(label, total=None, hits=0, rate="") for label in labels])
 
     def token_counter(self, spec: ModelSpec) -> tuple[Callable[[Sequence[Message]], int], str]:
         """A prompt-token counter for ``spec``: the engine's tokenizer when it offers one
@@ -161,21 +162,15 @@ class _Context:
         self.engines.clear()
 
 
-class _Bar:
-    def __init__(self, progress: Any, task: Any) -> None:
-        self.progress, self.task = progress, task
-        self.start, self.tokens, self.done = time.perf_counter(), 0, 0
+class _Bars:
+    def __init__(self, progress: Any, tasks: list[Any]) -> None:
+        self.progress, self.tasks = progress, tasks
+        self.start = time.perf_counter()
 
-    def update(self, *, total: int) -> None:
+    def refresh(self, i: int, *, done: int, total: int, hits: int, tokens: int) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, total=self.done + total)
-
-    def advance(self, n: int, tokens: int) -> None:
-        self.done += n
-        self.tokens += tokens
-        if self.progress is not None:
-            rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-            self.progress.update(self.task, advance=n, rate=f"{rate:.0f} tok/s")
+            rate = tokens / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.tasks[i], completed=done, total=total, hits=hits, rate=f"{rate:.0f} tok/s")
 
 
 def _progress_enabled(progress: bool | None) -> bool:

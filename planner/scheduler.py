@@ -316,7 +316,8 @@ class _ChainRun:
         """Send queued work to the engines, one model at a time, batch by batch."""
         ctx = self.ctx
         announced: set[int] = set()
-        with ctx.progress_bar(self._label()) as bar:
+        with ctx.progress_bars([_what(st.node) for st in self.states]) as bars:
+            self._refresh(bars)
             current: str | None = None
             while any(self.queues.values()):
                 if not self.queues.get(current or ""):
@@ -329,7 +330,6 @@ class _ChainRun:
                         ctx.say(f"{_what(st.node)} · {spec.display_name} · starts")
                 engine = ctx.engine(spec)
                 works = self._take(current, int(getattr(spec, "batch_size", 32) or 32))
-                bar.update(total=sum(len(q) for q in self.queues.values()) + len(works))
                 responses: dict[int, Response] = {}
                 try:
                     for part in engine.generate([w.request for w in works]):
@@ -343,7 +343,8 @@ class _ChainRun:
                         f"The {spec.display_name} engine failed: {exc}. Completed batches are in the cache; "
                         "rerun to resume."
                     ) from exc
-                bar.advance(len(works), self._complete(works, responses))
+                self._complete(works, responses)
+                self._refresh(bars)
         for st in self.states:
             hits = len(st.keys & self.from_cache)
             if st.stats.calls:
@@ -352,8 +353,10 @@ class _ChainRun:
             elif st.stats.requests:
                 ctx.say(f"{_what(st.node)} · {st.stats.rows_in} rows · served from cache")
 
-    def _label(self) -> str:
-        return " + ".join(_what(st.node) for st in self.states)
+    def _refresh(self, bars: Any) -> None:
+        for i, st in enumerate(self.states):
+            bars.refresh(i, done=sum(st.done), total=len(st.done), hits=len(st.keys & self.from_cache),
+                         tokens=st.stats.output_tokens)
 
 
 def _what(node: LLMNode) -> str:
