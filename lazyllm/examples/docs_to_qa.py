@@ -107,7 +107,7 @@ def build(
     model: Any = None,
     question_tokens: int = 48,
     answer_tokens: int = 96,
-    sample_tokens: int = 64,
+    sample_tokens: int = 48,
     threshold: int = THRESHOLD,
     train_steps: int | None = 10,
 ) -> DocsQA:
