@@ -95,11 +95,14 @@ class DocsQA:
     qa: lazyllm.Frame  # every function: question, answer, judge score
     kept: lazyllm.Frame  # answers scored >= the threshold
     preferences: lazyllm.Frame  # (prompt, chosen, rejected) pairs for DPO
-    heldout: lazyllm.Frame  # held-out kept questions answered by the base and the LoRA-tuned model
-    tuned: object  # the lazy trained-model handle (SFT with LoRA on the other kept pairs)
+    heldout: lazyllm.Frame | None  # held-out kept questions answered by the base and the LoRA-tuned model
+    tuned: object  # the lazy trained-model handle (SFT with LoRA on the other kept pairs), or None
 
     def frames(self) -> dict[str, lazyllm.Frame]:
-        return {"qa": self.qa, "kept": self.kept, "preferences": self.preferences, "heldout": self.heldout}
+        out = {"qa": self.qa, "kept": self.kept, "preferences": self.preferences}
+        if self.heldout is not None:
+            out["heldout"] = self.heldout
+        return out
 
 
 def build(
@@ -141,6 +144,8 @@ def build(
             pl.when(pl.col("winner") == "a").then(pl.col("answer_2")).otherwise(pl.col("answer_1")).alias("rejected"),
         )
     )
+    if model.provider != "transformers":  # only transformers models can be fine-tuned here
+        return DocsQA(qa, kept, preferences, None, None)
     # fine-tune the model with LoRA on the kept pairs (question -> kept answer; short sequences keep it
     # quick on a CPU), then answer held-out kept questions with the trained adapter. Trained on first
     # use, cached by fingerprint: a rerun does not retrain.
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results["qa"].write_parquet(out / "qa.parquet")
-    results["heldout"].write_parquet(out / "heldout.parquet")
+    if "heldout" in results:
+        results["heldout"].write_parquet(out / "heldout.parquet")
     for name in ("kept", "preferences"):  # dataset folders: parquet shards + data card (README.md)
         job.frames()[name].save_dataset(out / name, data=results[name], workspace=args.workspace,
                                         title=f"Python stdlib QA ({name})", license="apache-2.0")
@@ -189,9 +195,10 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     print(f"{qa.height} questions answered ({errors} with errors), score distribution "
           f"{dict(sorted(qa['score'].value_counts().iter_rows()))}")
     print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs")
-    with pl.Config(tbl_rows=6, fmt_str_lengths=90, tbl_width_chars=170):
-        print("Held-out questions, base vs LoRA-tuned answers:")
-        print(results["heldout"].select("question", "base_answer", "tuned_answer"))
+    if "heldout" in results:
+        with pl.Config(tbl_rows=6, fmt_str_lengths=90, tbl_width_chars=170):
+            print("Held-out questions, base vs LoRA-tuned answers:")
+            print(results["heldout"].select("question", "base_answer", "tuned_answer"))
     summary = job.kept.sql(SUMMARY_SQL).collect(workspace=args.workspace, progress=False)  # served from cache
     with pl.Config(tbl_rows=40, tbl_width_chars=120):
         print("DuckDB summary of the kept data:\n" + SUMMARY_SQL)
