@@ -67,9 +67,18 @@ def table(measures: dict[str, Measure], baseline: str, extra_cols: tuple[str, ..
     rows = [head, sep]
     base = measures[baseline].median
     for m in measures.values():
-        cells = "".join(f" {statistics.median(m.extra[c]) if c in m.extra else '-'} |" for c in extra_cols)
+        cells = "".join(f" {_cell(m.extra.get(c))} |" for c in extra_cols)
         rows.append(f"| {m.name} | {m.median:.3f} | {m.span()} | {m.median / base:.3f} |{cells}")
     return "\n".join(rows)
+
+
+def _cell(values: list[Any] | None) -> str:
+    if not values:
+        return "-"
+    try:
+        return f"{statistics.median(values):.4g}"
+    except TypeError:  # already formatted text
+        return str(values[len(values) // 2])
 
 
 def machine() -> str:
