@@ -77,7 +77,7 @@ def _cell(values: list[Any] | None) -> str:
         return "-"
     try:
         return f"{statistics.median(values):.4g}"
-    except TypeError:  # already formatted text
+    except (TypeError, ValueError):  # already formatted text
         return str(values[len(values) // 2])
 
 
