@@ -341,6 +341,16 @@ def _cost(spec: ModelSpec, input_tokens: int, output_tokens: int) -> float | Non
 # ------------------------------------------------------------------------------------
 
 
+def _header(metadata: dict[str, Any], title: Any, description: str | None) -> list[str]:
+    """The first parts of a card's README: YAML front matter, title, optional description."""
+    from huggingface_hub.utils import yaml_dump
+
+    parts = ["---\n" + yaml_dump(metadata, sort_keys=False).strip() + "\n---", f"# {title}"]
+    if description:
+        parts.append(description)
+    return parts
+
+
 @dataclass(frozen=True)
 class DataCard:
     """A synthetic data card: JSON data plus its Markdown rendering.
@@ -427,13 +437,9 @@ class DataCard:
 
     def to_markdown(self) -> str:
         """A ``README.md``: Hugging Face dataset-card YAML front matter, then the card as text."""
-        from huggingface_hub.utils import yaml_dump
-
         d = self.data
         run = d["run"]
-        parts = ["---\n" + yaml_dump(self.metadata(), sort_keys=False).strip() + "\n---", f"# {d.get('title')}"]
-        if d.get("description"):
-            parts.append(d["description"])
+        parts = _header(self.metadata(), d.get("title"), d.get("description"))
         names = ", ".join(f"`{_source_name(m)}`" for m in d["models"]) or "no model"
         parts.append(f"Synthetic data generated with lazyllm (lazy frames for LLM data workflows) from {names}. "
                      "Everything below is read from the plan and the run log: each node with its full prompt "
@@ -766,13 +772,9 @@ class ModelCard:
 
     def to_markdown(self) -> str:
         """A ``README.md``: Hugging Face model-card YAML front matter, then the card as text."""
-        from huggingface_hub.utils import yaml_dump
-
         d = self.data
         base = d["base_model"]
-        parts = ["---\n" + yaml_dump(self.metadata(), sort_keys=False).strip() + "\n---", f"# {d['title']}"]
-        if d.get("description"):
-            parts.append(d["description"])
+        parts = _header(self.metadata(), d["title"], d.get("description"))
         method = f" with {d['method']}" if d.get("method") else ""
         parts.append(f"Fine-tuned from `{base['hub_id'] or base['model'] or base['name']}`{method} by lazyllm, on "
                      f"synthetic data with fingerprint `{d['training_data']['fingerprint']}`.")

@@ -34,7 +34,7 @@ from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode
-from .scheduler import UNCOMPUTED, run_chain  # noqa: F401 (re-exported)
+from .scheduler import run_chain
 from .workspace import Workspace, resolve_workspace
 
 __all__ = ["collect", "collect_all", "dry_run", "NodeStats", "RunResult", "model_fingerprint"]

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
+from lazyllm.backends.answers import parse_answer
 from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
 from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
@@ -74,6 +75,7 @@ class PlanNode:
     is_llm: ClassVar[bool] = False
     row_local: ClassVar[bool] = False
     n_children: ClassVar[int | None] = 1  # None: any number >= 1
+    same_columns: ClassVar[bool] = False  # output columns are the child's (only rows change)
 
     children: tuple["PlanNode", ...] = ()
     _fingerprint: str | None = field(default=None, init=False, repr=False)
@@ -100,6 +102,8 @@ class PlanNode:
         raise NotImplementedError(f"{type(self).__name__} is not a relational node")
 
     def _infer_schema(self) -> pl.Schema:
+        if self.same_columns:
+            return self.child.schema()
         return _polars_schema(lambda: self.empty().collect_schema(), self)
 
     def empty(self) -> pl.LazyFrame:
@@ -349,13 +353,12 @@ class WithColumns(PlanNode):
 class Filter(PlanNode):
     """``LazyFrame.filter`` with a boolean polars expression (row order kept)."""
 
+    same_columns: ClassVar[bool] = True
+
     predicate: pl.Expr
 
     def validate(self) -> None:
         check_columns(self.predicate.meta.root_names(), self.child.columns, where="filter()")
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()  # rows change, columns do not
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.filter(self.predicate)
@@ -372,15 +375,14 @@ class Head(PlanNode):
     below in waves of rows until ``n`` rows pass the filters, instead of for every row.
     """
 
+    same_columns: ClassVar[bool] = True
+
     n: int
     waves: bool = field(default=False, metadata={"performance_only": True})
 
     def validate(self) -> None:
         if not isinstance(self.n, int) or self.n < 0:
             raise PlanError(f"head(n) needs a non-negative int, got {self.n!r}.")
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()  # rows change, columns do not
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.head(self.n)
@@ -393,12 +395,11 @@ class Head(PlanNode):
 class Sort(PlanNode):
     """Stable sort by expressions."""
 
+    same_columns: ClassVar[bool] = True
+
     by: tuple[pl.Expr, ...]
     descending: tuple[bool, ...]
     nulls_last: bool = False
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()  # rows change, columns do not
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.sort(list(self.by), descending=list(self.descending), nulls_last=self.nulls_last,
@@ -412,6 +413,8 @@ class Sort(PlanNode):
 class Unique(PlanNode):
     """Drop duplicate rows (on ``subset`` columns), keeping order."""
 
+    same_columns: ClassVar[bool] = True
+
     subset: tuple[str, ...] | None = None
     keep: str = "first"
 
@@ -420,9 +423,6 @@ class Unique(PlanNode):
             raise PlanError(f"unique(keep=...) must be 'first', 'last', 'none' or 'any', got {self.keep!r}.")
         if self.subset is not None:
             check_columns(self.subset, self.child.columns, where="unique()")
-
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()  # rows change, columns do not
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         subset = list(self.subset) if self.subset is not None else None
@@ -544,8 +544,7 @@ class Drop(PlanNode):
 class _RowsByPosition(PlanNode):
     """Base of nodes that pick rows by position (they collect their input): same columns."""
 
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()
+    same_columns: ClassVar[bool] = True
 
     def empty(self) -> pl.LazyFrame:
         return self.child.empty()
@@ -748,6 +747,8 @@ class LLMNode(PlanNode):
         return frozenset(self.output_schema()) | {self.error_column}
 
     def _infer_schema(self) -> pl.Schema:
+        if self.same_columns:
+            return self.child.schema()
         schema = dict(self.child.schema())
         schema.update(self.output_schema())
         schema[self.error_column] = pl.String()
@@ -780,6 +781,10 @@ class LLMNode(PlanNode):
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
         """Output values of one row from its responses (in request order), and an error."""
         raise NotImplementedError
+
+    def failed_values(self) -> dict[str, Any]:
+        """Output values of a row whose requests could not even be built (a template error)."""
+        return {col: None for col in self.output_schema()}
 
 
 def _errors(responses: Sequence[Response], several: bool) -> list[str]:
@@ -863,25 +868,9 @@ class Generate(LLMNode):
 
     def parse(self, text: str) -> Any:
         """The value of one answer (raises ValueError when it breaks the constraint)."""
-        if self.choices is not None:
-            answer = text.strip()
-            if answer not in self.choices:
-                raise ValueError(f"answer {answer!r} is not one of {list(self.choices)}")
-            return answer
+        value = parse_answer(text, self.choices, self.json_schema)
         schema = self.schema_dict()
-        if schema is None:
-            return text
-        import jsonschema
-
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"answer is not valid JSON ({exc}): {text[:200]!r}") from None
-        try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError as exc:
-            raise ValueError(f"answer does not match the JSON schema: {exc.message}") from None
-        return _to_dtype(value, schema)
+        return _to_dtype(value, schema) if schema is not None else value
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
         values: list[Any] = []
@@ -1039,6 +1028,7 @@ class LLMFilter(LLMNode):
 
     row_local: ClassVar[bool] = False
     filters_rows: ClassVar[bool] = True
+    same_columns: ClassVar[bool] = True
     column: str = "__lazyllm_keep__"
 
     def output_schema(self) -> dict[str, pl.DataType]:
@@ -1047,11 +1037,11 @@ class LLMFilter(LLMNode):
     def columns_written(self) -> frozenset[str]:
         return frozenset()  # nothing visible: the verdict column is internal
 
-    def _infer_schema(self) -> pl.Schema:
-        return self.child.schema()
-
     def empty(self) -> pl.LazyFrame:
         return self.child.empty()
+
+    def failed_values(self) -> dict[str, Any]:
+        return {self.column: False}  # a row whose question failed is not kept
 
     def requests_for(self, row: dict[str, Any]) -> list[Request]:
         return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=("yes", "no"))]

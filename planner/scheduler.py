@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lazyllm.backends.errors import EngineError, TemplateError
-from lazyllm.backends.protocols import Message, Request, Response
+from lazyllm.backends.protocols import Request, Response
 
 from .cache import request_key
 from .nodes import LLMNode
@@ -151,8 +151,7 @@ class _ChainRun:
 
     def fail_row(self, i: int, r: int, error: str) -> list[tuple[int, int]]:
         st = self.states[i]
-        values, _ = st.node.combine([Response(text=None, finish_reason="error", error=error)])
-        for col, value in values.items():
+        for col, value in st.node.failed_values().items():
             st.values[col][r] = value
         st.errors[r] = error
         st.stats.failures += 1

@@ -164,8 +164,6 @@ def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
     metrics = dict(result.metrics)
     metrics.update({"fingerprint": model.fingerprint, "data_fingerprint": model.data.fingerprint,
                     "adapter": result.adapter, "resumed_from": result.resumed_from})
-    if not marker.is_file():  # the backend writes it; make sure a finished run is marked
-        marker.write_text(json.dumps(metrics, default=str))
     ctx.say(f"train {model.display_name}: done · final loss {metrics.get('final_train_loss')}")
     return metrics
 
@@ -192,6 +190,4 @@ def job_options_of(spec: Any) -> dict[str, Any]:
 
 def non_null_rows(df: pl.DataFrame, mapping: dict[str, str]) -> list[dict[str, Any]]:
     """Rows of ``df`` renamed by ``mapping`` (standard name -> column), dropping rows with nulls."""
-    cols = {std: col for std, col in mapping.items()}
-    sub = df.select([pl.col(col).alias(std) for std, col in cols.items()]).drop_nulls()
-    return sub.to_dicts()
+    return df.select([pl.col(col).alias(std) for std, col in mapping.items()]).drop_nulls().to_dicts()

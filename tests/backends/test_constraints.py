@@ -9,17 +9,17 @@ from __future__ import annotations
 import doctest
 import json
 import sys
-from pathlib import Path
 
 import jsonschema
 import torch
 import pytest
+from engine_helpers import ask, run
 
 from lazyllm.backends import constraints
 from lazyllm.backends.catalog import DEFAULT_MODEL
 from lazyllm.backends.constraints import choices_grammar
 from lazyllm.backends.errors import LazyLLMError, MissingDependencyError
-from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
+from lazyllm.backends.protocols import Response
 from lazyllm.backends.transformers import TransformersEngine, resolve_model_dir
 from lazyllm.models import Transformers
 
@@ -42,21 +42,6 @@ RATING_PROMPT = "Rate the movie Titanic from 1 to 10. Answer with a number only.
 SKY_PROMPT = "Is the sky blue? Answer yes or no."
 QUOTE_PROMPT = "Which one is a greeting?"
 FRANCE = "What is the capital of France?"
-
-
-def ask(question: str, *, choices=None, json_schema=None, **params) -> Request:
-    return Request(messages=(Message("user", question),), params=SamplingParams(**params),
-                   choices=choices, json_schema=json_schema)
-
-
-def run(engine: TransformersEngine, requests) -> dict[int, Response]:
-    out: dict[int, Response] = {}
-    for batch in engine.generate(requests):
-        for i, response in batch:
-            assert i not in out, "every index is yielded exactly once"
-            out[i] = response
-    assert sorted(out) == list(range(len(requests)))
-    return out
 
 
 def assert_person(response: Response) -> None:

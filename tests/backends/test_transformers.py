@@ -15,11 +15,12 @@ import weakref
 from pathlib import Path
 
 import pytest
+from engine_helpers import ask, run
 
 from lazyllm.backends import transformers as engine_module
 from lazyllm.backends.catalog import ALIASES, DEFAULT_MODEL
 from lazyllm.backends.errors import EngineError, LazyLLMError, ModelNotFoundError
-from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams
+from lazyllm.backends.protocols import Engine, Message, Request, SamplingParams
 from lazyllm.backends.registry import engine_factory
 from lazyllm.backends.transformers import TransformersEngine, resolve_model_dir
 from lazyllm.models import Transformers
@@ -30,23 +31,9 @@ MATH = "What is 2 + 2?"
 ESSAY = "Write a long essay about the history of the Roman Empire."
 
 
-def ask(question: str, **params) -> Request:
-    return Request(messages=(Message("user", question),), params=SamplingParams(**params))
-
-
-def run(engine: TransformersEngine, requests) -> dict[int, Response]:
-    out: dict[int, Response] = {}
-    for batch in engine.generate(requests):
-        for i, response in batch:
-            assert i not in out, "every index is yielded exactly once"
-            out[i] = response
-    assert sorted(out) == list(range(len(requests)))
-    return out
-
-
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("workspace")
+def workspace(model_workspace) -> Path:
+    return model_workspace.path  # shared with the other tests: the alias is converted once per session
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
+from engine_helpers import ask, run
 
 import lazyllm
 from lazyllm.backends import registry, vllm_engine
 from lazyllm.backends.errors import LazyLLMError, MissingDependencyError, PlanError
-from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams
+from lazyllm.backends.protocols import Engine, Message, Request, SamplingParams
 from lazyllm.backends.vllm_engine import VLLMEngine, find_vllm_python
 from lazyllm.models import VLLM
 from lazyllm.planner.executor import model_fingerprint
@@ -25,20 +26,6 @@ from lazyllm.planner.executor import model_fingerprint
 FRANCE = "What is the capital of France?"
 COLORS = "Name three colors."
 ESSAY = "Write a long essay about the history of the Roman Empire."
-
-
-def ask(question: str, **params) -> Request:
-    return Request(messages=(Message("user", question),), params=SamplingParams(**params))
-
-
-def run(engine: VLLMEngine, requests) -> dict[int, Response]:
-    out: dict[int, Response] = {}
-    for group in engine.generate(requests):
-        for i, response in group:
-            assert i not in out
-            out[i] = response
-    assert sorted(out) == list(range(len(requests)))
-    return out
 
 
 def _require_vllm() -> None:
