@@ -40,6 +40,7 @@ from .fingerprint import hash_canonical
 from .templates import PromptTemplate, check_columns
 
 __all__ = [
+    "is_elementwise",
     "PlanNode",
     "DataFrameSource",
     "FileSource",
@@ -218,6 +219,37 @@ def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
             return None
         out.update(e.meta.root_names())
     return frozenset(out)
+
+
+_NOT_ELEMENTWISE = frozenset({"Agg", "Over", "Rolling", "Window", "Len", "Slice", "Gather", "Sort", "SortBy",
+                               "Filter", "Explode", "AnonymousFunction", "Shift", "Diff", "Rank", "Unique"})
+
+
+def is_elementwise(exprs: Sequence[pl.Expr]) -> bool:
+    """True when each expression computes row *i* from row *i* alone (no aggregation,
+    window, shift, sort or user function), so it gives the same rows on any subset or
+    partition of its input. Conservative: unknown means False.
+
+    >>> is_elementwise([pl.col("a").str.len_chars() > 3])
+    True
+    >>> is_elementwise([pl.col("a") > pl.col("a").mean()])
+    False
+    """
+    def walk(tree: Any) -> bool:
+        if isinstance(tree, str):
+            return tree not in _NOT_ELEMENTWISE
+        if isinstance(tree, dict):
+            return all(k not in _NOT_ELEMENTWISE and walk(v) for k, v in tree.items())
+        if isinstance(tree, list):
+            return all(walk(v) for v in tree)
+        return True
+
+    for e in exprs:
+        if not (e.meta.is_row_separable() and e.meta.is_length_preserving()):
+            return False
+        if not walk(json.loads(e.meta.serialize(format="json"))):
+            return False
+    return True
 
 
 def _content_hash_df(df: pl.DataFrame) -> str:

@@ -6,7 +6,8 @@ an LLM filter (two filters commute) or a stable sort, when the predicate reads n
 of the columns that node writes: filtering first gives the same rows in the same
 order, and the LLM sees fewer rows.
 Blocked when the predicate reads a column the node produces (for example a filter
-on the generated answer).
+on the generated answer), and when it is not elementwise (``x > x.mean()`` depends on
+which rows are present, so it may not cross an LLM filter).
 
 >>> import polars as pl, lazyllm
 >>> from lazyllm.planner.optimizer import optimize
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import Drop, Filter, LLMNode, PlanNode, Rename, Select, Sort
+from ..nodes import Drop, Filter, LLMNode, PlanNode, Rename, Select, Sort, is_elementwise
 
 
 def _chain(node: PlanNode) -> list[PlanNode]:
@@ -39,6 +40,8 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     reads = node.columns_read()
     if reads is None:
         return None  # a selector may read any column, including LLM output
+    if not is_elementwise([node.predicate]):
+        return None  # an aggregate or window (x > x.mean()) would see other rows below
     if isinstance(below, Rename):
         if reads & {new for _, new in below.mapping}:
             return None

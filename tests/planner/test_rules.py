@@ -77,6 +77,26 @@ def test_predicate_pushdown_blocked_by_with_columns(ws, counters):
     same_results(frame, ws, counters)
 
 
+def test_predicate_pushdown_blocked_for_aggregate_predicates_above_an_llm_filter(ws, counters):
+    # id > mean(id) depends on which rows are present: below the LLM filter it would see all 8
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("t1", "no"), ("t3", "no"), ("Keep", "yes"))),
+                                 "Keep {{ topic }}?")
+    frame = base().filter(keep).filter(pl.col("id") > pl.col("id").mean())
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["Filter", "LLMFilter"]
+    same_results(frame, ws, counters)
+    assert frame.collect(workspace=ws)["id"].to_list() == [5, 6, 7]  # mean of 0,2,4,5,6,7 is 4
+
+
+def test_is_elementwise_is_conservative():
+    from lazyllm.planner.nodes import is_elementwise
+
+    assert is_elementwise([pl.col("a") > 1, pl.col("s").str.contains("x"), pl.col("a").is_in([1, 2])])
+    for expr in (pl.col("a") > pl.col("a").mean(), pl.col("a").cum_sum(), pl.col("a").shift(1),
+                 pl.col("a").rank().over("b"), pl.len(), pl.col("a").sort(), pl.col("a").head(2)):
+        assert not is_elementwise([expr]), expr
+
+
 # -- limit pushdown --------------------------------------------------------------------
 
 
