@@ -117,6 +117,9 @@ class DeterministicEngine:
     ``output_tokens`` of the answer. Choice and JSON schema constraints are not
     enforced: the answer is returned as is.
 
+    Before a batch runs, ``exit_on`` ends the process and ``raise_on`` raises
+    ``RuntimeError`` if a request of the batch contains one of their strings.
+
     Requests run in the given order, in batches of ``batch_size``; after each batch
     the engine sleeps ``delay`` seconds, updates the counters and, when ``log_path``
     is set, appends ``{"pid", "n", "keys"}`` (keys: :func:`request_key` of each
@@ -144,6 +147,7 @@ class DeterministicEngine:
         size = max(1, int(self.spec.batch_size))
         for start in range(0, len(requests), size):
             batch = list(enumerate(requests[start : start + size], start))
+            self._crash([r for _, r in batch])
             responses = [(i, self.respond(r)) for i, r in batch]
             if self.spec.delay:
                 time.sleep(self.spec.delay)
@@ -153,6 +157,15 @@ class DeterministicEngine:
             if self.spec.log_path:
                 self._log([r for _, r in batch])
             yield responses
+
+    def _crash(self, batch: Sequence[Request]) -> None:
+        """``exit_on``: end this process; ``raise_on``: raise out of ``generate``."""
+        texts = [render(r) for r in batch]
+        if any(needle in t for needle in self.spec.exit_on for t in texts):
+            os._exit(3)
+        hit = next((needle for needle in self.spec.raise_on for t in texts if needle in t), None)
+        if hit is not None:
+            raise RuntimeError(f"TestModel {self.spec.name!r} raises on batches containing {hit!r}.")
 
     def respond(self, request: Request) -> Response:
         """The response to one request (no counters, no log, no delay)."""

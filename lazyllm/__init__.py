@@ -6,6 +6,7 @@ reuses LMDB-cached LLM results and runs the rest on the engine of each model spe
 """
 
 from lazyllm.backends.catalog import DEFAULT_MODEL
+from lazyllm.backends.distributed import RayExecutor
 from lazyllm.planner.workspace import Workspace
 
 from . import errors
@@ -21,6 +22,6 @@ __all__ = [
     "Frame", "collect_all", "concat", "llm_predicate", "LLMPredicate", "prompts", "sql",
     "read_parquet", "read_csv", "read_ndjson", "from_polars", "from_pandas", "from_arrow", "from_dicts", "from_hf",
     "ModelSpec", "Transformers", "OpenAI", "VLLM", "TestModel", "default_model", "DEFAULT_MODEL",
-    "Workspace", "errors",
+    "Workspace", "errors", "RayExecutor",
     "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardModel", "LoRA", "TrainSpec",
 ]

@@ -26,7 +26,7 @@ import polars as pl
 
 from lazyllm.backends.errors import PlanError
 from lazyllm.backends.protocols import ModelSpec, SamplingParams
-from lazyllm.planner import executor
+from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan
 from lazyllm.planner.templates import check_columns
@@ -457,7 +457,7 @@ class Frame:
 
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
-                optimize: bool = True) -> pl.DataFrame:
+                optimize: bool = True, executor: "str | Any | None" = None) -> pl.DataFrame:
         """Run the plan and return a ``polars.DataFrame``.
 
         Parameters
@@ -469,13 +469,21 @@ class Frame:
         optimize : bool
             Apply the optimizer rules (default). ``False`` runs the plan as written,
             for comparison and debugging.
+        executor : str or lazyllm.RayExecutor, optional
+            Where LLM requests run: ``"local"`` (this process; the default, or
+            ``LAZYLLM_EXECUTOR``), ``"ray"`` (a local Ray cluster, or the one named by
+            ``LAZYLLM_RAY_ADDRESS``) or ``lazyllm.RayExecutor(address=..., replicas=...)``.
+            Results and the cache are the same either way.
 
         Raises
         ------
         EngineError
             A model could not be loaded. Batches already computed stay in the cache.
+        MissingDependencyError
+            ``executor="ray"`` without Ray installed (before anything runs).
         """
-        return executor.collect(self._node, workspace=workspace, progress=progress, optimize=optimize).frames[0]
+        return _exec.collect(self._node, workspace=workspace, progress=progress, optimize=optimize,
+                                executor=executor).frames[0]
 
     def explain(self, *, optimized: bool = True, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
                 fingerprints: bool = True) -> str:
@@ -498,8 +506,35 @@ class Frame:
             header += [f"  rule {name}: {note}" for name, note in result.fired] or ["  (no rule fired)"]
         else:
             plan, header = self._node, ["logical plan"]
-        stats = executor.dry_run([plan], workspace)
+        stats = _exec.dry_run([plan], workspace)
         return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
+
+    def sink_parquet(self, directory: str | os.PathLike[str], *, rows_per_shard: int = 100_000,
+                     **collect_kwargs: Any) -> list[Path]:
+        """Run the plan one input partition at a time and write one parquet shard per
+        partition (``part-00000.parquet``, ...) in ``directory``, without gathering the
+        result in memory. For inputs larger than memory, and with
+        ``executor="ray"``, parquet inputs are read in partitions on the cluster.
+
+        Parameters
+        ----------
+        directory : path
+            Output folder; earlier ``part-*.parquet`` files in it are removed first.
+        rows_per_shard : int
+            Input rows per partition (default 100,000); a shard has at most that many rows.
+        **collect_kwargs
+            ``workspace``, ``progress``, ``optimize``, ``executor`` as for :meth:`collect`.
+
+        Returns the shard paths, in input order (read them with ``lazyllm.read_parquet(dir + "/*.parquet")``).
+
+        Raises
+        ------
+        PlanError
+            The plan has an operation that needs every row at once (sort, join,
+            aggregate, head, sample, non-elementwise expression); raised before
+            anything is read or any model is loaded.
+        """
+        return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, **collect_kwargs)[0]
 
     def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
         """Collect and write a parquet file; returns the collected DataFrame."""
@@ -614,6 +649,8 @@ def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
 
 
 def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
-                progress: bool | None = None) -> list[pl.DataFrame]:
-    """Collect several frames in one run: a subplan they share runs once."""
-    return executor.collect_all([f.plan for f in frames], workspace=workspace, progress=progress).frames
+                progress: bool | None = None, executor: "str | Any | None" = None) -> list[pl.DataFrame]:
+    """Collect several frames in one run: a subplan they share runs once (``executor``: see
+    :meth:`Frame.collect`)."""
+    return _exec.collect_all([f.plan for f in frames], workspace=workspace, progress=progress,
+                             executor=executor).frames

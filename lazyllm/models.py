@@ -159,6 +159,13 @@ class TestModel(ModelSpec):
         Performance only.
     fail_on : tuple of str
         Requests containing one of these strings fail (error responses).
+    raise_on : tuple of str
+        A batch holding a request that contains one of these strings raises
+        ``RuntimeError`` out of the engine (a bug in an engine, for failure tests).
+    exit_on : tuple of str
+        A batch holding such a request ends the engine's process at once
+        (``os._exit(3)``: a crashed worker, for Ray failure tests; never use it with
+        the local executor, whose process is yours).
     """
 
     __test__ = False  # not a pytest test class
@@ -167,6 +174,8 @@ class TestModel(ModelSpec):
     name: str = "echo"
     rules: tuple[tuple[str, str], ...] = ()
     fail_on: tuple[str, ...] = ()
+    raise_on: tuple[str, ...] = ()
+    exit_on: tuple[str, ...] = ()
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)

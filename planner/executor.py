@@ -37,7 +37,7 @@ from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode
 from .scheduler import run_chain
 from .workspace import Workspace, resolve_workspace
 
-__all__ = ["collect", "collect_all", "dry_run", "NodeStats", "RunResult", "model_fingerprint"]
+__all__ = ["collect", "collect_all", "dry_run", "sink_partitioned", "NodeStats", "RunResult", "model_fingerprint"]
 
 log = logging.getLogger("lazyllm")
 
@@ -82,11 +82,16 @@ class RunResult:
     stats: dict[str, NodeStats] = field(default_factory=dict)
     seconds: float = 0.0
     log_path: Path | None = None
+    #: Ray executor only: per-replica records (model, replica, pid, batches, requests,
+    #: output_tokens, failures, busy_seconds, load_seconds, deaths, tokens_per_second).
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Context:
-    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool) -> None:
+    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool, executor: Any = None) -> None:
         self.workspace = workspace
+        self.executor = executor  # None (this process) or a lazyllm.backends.distributed.RayExecutor
+        self.replica_stats: list[dict[str, Any]] = []
         self.dry_run = dry_run
         self.progress = progress
         self.memo: dict[str, pl.LazyFrame] = {}
@@ -115,8 +120,14 @@ class _Context:
 
             if isinstance(spec, TrainedModel):  # train first (cached by fingerprint)
                 ensure_trained(spec, self)
-            factory = engine_factory(spec.provider)
-            self.engines[key] = factory(spec, workspace=self.workspace.path)
+            factory = engine_factory(spec.provider)  # also checks the provider before a cluster starts
+            if self.executor is not None:
+                from lazyllm.backends.distributed import ReplicaPool
+
+                self.engines[key] = ReplicaPool(spec, workspace=self.workspace.path, executor=self.executor)
+                self.say(f"{spec.display_name} · {self.engines[key].parallelism} Ray replicas")
+            else:
+                self.engines[key] = factory(spec, workspace=self.workspace.path)
         return self.engines[key]
 
     @contextmanager
@@ -154,6 +165,15 @@ class _Context:
         return self._counters[key]
 
     def close(self) -> None:
+        pools = [e for e in self.engines.values() if hasattr(e, "stats") and hasattr(e, "parallelism")]
+        if pools:
+            from lazyllm.backends.distributed import merge_stats
+
+            self.replica_stats.extend(merge_stats(pools))
+            for rec in self.replica_stats:
+                self.say(f"replica {rec['replica']} of {rec['model']}: {rec['requests']} requests in "
+                         f"{rec['batches']} batches · {rec['output_tokens']} output tokens · "
+                         f"{rec['tokens_per_second']} tok/s busy · {rec['failures']} failed · {rec['deaths']} deaths")
         for engine in self.engines.values():
             try:
                 engine.close()
@@ -185,11 +205,17 @@ def collect_all(
     workspace: "str | os.PathLike[str] | Workspace | None" = None,
     progress: bool | None = None,
     optimize: bool = True,
+    executor: Any = None,
 ) -> RunResult:
     """Execute plans together: a subplan shared by several roots runs once.
 
     With ``optimize`` (default) each plan is first rewritten by the optimizer rules.
+    ``executor``: ``"local"`` (this process), ``"ray"`` or a
+    :class:`lazyllm.backends.distributed.RayExecutor`; None reads ``LAZYLLM_EXECUTOR``.
     """
+    from lazyllm.backends.distributed import resolve_executor
+
+    chosen = resolve_executor(executor)
     ws = resolve_workspace(workspace)
     logical = list(roots)
     fired: list[list[tuple[str, str]]] = [[] for _ in roots]
@@ -199,13 +225,13 @@ def collect_all(
         results = [_optimize(r) for r in roots]
         roots = [r.plan for r in results]
         fired = [r.fired for r in results]
-    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress))
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
     start = time.perf_counter()
     try:
         frames = [_evaluate(root, ctx).collect() for root in roots]
     finally:
         ctx.close()
-    result = RunResult(frames, ctx.stats, time.perf_counter() - start)
+    result = RunResult(frames, ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
     result.log_path = _write_run_log(ws, logical, roots, fired, result)
     return result
 
@@ -285,6 +311,129 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
     return pl.concat(parts).head(head.n).lazy()
 
 
+def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
+    """The nodes above the source (top first) and the source, when every node decides
+    each row alone, so the plan can run partition by partition.
+
+    Raises
+    ------
+    PlanError
+        A node needs every row at once (a sort, join, aggregate, head, sample, a
+        non-elementwise expression), named in the message.
+    """
+    from lazyllm.backends.errors import PlanError
+
+    from .nodes import Drop, Filter, Rename, Select, WithColumns, is_elementwise
+
+    chain: list[PlanNode] = []
+    node = root
+    while not isinstance(node, (DataFrameSource, FileSource)):
+        ok = (isinstance(node, (LLMNode, Rename, Drop))
+              or (isinstance(node, Select) and node.is_projection())
+              or (isinstance(node, WithColumns) and is_elementwise(node.exprs))
+              or (isinstance(node, Filter) and is_elementwise([node.predicate])))
+        if not ok or len(node.children) != 1:
+            raise PlanError(
+                f"sink_parquet() runs the plan one partition at a time, but {node.kind} needs every row at once. "
+                "Only LLM operators, elementwise filters and with_columns, drops, renames and column selections "
+                "can run by partition: use collect() or write_parquet() for this plan."
+            )
+        chain.append(node)
+        node = node.children[0]
+    return chain, node
+
+
+def _local_partitions(source: PlanNode, rows: int) -> Iterator[pl.DataFrame]:
+    """Slices of at most ``rows`` rows, file by file, reading one slice at a time."""
+    if isinstance(source, FileSource) and source.format == "parquet":
+        for path in source.paths:
+            lf = pl.scan_parquet(path, **dict(source.options))
+            total = lf.select(pl.len()).collect().item()
+            for start in range(0, max(total, 1), rows):
+                yield lf.slice(start, rows).collect()
+        return
+    df = source.apply().collect()
+    for start in range(0, max(df.height, 1), rows):
+        yield df.slice(start, rows)
+
+
+def sink_partitioned(
+    root: PlanNode,
+    directory: "str | os.PathLike[str]",
+    *,
+    rows_per_shard: int = 100_000,
+    workspace: "str | os.PathLike[str] | Workspace | None" = None,
+    progress: bool | None = None,
+    optimize: bool = True,
+    executor: Any = None,
+) -> tuple[list[Path], RunResult]:
+    """Run a row-by-row plan one input partition at a time and write each partition's
+    result as ``part-00000.parquet``, ``part-00001.parquet``, ... in ``directory``.
+
+    The driver holds one partition (at most ``rows_per_shard`` input rows) at a time;
+    engines stay loaded across partitions and every LLM result is committed to the
+    cache as usual, so a killed run resumes. With the Ray executor, parquet sources
+    are read in partitions by Ray Data tasks on the cluster. Shards are written to a
+    temporary name and renamed, so a shard file is always complete.
+
+    Returns the shard paths and the run's stats (``frames`` is empty: nothing is
+    gathered).
+
+    Raises
+    ------
+    PlanError
+        The plan has a node that needs every row at once (see :func:`_partition_chain`),
+        or ``rows_per_shard`` < 1; raised before anything is read or any model loaded.
+    """
+    from lazyllm.backends.distributed import read_partitions, resolve_executor
+    from lazyllm.backends.errors import PlanError
+
+    if rows_per_shard < 1:
+        raise PlanError(f"rows_per_shard must be at least 1, got {rows_per_shard}.")
+    chosen = resolve_executor(executor)
+    ws = resolve_workspace(workspace)
+    plan, fired = root, []
+    if optimize:
+        from .optimizer import optimize as _optimize
+
+        res = _optimize(root)
+        plan, fired = res.plan, res.fired
+    chain, source = _partition_chain(plan)
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("part-*.parquet"):
+        old.unlink()  # shards of an earlier run would mix with this one's
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
+    if chosen is not None and isinstance(source, FileSource) and source.format == "parquet":
+        parts: Iterator[pl.DataFrame] = read_partitions(chosen, source.paths, rows_per_shard, dict(source.options))
+    else:
+        parts = _local_partitions(source, rows_per_shard)
+    shards: list[Path] = []
+    rows_out = 0
+    start = time.perf_counter()
+    try:
+        for i, part in enumerate(parts):
+            wave: PlanNode = DataFrameSource(data=part, label=f"partition {i}")
+            for node in reversed(chain):
+                wave = node.with_children(wave)
+            before = set(ctx.stats)
+            ctx.memo = {}  # nothing of an earlier partition is kept
+            df = _evaluate(wave, ctx).collect()
+            _fold_wave_stats(ctx, before, chain, wave)
+            path = out_dir / f"part-{i:05d}.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            df.write_parquet(tmp)
+            os.replace(tmp, path)
+            shards.append(path)
+            rows_out += df.height
+            ctx.say(f"shard {path.name}: {part.height} rows in, {df.height} rows out")
+    finally:
+        ctx.close()
+    result = RunResult([], ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
+    result.log_path = _write_run_log(ws, [root], [plan], [fired], result, rows=[rows_out])
+    return shards, result
+
+
 def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wave_root: PlanNode) -> None:
     """Add a wave's LLM stats to the stats of the nodes of the original plan."""
     wave_nodes: list[PlanNode] = []
@@ -323,7 +472,8 @@ def _versions() -> dict[str, str]:
 
 
 def _write_run_log(ws: Workspace, logical: Sequence[PlanNode], roots: Sequence[PlanNode],
-                   fired: Sequence[Sequence[tuple[str, str]]], result: RunResult) -> Path | None:
+                   fired: Sequence[Sequence[tuple[str, str]]], result: RunResult,
+                   rows: Sequence[int] | None = None) -> Path | None:
     """One JSON file per collect in ``<workspace>/runs/``: what ran, with which stats.
 
     ``frames[i]`` holds the logical fingerprint of the i-th collected frame (as
@@ -334,12 +484,14 @@ def _write_run_log(ws: Workspace, logical: Sequence[PlanNode], roots: Sequence[P
         "format": 1,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "frames": [
-            {"fingerprint": lg.fingerprint, "optimized": r.fingerprint, "rows": f.height,
+            {"fingerprint": lg.fingerprint, "optimized": r.fingerprint, "rows": f,
              "rules_fired": [f"{name}: {note}" for name, note in fr]}
-            for lg, r, f, fr in zip(logical, roots, result.frames, fired)
+            for lg, r, f, fr in zip(logical, roots, rows if rows is not None else [f.height for f in result.frames],
+                                    fired)
         ],
         "seconds": result.seconds,
         "nodes": [asdict(s) for s in result.stats.values()],
+        "replicas": result.replicas,
         "versions": _versions(),
     }
     try:

@@ -328,7 +328,9 @@ class _ChainRun:
                         announced.add(i)
                         ctx.say(f"{_what(st.node)} · {spec.display_name} · starts")
                 engine = ctx.engine(spec)
-                works = self._take(current, int(getattr(spec, "batch_size", 32) or 32))
+                # a replica pool (Ray executor) takes one batch per replica at a time
+                per_batch = int(getattr(spec, "batch_size", 32) or 32)
+                works = self._take(current, per_batch * int(getattr(engine, "parallelism", 1) or 1))
                 responses: dict[int, Response] = {}
                 try:
                     for part in engine.generate([w.request for w in works]):

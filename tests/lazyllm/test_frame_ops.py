@@ -176,3 +176,28 @@ def test_write_sinks(tmp_path):
     frame.write_ndjson(tmp_path / "out" / "r.jsonl", workspace=tmp_path / "ws")
     assert pl.read_parquet(tmp_path / "out" / "r.parquet")["b"].to_list() == [10, 20]
     assert pl.read_ndjson(tmp_path / "out" / "r.jsonl")["b"].to_list() == [10, 20]
+
+
+def test_sink_parquet_writes_one_shard_per_partition_and_equals_collect(tmp_path, counters):
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in range(2):
+        pl.DataFrame({"id": list(range(f * 5, f * 5 + 5))}).write_parquet(src / f"f{f}.parquet")
+    frame = (lazyllm.read_parquet(str(src / "*.parquet"))
+             .generate("y", lazyllm.TestModel(), prompt="row {{ id }}")
+             .filter(pl.col("id") != 2)
+             .with_columns(n=pl.col("y").str.len_chars()))
+    shards = frame.sink_parquet(tmp_path / "out", rows_per_shard=3, workspace=tmp_path / "ws", progress=False)
+    assert [pl.read_parquet(p).height for p in shards] == [2, 2, 3, 2]  # files of 5 rows: 3 + 2 each
+    assert counters.CALLS == 9  # the filter on id ran before the LLM, partition by partition
+    whole = frame.collect(workspace=tmp_path / "ws", progress=False)
+    assert pl.concat([pl.read_parquet(p) for p in shards]).equals(whole)
+    assert counters.CALLS == 9  # collect() was served from the cache the shards filled
+
+
+def test_sink_parquet_refuses_plans_that_need_every_row(tmp_path):
+    frame = lazyllm.from_dicts([{"x": i} for i in range(4)]).with_columns(m=pl.col("x").mean())
+    with pytest.raises(lazyllm.errors.PlanError, match="WithColumns needs every row"):
+        frame.sink_parquet(tmp_path / "out", workspace=tmp_path / "ws")
+    with pytest.raises(lazyllm.errors.PlanError, match="rows_per_shard"):
+        frame.sink_parquet(tmp_path / "out", rows_per_shard=0, workspace=tmp_path / "ws")
