@@ -185,11 +185,46 @@ class TestModel(ModelSpec):
         return f"test:{self.name}"
 
 
-def default_model() -> Transformers:
-    """The embedded default model: SmolLM2-135M-Instruct on transformers, float32.
+_DEFAULT_ENGINES = ("auto", "transformers", "vllm")
 
-    ``LAZYLLM_NUM_THREADS`` sets its torch thread count.
+
+def default_model(engine: str | None = None) -> ModelSpec:
+    """The embedded default model, SmolLM2-135M-Instruct, on the fastest engine installed.
+
+    Parameters
+    ----------
+    engine : {"auto", "transformers", "vllm"}, optional
+        Default: ``LAZYLLM_DEFAULT_ENGINE``, else ``"auto"``: :class:`VLLM` (bfloat16,
+        eager) when vLLM is installed (``.venv-vllm`` from ``scripts/install_vllm.sh``,
+        or ``vllm`` importable; see :func:`lazyllm.backends.vllm_engine.find_vllm_python`),
+        else :class:`Transformers` (float32; ``LAZYLLM_NUM_THREADS`` sets its torch
+        thread count).
+
+    The two engines are different models as far as the cache is concerned (different
+    fingerprints, different numerics): installing vLLM later makes a workflow that uses
+    the default model compute again. Pin the engine to keep one cache.
+
+    Raises
+    ------
+    PlanError
+        An unknown engine name, or ``"vllm"`` without vLLM installed.
+
+    Cost: ``"auto"`` runs one short ``python -c`` per candidate interpreter the first time.
     """
+    import os
+
+    choice = engine or os.environ.get("LAZYLLM_DEFAULT_ENGINE") or "auto"
+    if choice not in _DEFAULT_ENGINES:
+        raise PlanError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")
+    if choice == "transformers":
+        return Transformers(DEFAULT_MODEL)
+    from lazyllm.backends.vllm_engine import find_vllm_python
+
+    if find_vllm_python() is not None:
+        return VLLM(DEFAULT_MODEL)
+    if choice == "vllm":
+        raise PlanError("The default engine is set to vLLM, but vLLM is not installed: run "
+                        "bash scripts/install_vllm.sh (or unset LAZYLLM_DEFAULT_ENGINE).")
     return Transformers(DEFAULT_MODEL)
 
 

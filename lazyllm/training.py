@@ -29,7 +29,7 @@ from lazyllm.backends.errors import PlanError
 from lazyllm.backends.protocols import ModelSpec
 from lazyllm.planner.train import job_options_of, non_null_rows
 
-from .models import as_model_spec
+from .models import Transformers, as_model_spec
 
 __all__ = ["LoRA", "TrainSpec", "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardModel"]
 
@@ -61,7 +61,8 @@ class TrainSpec:
     Parameters
     ----------
     base : model spec or str
-        The model to fine-tune (a transformers model; default the embedded SmolLM2).
+        The model to fine-tune (a transformers model; default the embedded SmolLM2). A
+        :class:`~lazyllm.VLLM` spec trains its model with transformers (float32).
     lora : LoRA or None
         LoRA adapter settings; None for full fine-tuning.
     epochs : float
@@ -99,6 +100,8 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", as_model_spec(self.base))
+        if getattr(self.base, "provider", None) == "vllm":  # trainers run transformers: same weights
+            object.__setattr__(self, "base", Transformers(self.base.model, revision=self.base.revision))
         if not isinstance(self.base, ModelSpec) or self.base.provider != "transformers":
             raise PlanError(f"{type(self).__name__}(base=...) must be a transformers model (an alias, folder or hub "
                             f"id, or a trained handle), got {self.base!r}.")

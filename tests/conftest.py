@@ -9,6 +9,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("LAZYLLM_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests name the engine they exercise; the default model's automatic engine choice (vLLM when
+# installed) is tested on its own in tests/lazyllm/test_models.py.
+os.environ.setdefault("LAZYLLM_DEFAULT_ENGINE", "transformers")
 
 import pytest  # noqa: E402
 

@@ -144,7 +144,7 @@ def build(
             pl.when(pl.col("winner") == "a").then(pl.col("answer_2")).otherwise(pl.col("answer_1")).alias("rejected"),
         )
     )
-    if model.provider != "transformers":  # only transformers models can be fine-tuned here
+    if model.provider not in ("transformers", "vllm"):  # fine-tuning runs transformers on the same weights
         return DocsQA(qa, kept, preferences, None, None)
     # fine-tune the model with LoRA on the kept pairs (question -> kept answer; short sequences keep it
     # quick on a CPU), then answer held-out kept questions with the trained adapter. Trained on first
