@@ -18,8 +18,9 @@ Failures:
 - a batch whose engine raises, or that keeps killing replicas, is split in halves
   until the request that fails is alone: that request ends as an error row
   (``finish_reason="error"``), never as a failed job (a *poison row*);
-- requests of a multi-request batch that came back as errors are retried once more in
-  halves, so one bad row does not take its batch-mates down with it.
+- requests of a multi-request batch that came back as errors are retried in halves
+  until each is alone, so one bad row does not take its batch-mates down with it
+  (errors are never cached, so a rerun would retry them anyway).
 
 Replicas read the model from the workspace path, so on a multi-node cluster the
 workspace must be on storage every node sees (NFS, a shared volume), or each node
@@ -191,12 +192,18 @@ class ReplicaStats:
     requests: int = 0
     output_tokens: int = 0
     failures: int = 0  # error responses it returned
-    busy_seconds: float = 0.0
-    load_seconds: float = 0.0
+    busy_seconds: float = 0.0  # running batches, the first one (with the model load) included
+    first_batch_seconds: float = 0.0  # the first batch of each process: model load + generation
     deaths: int = 0  # times its process died and it was replaced
+    steady_tokens: int = 0  # output tokens of the batches after each process's first
+    steady_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
+        """Output tokens per second while generating: batches after the first (which
+        includes loading the model), or every batch when there was only one."""
+        if self.steady_seconds > 0:
+            return self.steady_tokens / self.steady_seconds
         return self.output_tokens / self.busy_seconds if self.busy_seconds > 0 else 0.0
 
 
@@ -214,7 +221,7 @@ class _Replica:
 
         return os.getpid(), socket.gethostname()
 
-    def run(self, requests: list[Request]) -> tuple[list[tuple[int, Response]], dict[str, float]]:
+    def run(self, requests: list[Request]) -> tuple[list[tuple[int, Response]], dict[str, Any]]:
         start = time.perf_counter()
         out: list[tuple[int, Response]] = []
         first = not self.loaded
@@ -222,7 +229,8 @@ class _Replica:
             out.extend(part)
         self.loaded = True
         took = time.perf_counter() - start
-        return out, {"seconds": took, "first": float(first)}
+        pid, node = self.info()
+        return out, {"seconds": took, "first": first, "pid": pid, "node": node}
 
     def close(self) -> None:
         self.engine.close()
@@ -232,7 +240,7 @@ class _Replica:
 class _Chunk:
     indices: list[int]  # into the requests of the current generate() call
     deaths: int = 0
-    split_on_errors: bool = True  # errors of a multi-request chunk are retried in halves once
+    split_on_errors: bool = True  # errors of a multi-request chunk are retried in halves, until alone
 
 
 @dataclass
@@ -301,9 +309,13 @@ class ReplicaPool:
             st = slot.stats
             st.batches += 1
             st.requests += len(chunk.indices)
-            if info.get("first"):
-                st.load_seconds += info["seconds"]
+            st.pid, st.node = info["pid"], info["node"]
             st.busy_seconds += info["seconds"]
+            if info.get("first"):
+                st.first_batch_seconds += info["seconds"]
+            else:
+                st.steady_seconds += info["seconds"]
+                st.steady_tokens += sum(r.output_tokens for _, r in pairs)
             out: list[tuple[int, Response]] = []
             retry: list[int] = []
             for j, response in pairs:

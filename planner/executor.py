@@ -82,8 +82,9 @@ class RunResult:
     stats: dict[str, NodeStats] = field(default_factory=dict)
     seconds: float = 0.0
     log_path: Path | None = None
-    #: Ray executor only: per-replica records (model, replica, pid, batches, requests,
-    #: output_tokens, failures, busy_seconds, load_seconds, deaths, tokens_per_second).
+    #: Ray executor only: per-replica records (model, replica, pid, node, batches, requests,
+    #: output_tokens, failures, busy_seconds, first_batch_seconds, deaths, steady_tokens, steady_seconds,
+    #: tokens_per_second).
     replicas: list[dict[str, Any]] = field(default_factory=list)
 
 
