@@ -4,9 +4,11 @@ shared and noisy. Nothing here is a test: no thresholds, no assertions.
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run                  # every comparison
+    python -m benchmarks.run                  # the quick comparisons: planner, cache, engines
     python -m benchmarks.run planner cache    # some of them
     python -m benchmarks.run planner --repeats 3 --model test
+    python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 1 h)
+    python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
 
 Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
 the machine, date and command).
@@ -157,7 +159,7 @@ def bench_planner(args: argparse.Namespace) -> None:
 
         return go
 
-    measures = alternate({"optimizer off": run(False), "optimizer on": run(True)}, args.repeats)
+    measures = alternate({"optimizer off": run(False), "optimizer on": run(True)}, args.repeats or 3)
     body = table(measures, "optimizer off", ("LLM calls", "rows"))
     body += ("\n\nWorkload: docs→question→answer→judge on 64 docstrings, then `filter(module in 4 modules)` and "
              f"`head(8)`; model `{model.display_name}`; cold workspace each run. Optimizer on/off LLM calls: "
@@ -192,7 +194,7 @@ def bench_cache(args: argparse.Namespace) -> None:
             rate = len(got) / (time.perf_counter() - start)
             return {"lookups/s": f"{rate:,.0f}"}
 
-        m1 = alternate({"get_many (decode)": lookups, "contains_many": contains}, args.repeats)
+        m1 = alternate({"get_many (decode)": lookups, "contains_many": contains}, args.repeats or 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -210,7 +212,7 @@ def bench_cache(args: argparse.Namespace) -> None:
         result = optimize(frame.plan)
         return {"optimize ms": round((time.perf_counter() - start) * 1000, 1), "rules fired": len(result.fired)}
 
-    m2 = alternate({"build + optimize 50-node plan": plan50}, args.repeats)
+    m2 = alternate({"build + optimize 50-node plan": plan50}, args.repeats or 3)
     body = table(m1, "contains_many", ("lookups/s",)) + "\n\n100,000 entries in one LMDB environment; " \
         "all keys looked up in one read transaction.\n\n" + table(m2, "build + optimize 50-node plan",
                                                                   ("optimize ms", "rules fired"))
@@ -245,27 +247,119 @@ def bench_engines(args: argparse.Namespace) -> None:
 
         return go
 
-    measures = alternate({name: run(m) for name, m in models.items()}, args.repeats)
+    measures = alternate({name: run(m) for name, m in models.items()}, args.repeats or 3)
     body = table(measures, next(iter(models)), ("output tokens", "tok/s (incl. load)"))
     body += ("\n\nWall time includes loading the model (vLLM: starting its worker and engine, eager mode). "
              "64 prompts, greedy, max 48 tokens.")
     write_section("Engines: transformers vs vLLM (CPU)", body, " ".join(sys.argv))
 
 
+def bench_mainjob(args: argparse.Namespace) -> None:
+    """The main job (question -> answer -> judge -> filter) with lazyllm, DataDreamer 0.46 and a
+    hand-written transformers script: cold, warm, one prompt changed; same engine and fastest engine.
+
+    Every run is a fresh process of its job script (``benchmarks/*_job.py``, see
+    ``benchmarks/mainjob.py``) on the same workload spec, with the same torch thread count.
+    One round, in this order: lazyllm cold, DataDreamer cold, hand-written, lazyllm cold on
+    the vLLM worker (when ``.venv-vllm`` has vLLM), lazyllm warm, DataDreamer warm (the
+    cold runs' workspace / output folder again), lazyllm and DataDreamer with the judge
+    prompt changed (in that same workspace / folder). Rounds repeat ``--repeats`` times.
+    """
+    import lazyllm
+    from lazyllm.backends.transformers import resolve_model_dir
+
+    from . import mainjob
+
+    limit, repeats = (8, args.repeats or 1) if args.quick else (args.limit, args.repeats or 2)
+    threads = args.threads
+    model_dir = resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), WORK / "models-ws")
+    base = mainjob.workload_spec(limit, threads=threads, dtype=args.dtype)
+    changed = mainjob.workload_spec(limit, threads=threads, dtype=args.dtype, changed=True)
+    dd_python = mainjob.datadreamer_python()  # installs DataDreamer's environment when missing
+    dd_model = mainjob.datadreamer_model_dir(model_dir)
+    for spec in (base, changed):
+        spec["model_dir"] = str(model_dir)
+        spec["datadreamer"] = {"model_dir": str(dd_model),
+                               "chat_templates": mainjob.datadreamer_chat_templates(model_dir, spec)}
+    use_vllm = not args.no_vllm and mainjob.vllm_available()
+    state: dict[str, Any] = {}  # this round's lazyllm workspace and DataDreamer folder
+    scratch: list[Path] = []
+    first: dict[str, dict[str, Any]] = {}  # first result of each run name (for the parity check)
+
+    def job(name: str, tool: str, spec: dict[str, Any], **where: Any) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            if "ws" not in state:
+                state["ws"], state["dd"] = fresh_workspace(), Path(tempfile.mkdtemp(prefix="dd-", dir=WORK))
+                scratch.extend([state["ws"], state["dd"]])
+            ws = fresh_workspace() if where.get("own_workspace") else state["ws"]
+            if where.get("own_workspace"):
+                scratch.append(ws)
+            run_spec = {**spec, "lazyllm": {"workspace": str(ws), "engine": where.get("engine", "transformers")},
+                        "datadreamer": {**spec["datadreamer"], "output_folder": str(state["dd"])}}
+            python = dd_python if tool == "datadreamer" else sys.executable
+            result = mainjob.run_tool(tool, run_spec, python=python)
+            first.setdefault(name, result)
+            computed = result["stages"]
+            return {"workflow s": round(result["workflow_seconds"], 2),
+                    "rows computed q/a/j": "/".join(str(computed[s]) for s in ("question", "answer", "judge")),
+                    "kept": len(result["kept"])}
+
+        return go
+
+    runs: dict[str, Callable[[], dict[str, Any]]] = {}
+    runs["lazyllm cold"] = _new_round(job("lazyllm cold", "lazyllm", base), state)
+    runs["DataDreamer cold"] = job("DataDreamer cold", "datadreamer", base)
+    runs["hand-written"] = job("hand-written", "handwritten", base)
+    if use_vllm:
+        runs["lazyllm cold, vLLM"] = job("lazyllm cold, vLLM", "lazyllm", base, engine="vllm", own_workspace=True)
+    runs["lazyllm warm"] = job("lazyllm warm", "lazyllm", base)
+    runs["DataDreamer warm"] = job("DataDreamer warm", "datadreamer", base)
+    runs["lazyllm judge prompt changed"] = job("lazyllm judge prompt changed", "lazyllm", changed)
+    runs["DataDreamer judge prompt changed"] = job("DataDreamer judge prompt changed", "datadreamer", changed)
+    try:
+        measures = alternate(runs, repeats)
+    finally:
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
+    body = mainjob.report(measures, first, limit=limit, threads=threads, repeats=repeats, vllm=use_vllm,
+                          dtype=args.dtype, table=table)
+    write_section("Main job: lazyllm vs DataDreamer vs hand-written transformers", body, " ".join(sys.argv))
+
+
+def _new_round(fn: Callable[[], dict[str, Any]], state: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """``fn`` after dropping the round's workspace and output folder (the first run of a round is cold)."""
+    def go() -> dict[str, Any]:
+        state.pop("ws", None)
+        state.pop("dd", None)
+        return fn()
+
+    return go
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
-    "planner": bench_planner, "cache": bench_cache, "engines": bench_engines,
+    "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
 }
+#: Run by default (no names given): the quick ones. ``mainjob`` takes about an hour; name it.
+DEFAULT_BENCHES = ("planner", "cache", "engines")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", nargs="*", choices=[*BENCHES, []] if False else list(BENCHES), default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (alternating)")
+    parser.add_argument("which", nargs="*", choices=list(BENCHES), default=None)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs per variant (alternating); default 3, mainjob 2 (--quick: 1)")
     parser.add_argument("--model", choices=["default", "test"], default="default",
                         help="the embedded model (default) or the deterministic test engine")
+    parser.add_argument("--limit", type=int, default=64, help="mainjob: number of docstrings (default 64)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="mainjob: torch CPU threads of every tool (default 1, as in the issue's reference figures)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="mainjob: weights dtype of every tool and engine (default float32)")
+    parser.add_argument("--quick", action="store_true", help="mainjob: 8 docstrings, one round (a smoke run)")
+    parser.add_argument("--no-vllm", action="store_true", help="mainjob: skip lazyllm on the vLLM worker")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for name in args.which or list(BENCHES):
+    for name in args.which or DEFAULT_BENCHES:
         BENCHES[name](args)
 
 
