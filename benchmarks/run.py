@@ -336,10 +336,19 @@ def _new_round(fn: Callable[[], dict[str, Any]], state: dict[str, Any]) -> Calla
     return go
 
 
+def bench_scaleout(args: argparse.Namespace) -> None:
+    """Single process vs the Ray executor with 2 replicas (see benchmarks/scaleout.py)."""
+    from .scaleout import bench_scaleout as run
+
+    run(args)
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
+    "scaleout": bench_scaleout,
 }
-#: Run by default (no names given): the quick ones. ``mainjob`` takes about an hour; name it.
+#: Run by default (no names given): the quick ones. ``mainjob`` takes about an hour and
+#: ``scaleout`` needs the ``ray`` extra; name them.
 DEFAULT_BENCHES = ("planner", "cache", "engines")
 
 

@@ -55,7 +55,7 @@ def bench_scaleout(args: argparse.Namespace) -> None:
         return go
 
     measures = alternate({"single process (2 threads)": run(single, "local"),
-                          "Ray, 2 replicas × 1 thread": run(replica, ray_executor)}, args.repeats)
+                          "Ray, 2 replicas × 1 thread": run(replica, ray_executor)}, args.repeats or 2)
     body = table(measures, "single process (2 threads)",
                  ("output tokens", "LLM calls", "per-replica tok/s busy", "requests per replica"))
     mean_rate = sum(replica_rates) / len(replica_rates) if replica_rates else 0.0
