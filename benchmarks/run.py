@@ -111,7 +111,7 @@ def shared_models() -> Path:
     from lazyllm.backends.transformers import resolve_model_dir
 
     base = WORK / "models-ws"
-    resolve_model_dir(lazyllm.default_model(), base)
+    resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), base)
     return base / "models"
 
 
