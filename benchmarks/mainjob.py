@@ -304,7 +304,10 @@ def report(measures: dict[str, Any], first: dict[str, dict[str, Any]], *, limit:
            f"{describe_differences(differences(first['lazyllm cold, vLLM'], first['lazyllm cold']), rows)};\n"
            if vllm else "")
         + f"- warm vs cold: lazyllm {describe_differences(differences(first['lazyllm warm'], first['lazyllm cold']), rows)}; "
-        f"DataDreamer {describe_differences(differences(first['DataDreamer warm'], first['DataDreamer cold']), rows)}.",
+        f"DataDreamer {describe_differences(differences(first['DataDreamer warm'], first['DataDreamer cold']), rows)}."
+        + ("" if dtype == "float32" else
+           f"\n\n{dtype} rounds differently with the batch (padding, batch size, engine kernels), so greedy "
+           "texts differ between tools that group the prompts differently; float32 gives the same texts."),
         "DataDreamer 0.46.0 runs in `.venv-datadreamer` (transformers 4.49, `scripts/install_datadreamer.sh`) on a "
         "copy of the converted model folder that transformers 4.49 reads (`rope_theta`, tokenizer class). "
         "Equal settings are passed explicitly (see `benchmarks/datadreamer_job.py`): `chat_prompt_template` and "
