@@ -7,7 +7,7 @@ Usage (from the repository root)::
     python -m benchmarks.run                  # the quick comparisons: planner, cache, engines
     python -m benchmarks.run planner cache    # some of them
     python -m benchmarks.run planner --repeats 3 --model test
-    python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 1 h)
+    python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 30 min)
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
 
 Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
@@ -347,7 +347,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
     "scaleout": bench_scaleout,
 }
-#: Run by default (no names given): the quick ones. ``mainjob`` takes about an hour and
+#: Run by default (no names given): the quick ones. ``mainjob`` takes about 30 minutes and
 #: ``scaleout`` needs the ``ray`` extra; name them.
 DEFAULT_BENCHES = ("planner", "cache", "engines")
 
