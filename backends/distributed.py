@@ -364,13 +364,6 @@ class ReplicaPool:
         text = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
         yield [(chunk.indices[0], _error(f"poison row: the engine raised on this request: {text}"))]
 
-    def replica_pids(self) -> list[int]:
-        """Process ids of the live replicas (for tests and monitoring)."""
-        infos = self.ray.get([s.actor.info.remote() for s in self.slots])
-        for slot, (pid, node) in zip(self.slots, infos):
-            slot.stats.pid, slot.stats.node = pid, node
-        return [pid for pid, _ in infos]
-
     def close(self) -> None:
         """Release the replicas (their models and reserved CPUs/GPUs)."""
         if self.closed:

@@ -211,8 +211,6 @@ def default_model(engine: str | None = None) -> ModelSpec:
 
     Cost: ``"auto"`` runs one short ``python -c`` per candidate interpreter the first time.
     """
-    import os
-
     choice = engine or os.environ.get("LAZYLLM_DEFAULT_ENGINE") or "auto"
     if choice not in _DEFAULT_ENGINES:
         raise PlanError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")

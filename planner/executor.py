@@ -166,11 +166,10 @@ class _Context:
         return self._counters[key]
 
     def close(self) -> None:
-        pools = [e for e in self.engines.values() if hasattr(e, "stats") and hasattr(e, "parallelism")]
-        if pools:
-            from lazyllm.backends.distributed import merge_stats
+        if self.executor is not None:
+            from lazyllm.backends.distributed import ReplicaPool, merge_stats
 
-            self.replica_stats.extend(merge_stats(pools))
+            self.replica_stats.extend(merge_stats([e for e in self.engines.values() if isinstance(e, ReplicaPool)]))
             for rec in self.replica_stats:
                 self.say(f"replica {rec['replica']} of {rec['model']}: {rec['requests']} requests in "
                          f"{rec['batches']} batches · {rec['output_tokens']} output tokens · "
@@ -294,12 +293,7 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
     size = max(head.n, 1)
     while True:
         wave = base_df.slice(start, size)
-        plan: PlanNode = DataFrameSource(data=wave, label=f"rows {start}..{start + wave.height}")
-        for node in reversed(chain):
-            plan = node.with_children(plan)
-        before = set(ctx.stats)
-        parts.append(_evaluate(plan, ctx).collect())
-        _fold_wave_stats(ctx, before, chain, plan)
+        parts.append(_evaluate_slice(chain, wave, f"rows {start}..{start + wave.height}", ctx))
         passed += parts[-1].height
         start += wave.height
         if passed >= head.n or start >= base_df.height:
@@ -354,8 +348,7 @@ def _local_partitions(source: PlanNode, rows: int) -> Iterator[pl.DataFrame]:
                 yield lf.slice(start, rows).collect()
         return
     df = source.apply().collect()
-    for start in range(0, max(df.height, 1), rows):
-        yield df.slice(start, rows)
+    yield from (df.iter_slices(rows) if df.height else [df])
 
 
 def sink_partitioned(
@@ -414,13 +407,8 @@ def sink_partitioned(
     start = time.perf_counter()
     try:
         for i, part in enumerate(parts):
-            wave: PlanNode = DataFrameSource(data=part, label=f"partition {i}")
-            for node in reversed(chain):
-                wave = node.with_children(wave)
-            before = set(ctx.stats)
             ctx.memo = {}  # nothing of an earlier partition is kept
-            df = _evaluate(wave, ctx).collect()
-            _fold_wave_stats(ctx, before, chain, wave)
+            df = _evaluate_slice(chain, part, f"partition {i}", ctx)
             path = out_dir / f"part-{i:05d}.parquet"
             tmp = path.with_suffix(".parquet.tmp")
             df.write_parquet(tmp)
@@ -433,6 +421,18 @@ def sink_partitioned(
     result = RunResult([], ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
     result.log_path = _write_run_log(ws, [root], [plan], [fired], result, rows=[rows_out])
     return shards, result
+
+
+def _evaluate_slice(chain: list[PlanNode], data: pl.DataFrame, label: str, ctx: _Context) -> pl.DataFrame:
+    """Run ``chain`` (row-by-row nodes, top first) on ``data`` in place of its source, and
+    add the LLM stats to those of the chain's own nodes."""
+    plan: PlanNode = DataFrameSource(data=data, label=label)
+    for node in reversed(chain):
+        plan = node.with_children(plan)
+    before = set(ctx.stats)
+    out = _evaluate(plan, ctx).collect()
+    _fold_wave_stats(ctx, before, chain, plan)
+    return out
 
 
 def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wave_root: PlanNode) -> None:
