@@ -3,7 +3,12 @@ the DataDreamer job imports this module in DataDreamer's own virtual environment
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -87,3 +92,23 @@ class CutAtStop:
         for s in self.stop:
             text = text.split(s, 1)[0]
         return text.strip()
+
+
+def job_record(rows: list[dict[str, Any]], spec: dict[str, Any], stages: dict[str, int],
+               seconds: dict[str, float]) -> dict[str, Any]:
+    """A job's result: its rows (name and stage columns), the names kept by the threshold,
+    rows computed per stage and seconds per stage."""
+    kept = [r["name"] for r in rows if r["score"] is not None and r["score"] >= spec["threshold"]]
+    return {"rows": [{k: r[k] for k in ("name", *STAGES.values())} for r in rows], "kept": kept,
+            "stages": stages, "seconds": seconds}
+
+
+def job_main(run_job: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> None:
+    """``job SPEC.json RESULT.json``: run the job on the spec, write its result with the
+    workflow's wall time (imports excluded) as ``workflow_seconds``."""
+    spec_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
+    spec = json.loads(Path(spec_path).read_text())
+    start = time.perf_counter()
+    result = run_job(spec)
+    result["workflow_seconds"] = time.perf_counter() - start
+    Path(result_path).write_text(json.dumps(result))

@@ -40,10 +40,7 @@ tokenizer class from other keys than transformers 5 writes).
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,7 +48,7 @@ from datadreamer import DataDreamer
 from datadreamer.llms import HFTransformers
 from datadreamer.steps import DataSource, Prompt
 
-from benchmarks._workload import STAGES, CutAtStop, ScoreConstraint, context, parse_score, render
+from benchmarks._workload import STAGES, job_main, job_record, CutAtStop, ScoreConstraint, context, parse_score, render
 
 #: Prompts that reached the model in this process, per stage (cache misses).
 COMPUTED: dict[str, int] = {}
@@ -102,22 +99,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             for r, text in zip(rows, step.output["generations"], strict=True):
                 r[column] = parse_score(text, *s["scale"]) if "scale" in s else text
             seconds[stage] = time.perf_counter() - start
-    kept = [r["name"] for r in rows if r["score"] is not None and r["score"] >= spec["threshold"]]
-    return {
-        "rows": [{k: r[k] for k in ("name", *STAGES.values())} for r in rows],
-        "kept": kept,
-        "stages": {stage: COMPUTED.get(stage, 0) for stage in STAGES},
-        "seconds": seconds,
-    }
+    return job_record(rows, spec, {stage: COMPUTED.get(stage, 0) for stage in STAGES}, seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
-    spec_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
-    spec = json.loads(Path(spec_path).read_text())
-    start = time.perf_counter()
-    result = run_job(spec)
-    result["workflow_seconds"] = time.perf_counter() - start
-    Path(result_path).write_text(json.dumps(result))
+    job_main(run_job, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover - run_tool imports main() (classes here must be importable)

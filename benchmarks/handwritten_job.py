@@ -20,8 +20,6 @@ Run: ``python -m benchmarks.handwritten_job SPEC.json RESULT.json``. The functio
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks._workload import STAGES, ScoreConstraint, context, parse_score, render
+from benchmarks._workload import STAGES, job_main, job_record, ScoreConstraint, context, parse_score, render
 
 
 def messages(system: str | None, user: str) -> list[dict[str, str]]:
@@ -107,22 +105,11 @@ def run_job(spec: dict[str, Any], model: Any = None, tokenizer: Any = None) -> d
         for r, text in zip(rows, generate(model, tokenizer, convs, s["max_tokens"], size, s["stop"], allowed)):
             r[column] = parse_score(text, *s["scale"]) if "scale" in s else text
         seconds[stage] = time.perf_counter() - t0
-    kept = [r["name"] for r in rows if r["score"] is not None and r["score"] >= spec["threshold"]]
-    return {
-        "rows": [{k: r[k] for k in ("name", *STAGES.values())} for r in rows],
-        "kept": kept,
-        "stages": {stage: len(rows) for stage in STAGES},
-        "seconds": seconds,
-    }
+    return job_record(rows, spec, {stage: len(rows) for stage in STAGES}, seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
-    spec_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
-    spec = json.loads(Path(spec_path).read_text())
-    start = time.perf_counter()
-    result = run_job(spec)
-    result["workflow_seconds"] = time.perf_counter() - start
-    Path(result_path).write_text(json.dumps(result))
+    job_main(run_job, argv)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,12 @@ the vLLM worker of ``.venv-vllm``).
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-import lazyllm  # this checkout's (the benchmarks package maps it)
-from benchmarks._workload import STAGES
+import lazyllm
+from benchmarks._workload import STAGES, job_main
 from lazyllm.planner.executor import collect_all
 
 
@@ -71,12 +67,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    spec_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
-    spec = json.loads(Path(spec_path).read_text())
-    start = time.perf_counter()
-    result = run_job(spec)
-    result["workflow_seconds"] = time.perf_counter() - start
-    Path(result_path).write_text(json.dumps(result))
+    job_main(run_job, argv)
 
 
 if __name__ == "__main__":
