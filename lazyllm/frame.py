@@ -483,7 +483,7 @@ class Frame:
             ``executor="ray"`` without Ray installed (before anything runs).
         """
         return _exec.collect(self._node, workspace=workspace, progress=progress, optimize=optimize,
-                                executor=executor).frames[0]
+                             executor=executor).frames[0]
 
     def explain(self, *, optimized: bool = True, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
                 fingerprints: bool = True) -> str:
