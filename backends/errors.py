@@ -68,15 +68,22 @@ class ModelNotFoundError(FileNotFoundError, LazyLLMError):
 
 
 class MissingDependencyError(ImportError, LazyLLMError):
-    """An optional dependency is not installed; the message names the extra."""
+    """An optional dependency is not installed; the message names the extra (or the command)
+    that installs it.
+
+    ``extra`` is the name of a pyproject extra (``"train"``), or a whole command when it
+    contains a space or a slash (``"bash scripts/install_vllm.sh"``).
+    """
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"{purpose} needs the package {package!r}, which is not installed. "
-            f"Install it with: pip install -e '.[{extra}]' (from the lazyllm checkout)."
-        )
+        if " " in extra or "/" in extra:
+            how = extra
+        else:
+            how = (f"bash scripts/install.sh {extra} (from the lazyllm checkout; it installs into .venv), "
+                   f"or pip install -e '.[{extra}]' in the environment that runs lazyllm")
+        super().__init__(f"{purpose} needs the package {package!r}, which is not installed. Install it with: {how}.")
 
 
 class EngineError(RuntimeError, LazyLLMError):
