@@ -131,6 +131,8 @@ def _cpuinfo() -> tuple[str, str, frozenset[str]]:
 
 
 def _cuda_devices() -> tuple[tuple[str, tuple[int, int]], ...]:
+    if platform.system() == "Linux" and not Path("/proc/driver/nvidia/version").exists():
+        return ()  # no NVIDIA driver loaded: no CUDA device (and no torch import, which takes a second)
     # torch is a base dependency; it is imported here (deferred: it is heavy) only to ask CUDA.
     try:
         import torch
@@ -145,8 +147,8 @@ def _cuda_devices() -> tuple[tuple[str, tuple[int, int]], ...]:
 def detect_machine() -> Machine:
     """Read this machine's CPU model, flags, usable cores and CUDA devices.
 
-    Cost: reads ``/proc/cpuinfo``; imports torch to ask for CUDA devices (about a second
-    the first time in a process).
+    Cost: reads ``/proc/cpuinfo``; where an NVIDIA driver is loaded, imports torch to ask
+    for CUDA devices (about a second the first time in a process).
     """
     model, vendor, flags = _cpuinfo()
     try:

