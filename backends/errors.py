@@ -24,6 +24,8 @@ __all__ = [
     "MissingDependencyError",
     "EngineError",
     "CacheError",
+    "HubError",
+    "PathNotFoundError",
 ]
 
 
@@ -92,3 +94,11 @@ class EngineError(RuntimeError, LazyLLMError):
 
 class CacheError(RuntimeError, LazyLLMError):
     """The LMDB cache cannot be opened or holds data in an unknown format."""
+
+
+class HubError(RuntimeError, LazyLLMError):
+    """Publishing to or reading from the Hugging Face Hub failed (no token, no access, network)."""
+
+
+class PathNotFoundError(FileNotFoundError, LazyLLMError):
+    """A file or folder that a call reads (a dataset card, a model folder) does not exist."""

@@ -113,7 +113,7 @@ def from_hf(
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a base dependency
-        raise MissingDependencyError("datasets", "base", "from_hf()") from exc
+        raise MissingDependencyError("datasets", "bash scripts/install.sh", "from_hf()") from exc
 
     label = "from_hf"
     if isinstance(dataset, str):
