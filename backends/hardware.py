@@ -104,7 +104,7 @@ class Machine:
 
 
 def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
-    """CPU model name, vendor and flags from the text of ``/proc/cpuinfo`` (first CPU).
+    r"""CPU model name, vendor and flags from the text of ``/proc/cpuinfo`` (first CPU).
 
     >>> parse_cpuinfo("vendor_id : AuthenticAMD\nmodel name : AMD EPYC 7B13\nflags : fpu avx2 fma\n")
     ('AMD EPYC 7B13', 'AuthenticAMD', frozenset({'avx2', 'fma', 'fpu'}))

@@ -9,6 +9,9 @@ import pytest
 
 MODULES = [
     "lazyllm.frame",
+    "lazyllm.io",
+    "lazyllm.doctor",
+    "lazyllm.backends.hardware",
     "lazyllm.models",
     "lazyllm.planner.templates",
     "lazyllm.planner.rules.predicate_pushdown",
