@@ -12,6 +12,7 @@ MODULES = [
     "lazyllm.io",
     "lazyllm.doctor",
     "lazyllm.backends.hardware",
+    "lazyllm.backends.ratelimit",
     "lazyllm.models",
     "lazyllm.planner.templates",
     "lazyllm.planner.rules.predicate_pushdown",
