@@ -343,6 +343,13 @@ class OpenAI(ModelSpec):
     guided_legacy_fields : bool
         With ``guided="vllm"``, also send ``guided_choice`` / ``guided_json`` (vLLM
         servers older than 0.10.2). Performance only.
+    requests_per_minute, tokens_per_minute : float, optional
+        The provider's rate limits for this key and model (RPM, TPM). The engine stays
+        under them with token buckets (a request counts as its estimated prompt tokens
+        plus ``max_tokens`` until the server's usage settles it) and pauses when the
+        server's ``x-ratelimit-remaining-*`` headers reach 0; see
+        :class:`lazyllm.backends.ratelimit.RateLimiter`. None: no limit beyond
+        ``concurrency`` and the backoff on 429. Performance only.
 
     Examples
     --------
@@ -378,8 +385,15 @@ class OpenAI(ModelSpec):
     batch: bool = performance_only(False)
     poll_interval: float = performance_only(30.0)
     guided_legacy_fields: bool = performance_only(False)
+    requests_per_minute: float | None = performance_only(None)
+    tokens_per_minute: float | None = performance_only(None)
 
     def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise PlanError(f"{name} must be a positive number (the provider's limit per minute) or None, "
+                                f"got {value!r}.")
         if not isinstance(self.model, str) or not self.model:
             raise PlanError("OpenAI(model=...) needs the model id the server knows, e.g. 'gpt-4o-mini'.")
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
