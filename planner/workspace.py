@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lazyllm.backends.redact import redact, scrub
+
 from .cache import PromptCache
 
 __all__ = ["Workspace", "resolve_workspace"]
@@ -67,7 +69,7 @@ class Workspace:
     def write_run_log(self, fingerprint: str, record: dict[str, Any]) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
         path = self.runs_dir / f"{stamp}-{fingerprint[:12]}.json"
-        path.write_text(json.dumps(record, indent=2, default=str))
+        path.write_text(redact(json.dumps(scrub(record), indent=2, default=str)))  # no key, no URL password
         return path
 
 

@@ -20,6 +20,7 @@ MODULES = [
     "lazyllm.backends.constraints",
     "lazyllm.backends.answers",
     "lazyllm.backends.prices",
+    "lazyllm.backends.redact",
     "lazyllm.backends.transformers",
 ]
 
