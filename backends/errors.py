@@ -28,6 +28,8 @@ __all__ = [
     "MissingDependencyError",
     "EngineError",
     "CacheError",
+    "WorkspaceError",
+    "ParameterError",
 ]
 
 
@@ -108,3 +110,15 @@ class EngineError(RuntimeError, LazyLLMError):
 
 class CacheError(RuntimeError, LazyLLMError):
     """The LMDB cache cannot be opened or holds data in an unknown format."""
+
+
+class WorkspaceError(OSError, LazyLLMError):
+    """The workspace argument is not a usable folder (a file, or a folder that cannot be created)."""
+
+
+class ParameterError(PlanError, TypeError):
+    """An operator or model-spec parameter has the wrong type or is out of range.
+
+    Also a :class:`PlanError` (so a ``ValueError``) and a ``TypeError``: code that caught
+    either before keeps working.
+    """
