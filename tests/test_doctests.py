@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "lazyllm.frame",
     "lazyllm.models",
+    "lazyllm.validation",
     "lazyllm.planner.templates",
     "lazyllm.planner.rules.predicate_pushdown",
     "lazyllm.planner.rules.limit_pushdown",
