@@ -27,6 +27,7 @@ lazyllm.backends.errors.ParameterError: generate(temperature='hot'): expected a 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,7 +76,7 @@ def number(op: str, name: str, value: Any, *, low: float | None = None, high: fl
         bounds.append(f"<= {high:g}")
     want = "a number" + (" " + " and ".join(bounds) if bounds else "")
     fix = f" Pass {example}." if example else f" Pass {want}."
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ParameterError(f"{op}({name}={value!r}): expected {want}, got {_kind(value)}.{fix}")
     out = float(value)
     if (not math.isfinite(out) or (low is not None and (out <= low if low_open else out < low))
@@ -88,7 +89,7 @@ def integer(op: str, name: str, value: Any, *, low: int | None = None, example: 
     """``value`` as an int (not a bool, not a float) ``>= low``; else :class:`ParameterError`."""
     want = "an int" + (f" >= {low}" if low is not None else "")
     fix = f" Pass {example}." if example else f" Pass {want}."
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ParameterError(f"{op}({name}={value!r}): expected {want}, got {_kind(value)}.{fix}")
     if low is not None and value < low:
         raise ParameterError(f"{op}({name}={value!r}): expected {want}.{fix}")
