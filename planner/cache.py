@@ -11,6 +11,14 @@ commits, so a crash or ``kill -9`` loses at most the batch in flight. When one
 process grows the map (the cache outgrew ``map_size``), the others adopt the new size
 at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
 
+Processes that collect on one workspace share work through *leases* (a second LMDB
+database in the same environment): before sending a batch, a process leases its
+requests (owner, expiry) in one write transaction; requests another live process has
+leased are skipped and their results read from the cache when they land. A lease
+lapses at its expiry (``LAZYLLM_LEASE_SECONDS``, default 300, renewed as the batch
+returns parts) or at once when its owner is a process on this machine that no longer
+exists, so a ``kill -9`` loses at most the batch in flight and the others finish it.
+
 A damaged environment is checked by :func:`verify_cache` and salvaged by
 :func:`repair_cache` (``lazyllm cache verify`` / ``lazyllm cache repair``): every
 entry LMDB can still reach and decode is copied into a new environment; the damaged
@@ -23,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,10 +46,14 @@ import msgpack
 from lazyllm.backends.errors import CacheError
 from lazyllm.backends.protocols import Request, Response
 
-__all__ = ["PromptCache", "request_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache"]
+__all__ = ["PromptCache", "request_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
+           "lease_owner", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
 _DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
+#: Default lease duration in seconds (``LAZYLLM_LEASE_SECONDS`` overrides it).
+LEASE_SECONDS = 300.0
+_HOST = socket.gethostname()
 _OPEN: dict[str, lmdb.Environment] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -110,6 +123,7 @@ class PromptCache:
         try:
             with self._txn(write=True) as txn:
                 self._db = self._env.open_db(b"responses", txn=txn)
+                self._leases = self._env.open_db(b"leases", txn=txn)
         except _DAMAGE as exc:
             raise _damaged(self.path, exc) from exc
 
@@ -150,10 +164,15 @@ class PromptCache:
         return self.get_many([key]).get(key)
 
     # -- writes --------------------------------------------------------------------------
-    def put_many(self, items: Iterable[tuple[bytes, Response]], *, model: str = "") -> int:
-        """Store successful responses in one transaction; return how many were written."""
+    def put_many(self, items: Iterable[tuple[bytes, Response]], *, model: str = "", owner: str | None = None) -> int:
+        """Store successful responses in one transaction; return how many were written.
+
+        With ``owner``, the leases that owner holds on these keys (errors included)
+        are released in the same transaction.
+        """
+        items = list(items)
         rows = [(k, r) for k, r in items if r.error is None and r.text is not None]
-        if not rows:
+        if not rows and owner is None:
             return 0
         now = time.time()
         encoded = [(k, msgpack.packb({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
@@ -162,9 +181,74 @@ class PromptCache:
                 with self._txn(write=True) as txn:
                     for k, v in encoded:
                         txn.put(k, v, db=self._db)
+                    if owner is not None:
+                        self._release(txn, [k for k, _ in items], owner)
                 return len(encoded)
             except lmdb.MapFullError:
                 self._grow()
+
+    # -- leases: requests in flight in some process ---------------------------------------
+    def lease(self, keys: Iterable[bytes], owner: str, *, seconds: float | None = None,
+              now: float | None = None) -> "LeaseResult":
+        """Lease the keys that are neither cached nor leased by another live owner, in one transaction.
+
+        Parameters
+        ----------
+        keys : iterable of bytes
+            Request keys about to be sent to an engine.
+        owner : str
+            This run's owner id (:func:`lease_owner`).
+        seconds : float, optional
+            Lease duration (default ``LAZYLLM_LEASE_SECONDS`` or :data:`LEASE_SECONDS`).
+
+        Returns
+        -------
+        LeaseResult
+            ``acquired`` (now leased by ``owner``, renewed if it held them),
+            ``cached`` (stored meanwhile) and ``elsewhere`` (leased by another live owner).
+        """
+        now = time.time() if now is None else now
+        expires = now + (seconds if seconds is not None else _lease_seconds())
+        out = LeaseResult()
+        while True:
+            try:
+                with self._txn(write=True) as txn:
+                    for key in keys:
+                        if txn.get(key, db=self._db) is not None:
+                            out.cached.append(key)
+                            continue
+                        raw = txn.get(key, db=self._leases)
+                        if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
+                            out.elsewhere.append(key)
+                            continue
+                        txn.put(key, msgpack.packb({"o": owner, "e": expires}), db=self._leases)
+                        out.acquired.append(key)
+                return out
+            except lmdb.MapFullError:
+                out = LeaseResult()
+                self._grow()
+
+    def release(self, keys: Iterable[bytes], owner: str) -> None:
+        """Release the leases ``owner`` holds on ``keys`` (others' leases are left alone)."""
+        with self._txn(write=True) as txn:
+            self._release(txn, keys, owner)
+
+    def _release(self, txn: lmdb.Transaction, keys: Iterable[bytes], owner: str) -> None:
+        for key in keys:
+            raw = txn.get(key, db=self._leases)
+            if raw is not None and msgpack.unpackb(raw).get("o") == owner:
+                txn.delete(key, db=self._leases)
+
+    def leased_elsewhere(self, keys: Iterable[bytes], owner: str, *, now: float | None = None) -> set[bytes]:
+        """The keys under a live lease of an owner other than ``owner`` (read-only)."""
+        now = time.time() if now is None else now
+        with self._txn() as txn:
+            out = set()
+            for key in keys:
+                raw = txn.get(key, db=self._leases)
+                if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
+                    out.add(key)
+            return out
 
     def _grow(self) -> None:
         """Double the map. LMDB requires that this process has no open transaction;
@@ -228,6 +312,41 @@ def _format_problem(raw: Any) -> str | None:
     except (KeyError, TypeError, ValueError) as exc:
         return f"is not a response record ({exc!r})"
     return None
+
+
+@dataclass
+class LeaseResult:
+    """What :meth:`PromptCache.lease` did with each key."""
+
+    acquired: list[bytes] = field(default_factory=list)
+    cached: list[bytes] = field(default_factory=list)
+    elsewhere: list[bytes] = field(default_factory=list)
+
+
+def lease_owner() -> str:
+    """A new owner id for leases: ``host:pid:random`` (one per run)."""
+    return f"{_HOST}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _lease_seconds() -> float:
+    return float(os.environ.get("LAZYLLM_LEASE_SECONDS") or LEASE_SECONDS)
+
+
+def _lapsed(lease: Mapping[str, Any], owner: str, now: float) -> bool:
+    """Whether a lease no longer holds against ``owner``: its own, expired, or its owner process is gone."""
+    holder = str(lease.get("o", ""))
+    if holder == owner or float(lease.get("e", 0.0)) <= now:
+        return True
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host == _HOST and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True  # killed (kill -9) or exited without releasing
+        except PermissionError:
+            return False  # alive, another user's
+    return False
 
 
 # ---------------------------------------------------------------------------------------
