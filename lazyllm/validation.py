@@ -10,8 +10,8 @@ states what is allowed and ends with the fix:
 - :class:`~lazyllm.errors.PlanError`: an invalid JSON Schema, an output column that
   already exists (unless ``overwrite=True``), a pairwise judge of a column against
   itself, a split part that is empty by construction;
-- :class:`~lazyllm.errors.ModelNotFoundError`: a local model folder without weights
-  or tokenizer.
+- :class:`~lazyllm.errors.ModelNotFoundError`: a local model folder without config
+  or tokenizer, or a folder path that does not exist.
 
 Degenerate inputs that may be intended only warn (:class:`EmptyInputWarning`): an
 in-memory source without rows, a split part that rounds to no rows.
@@ -55,6 +55,7 @@ __all__ = [
     "check_source_rows",
     "check_split",
     "check_model_folder",
+    "check_model_path",
 ]
 
 
@@ -200,6 +201,21 @@ def check_node(op: str, existing: Sequence[str], node: Any, overwrite: bool) -> 
     model = node.model
     if getattr(model, "provider", None) in ("transformers", "vllm") and not getattr(model, "is_alias", True):
         check_model_folder(model.model, getattr(model, "gguf_file", None))
+        check_model_path(model.model)
+
+
+def check_model_path(model: str) -> None:
+    """A model name shaped like a path (``/...``, ``./...``, ``a/b/c``) must be an existing folder.
+
+    A Hub id (``org/name``) is not checked here: while offline, a collect whose answers
+    are all cached must still run without the model, so an uncached Hub id is reported
+    when the engine first needs it (a ``ModelNotFoundError`` naming ``HF_HUB_OFFLINE``).
+    """
+    if Path(model).expanduser().is_dir():
+        return
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
+        raise ModelNotFoundError(f"The model folder {model!r} does not exist. Pass an existing folder (with "
+                                 "config.json, the tokenizer and the weights), an alias or a Hub id.")
 
 
 def check_concat(schemas: Sequence[Mapping[str, Any]], how: str) -> None:

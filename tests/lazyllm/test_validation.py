@@ -22,7 +22,14 @@ Classes covered:
     (warning);
 11. a local model folder without a tokenizer or without the named GGUF file
     (``ModelNotFoundError`` at the operator call, before loading);
-12. a workspace argument that is not a usable folder (see ``tests/planner/test_workspace.py``).
+12. a model folder path that does not exist (``ModelNotFoundError``);
+13. a workspace argument that is not a usable folder (see ``tests/planner/test_workspace.py``).
+
+Not rejected at the operator, on purpose: a Hub id that is not in the local cache while
+offline (a collect whose answers are all cached must run without the model; the engine
+raises ``ModelNotFoundError`` naming ``HF_HUB_OFFLINE`` when it first needs it, see
+``tests/backends/test_transformers.py``). Not covered yet: a column of a type a template
+cannot render usefully (binary, nested).
 """
 
 from __future__ import annotations
@@ -119,7 +126,7 @@ def test_a_valid_json_schema_is_accepted(docs, no_calls):
     assert "out" in docs.generate("out", MODEL, prompt="{{ doc }}", json_schema=schema).columns
 
 
-def test_an_output_column_that_exists(docs, counters):
+def test_an_output_column_that_exists(docs, counters, tmp_path):
     with pytest.raises(PlanError, match=r"replace the existing column\(s\) 'doc'.*overwrite=True"):
         docs.generate("doc", MODEL, prompt="{{ doc }}")
     with pytest.raises(PlanError, match="'q_error'"):
@@ -128,7 +135,8 @@ def test_an_output_column_that_exists(docs, counters):
     with pytest.raises(PlanError, match="'a1'"):
         docs.judge_pairwise("a1", MODEL, a="a1", b="a2", question="q")
     assert counters.CALLS == 0
-    out = docs.generate("doc", MODEL, prompt="{{ doc }}", overwrite=True).collect(progress=False)
+    out = docs.generate("doc", MODEL, prompt="{{ doc }}", overwrite=True).collect(workspace=tmp_path,
+                                                                                     progress=False)
     assert out.columns == ["doc", "q", "a1", "a2", "doc_error"]
     assert out["doc"].to_list() == ["echo[0|greedy]: a", "echo[0|greedy]: b"] and counters.CALLS == 2
 
@@ -190,3 +198,9 @@ def test_a_model_folder_without_a_tokenizer(docs, tmp_path, no_calls):
 def test_every_error_here_is_a_lazyllm_error():
     for cls in (ParameterError, PlanError, ColumnNotFoundError, ModelNotFoundError):
         assert issubclass(cls, LazyLLMError)
+
+
+def test_a_model_folder_that_does_not_exist(docs, tmp_path, no_calls):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        docs.generate("out", lazyllm.Transformers(str(tmp_path / "no" / "such" / "model")), prompt="{{ doc }}")
+    assert "out" in docs.generate("out", lazyllm.Transformers("some-org/some-model"), prompt="{{ doc }}").columns
