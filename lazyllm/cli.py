@@ -251,8 +251,9 @@ def cache_verify(workspace: Optional[str] = typer.Option(None, help="workspace f
     check = verify_cache(ws.path / "cache")
     typer.echo(json.dumps(check.to_dict(), indent=2))
     if not check.ok:
-        typer.echo(f"the cache is damaged: {check.lost} of {check.expected if check.expected is not None else '?'} "
-                   f"entries unreadable; run `lazyllm cache repair --workspace {ws.path}`", err=True)
+        lost = "an unknown number of" if check.lost is None else f"{check.lost} of {check.expected}"
+        typer.echo(f"the cache is damaged: {lost} entries unreadable; run `lazyllm cache repair --workspace "
+                   f"{ws.path}`", err=True)
         raise typer.Exit(1)
 
 
@@ -278,8 +279,8 @@ def cache_repair(
         typer.confirm(f"Rebuild the cache of {ws.path} (stop other runs on it first)?", abort=True)
     check = repair_cache(ws.path / "cache")
     typer.echo(json.dumps(check.to_dict(), indent=2))
-    typer.echo(f"salvaged {check.salvaged} entries, lost {check.lost}; the damaged environment is kept at "
-               f"{check.kept_at}")
+    lost = "an unknown number (its statistics were unreadable)" if check.lost is None else str(check.lost)
+    typer.echo(f"salvaged {check.salvaged} entries, lost {lost}; the damaged environment is kept at {check.kept_at}")
 
 
 # ------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ _DAMAGE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.
 
 
 def _damaged(path: Path, detail: object) -> CacheError:
-    ws = path.parent
+    ws = path.absolute().parent
     return CacheError(
         f"The LMDB cache at {path} is damaged ({detail}). Run `lazyllm cache verify --workspace {ws}` to see "
         f"what is readable, then `lazyllm cache repair --workspace {ws}` to copy every readable entry into a "
@@ -230,6 +230,9 @@ class PromptCache:
 
     def release(self, keys: Iterable[bytes], owner: str) -> None:
         """Release the leases ``owner`` holds on ``keys`` (others' leases are left alone)."""
+        keys = list(keys)
+        if not keys:
+            return
         with self._txn(write=True) as txn:
             self._release(txn, keys, owner)
 
@@ -293,7 +296,7 @@ class PromptCache:
     def _decode(self, raw: Any) -> dict[str, Any]:
         problem = _format_problem(raw)
         if problem is not None:
-            ws = self.path.parent
+            ws = self.path.absolute().parent
             raise CacheError(f"A cache entry in {self.path} {problem}. Run `lazyllm cache repair --workspace {ws}` "
                              "to drop unreadable entries and keep the rest, or `lazyllm cache clear` to start over.")
         return msgpack.unpackb(bytes(raw))
@@ -385,10 +388,12 @@ class CacheCheck:
     kept_at: Path | None = None
 
     @property
-    def lost(self) -> int:
-        """Entries that cannot be recovered: bad values plus entries LMDB could not reach."""
-        unreachable = max(0, self.expected - self.readable - self.bad_values) if self.expected is not None else 0
-        return self.bad_values + unreachable
+    def lost(self) -> int | None:
+        """Entries that cannot be recovered: bad values plus entries LMDB could not reach
+        (None when the environment's statistics are unreadable, so the number is unknown)."""
+        if self.expected is None:
+            return None if self.errors else self.bad_values
+        return self.bad_values + max(0, self.expected - self.readable - self.bad_values)
 
     @property
     def ok(self) -> bool:

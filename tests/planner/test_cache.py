@@ -164,3 +164,22 @@ def test_a_map_grown_by_another_process_is_adopted(tmp_path):
     assert cache.get((1199).to_bytes(32, "big")).text == "y" * 4000
     cache.put_many([(i.to_bytes(32, "big"), Response(text="z" * 4000)) for i in range(100)])
     assert len(cache) == 301 and cache._env.info()["map_size"] > 64 * 1024
+
+
+def test_a_damaged_header_is_a_cache_error_and_repair_starts_afresh(tmp_path):
+    from lazyllm.planner.cache import _close_env
+
+    path = tmp_path / "ws" / "cache"
+    _fill(path, 20)
+    _close_env(path)
+    data = bytearray((path / "data.mdb").read_bytes())
+    data[: 2 * 4096] = b"\xab" * (2 * 4096)  # both meta pages
+    (path / "data.mdb").write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="lazyllm cache repair --workspace /") as info:
+        PromptCache(path)
+    assert str(tmp_path / "ws") in str(info.value)
+    check = verify_cache(path)
+    assert not check.ok and check.expected is None and check.lost is None and check.errors
+    repaired = repair_cache(path)
+    assert repaired.salvaged == 0 and repaired.lost is None and repaired.kept_at.is_dir()
+    assert len(PromptCache(path)) == 0 and verify_cache(path).ok
