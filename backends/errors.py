@@ -12,7 +12,11 @@ that the planner and the engines can raise them; users import them from
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from typing import Any
+
+from .redact import redact
 
 __all__ = [
     "LazyLLMError",
@@ -26,11 +30,32 @@ __all__ = [
     "CacheError",
     "HubError",
     "PathNotFoundError",
+    "WorkspaceError",
+    "ParameterError",
 ]
 
 
 class LazyLLMError(Exception):
-    """Base class of every error raised by lazyllm."""
+    """Base class of every error raised by lazyllm.
+
+    The message of every subclass is redacted when the error is created (see
+    :func:`lazyllm.backends.redact.redact`): an API key or ``user:password@`` in a URL
+    never shows in a traceback or a log.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+        if getattr(init, "_lazyllm_redacts", False):
+            return
+
+        @functools.wraps(init)
+        def __init__(self: BaseException, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            self.args = tuple(redact(a) if isinstance(a, str) else a for a in self.args)
+
+        __init__._lazyllm_redacts = True  # type: ignore[attr-defined]
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
 
 class ColumnNotFoundError(KeyError, LazyLLMError):
@@ -102,3 +127,13 @@ class HubError(RuntimeError, LazyLLMError):
 
 class PathNotFoundError(FileNotFoundError, LazyLLMError):
     """A file or folder that a call reads (a dataset card, a model folder) does not exist."""
+class WorkspaceError(OSError, LazyLLMError):
+    """The workspace argument is not a usable folder (a file, or a folder that cannot be created)."""
+
+
+class ParameterError(PlanError, TypeError):
+    """An operator or model-spec parameter has the wrong type or is out of range.
+
+    Also a :class:`PlanError` (so a ``ValueError``) and a ``TypeError``: code that caught
+    either before keeps working.
+    """

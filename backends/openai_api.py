@@ -80,6 +80,9 @@ record is removed so the next run submits the failed rows again.
 Secrets: the API key comes from ``spec.api_key`` or the environment variable named
 by ``spec.api_key_env``; it is never part of a fingerprint, a cache key, a log line,
 a batch record or a card (the spec leaves it out of ``identity()`` and ``repr``).
+Every per-row error message (including the text a server returned) and every
+exception message passes through :func:`lazyllm.backends.redact.redact` first, and
+URLs are written without ``user:password@``.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ from .answers import check_constraint
 from .errors import EngineError
 from .protocols import Request, Response
 from .ratelimit import RateLimiter
+from .redact import redact, redact_url, register_secret
 
 if TYPE_CHECKING:
     from lazyllm.models import OpenAI
@@ -129,7 +133,8 @@ class _Fatal(Exception):
 
 
 def _error(message: str) -> Response:
-    return Response(text=None, finish_reason="error", error=message)
+    """A failed row; the message is redacted (servers may echo keys or URLs with credentials)."""
+    return Response(text=None, finish_reason="error", error=redact(message))
 
 
 def _is_openai_host(base_url: str) -> bool:
@@ -192,10 +197,11 @@ class OpenAIEngine:
     def _api_key(self) -> str:
         key = self.spec.api_key or os.environ.get(self.spec.api_key_env or "", "")
         if key:
+            register_secret(key)  # whatever the variable's name, the key is redacted everywhere
             return key
         if _is_openai_host(self.spec.base_url):
             raise EngineError(
-                f"No API key for {self.spec.base_url}: OpenAI(api_key=...) is unset and the environment "
+                f"No API key for {redact_url(self.spec.base_url)}: OpenAI(api_key=...) is unset and the environment "
                 f"variable {self.spec.api_key_env!r} is empty. Export {self.spec.api_key_env}=sk-... "
                 "(or pass api_key=, or api_key_env= naming another variable)."
             )
@@ -310,7 +316,7 @@ class OpenAIEngine:
                         response = future.result()
                     except _Fatal as exc:
                         raise EngineError(
-                            f"The OpenAI-compatible server at {self.spec.base_url} refused the requests for model "
+                            f"The OpenAI-compatible server at {redact_url(self.spec.base_url)} refused the requests for model "
                             f"{self.spec.model!r}: {exc}. Check the model id, base_url and API key "
                             f"(OpenAI(api_key=...) or ${self.spec.api_key_env})."
                         ) from None
@@ -367,7 +373,7 @@ class OpenAIEngine:
                     if self._limiter is not None:
                         self._limiter.observe(getattr(exc.response, "headers", None))
                     if status in _FATAL_STATUSES:
-                        raise _Fatal(f"{detail} ({_FATAL_STATUSES[status]})") from None
+                        raise _Fatal(redact(f"{detail} ({_FATAL_STATUSES[status]})")) from None
                     if status not in RETRY_STATUSES:
                         return _error(f"The server rejected the request: {detail}. Fix the request "
                                       "(prompt length, parameters, schema) or the server's limits.")
@@ -598,12 +604,13 @@ class OpenAIEngine:
                 metadata={"lazyllm_batch_key": batch_key[:64]}, timeout=spec.timeout))
         except openai.APIError as exc:
             raise EngineError(
-                f"Could not submit the batch of {len(lines)} requests to {spec.base_url}: {type(exc).__name__}: {exc}. "
+                f"Could not submit the batch of {len(lines)} requests to {redact_url(spec.base_url)}: "
+                f"{type(exc).__name__}: {redact(str(exc))}. "
                 "Check the API key and that the server implements the files and batches endpoints, or use batch=False."
             ) from None
         _write_json(record_path, {
             "batch_id": batch.id, "input_file_id": uploaded.id, "requests": len(lines), "model": spec.model,
-            "base_url": spec.base_url, "created_at": int(time.time()), "status": batch.status,
+            "base_url": redact_url(spec.base_url), "created_at": int(time.time()), "status": batch.status,
         })
         self.stats["batches_created"] += 1
         return batch

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -451,6 +452,61 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     return max(found)[1] if found else None
 
 
+# ------------------------------------------------------------------------------------
+# No pickle is loaded from a workspace
+# ------------------------------------------------------------------------------------
+
+#: Files of a checkpoint that are pickles of Python objects rather than tensors
+#: (transformers' ``TrainingArguments``); removed as soon as a checkpoint is saved.
+PICKLED_FILES = ("training_args.bin",)
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within this block every ``torch.load`` runs with ``weights_only=True``.
+
+    ``weights_only=True`` unpickles tensors, containers and primitive types only (a
+    restricted unpickler), so a crafted checkpoint cannot run code. transformers
+    already loads the optimizer, scheduler and RNG states of a checkpoint that way
+    (``rng_state.pth`` holds NumPy's RNG state, allowed by its ``safe_globals``); this
+    guard covers every other library a resume goes through (accelerate, PEFT, TRL).
+    """
+    import torch
+
+    original = torch.load
+
+    @functools.wraps(original)
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original  # type: ignore[assignment]
+
+
+def _drop_pickles(output_dir: str | os.PathLike[str]) -> None:
+    """Delete the pickled files of every checkpoint under ``output_dir``."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    for name in PICKLED_FILES:
+        for path in root.glob(f"checkpoint-*/{name}"):
+            path.unlink(missing_ok=True)
+
+
+def _drop_pickles_on_save() -> Any:
+    """A transformers callback that removes the pickled files of each checkpoint as it is saved."""
+    import transformers
+
+    class DropPicklesOnSave(transformers.TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                _drop_pickles(Path(args.output_dir).parent)  # args.output_dir is <output_dir>/checkpoints
+
+    return DropPicklesOnSave()
+
+
 def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
     """Hex SHA-256 of rows (canonical JSON, key order ignored)."""
     return _sha256(list(rows))
@@ -555,9 +611,12 @@ def _run_trainer(job: TrainJob, plan: Any, fingerprint: str) -> TrainResult | No
 
     checkpoint = latest_checkpoint(job.output_dir)
     start_step = _checkpoint_step(checkpoint)
+    _drop_pickles(job.output_dir)  # never loaded, but a shared workspace must not carry them
+    trainer.add_callback(_drop_pickles_on_save())
     setup_seconds = time.perf_counter() - start
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with weights_only_loads():  # a checkpoint is data: resuming unpickles no object
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - t0
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
 

@@ -49,13 +49,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
 from lazyllm.backends.catalog import MODEL_INFO, ModelInfo
 from lazyllm.backends.errors import PathNotFoundError, PlanError
 from lazyllm.backends.protocols import ModelSpec
+from lazyllm.backends.redact import REDACTED, is_secret_name, redact, redact_url, scrub
 from lazyllm.planner import nodes as N
 from lazyllm.planner.workspace import Workspace, resolve_workspace
 
@@ -79,7 +79,6 @@ CARD_FORMAT = 1
 CARD_JSON = "lazyllm_card.json"
 CARD_README = "README.md"
 UNKNOWN = "unknown"
-REDACTED = "<redacted>"
 
 #: Distributions whose versions a card records (``lazyllm-frame`` is this library).
 LIBRARIES = ("lazyllm-frame", "polars", "pyarrow", "duckdb", "torch", "transformers", "jinja2", "lmdb",
@@ -128,61 +127,11 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return out
 
 
-def _is_secret_name(name: str) -> bool:
-    """Whether a field name says it holds a secret (api_key, hf_token, client_secret...).
-
-    Counts and tools named after tokens (``max_tokens``, ``tokenizer``) are not secrets.
-    """
-    low = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-    if any(word in low for word in ("key", "secret", "password", "passwd", "credential")):
-        return True
-    return "token" in re.sub(r"tokens|tokenizer|token_count", "", low)
-
-
-def _scrub_url(text: str) -> str:
-    if "://" not in text or "@" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.username is None and parts.password is None:
-        return text
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def scrub(value: Any) -> Any:
-    """A copy of JSON-like ``value`` without secrets.
-
-    Mapping entries whose key names a secret (contains "key", "secret", "password",
-    "credential", or "token" other than in "tokens"/"tokenizer") become
-    ``"<redacted>"`` (when set); user names and passwords are removed from URLs.
-
-    >>> scrub({"api_key": "sk-123", "max_tokens": 5, "url": "https://u:p@host/v1"})
-    {'api_key': '<redacted>', 'max_tokens': 5, 'url': 'https://host/v1'}
-    """
-    if isinstance(value, Mapping):
-        return {k: (REDACTED if _is_secret_name(str(k)) and v not in (None, "") else scrub(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v) for v in value]
-    if isinstance(value, str):
-        return _scrub_url(value)
-    return value
-
-
-def _secret_values() -> list[str]:
-    """Values of this process's environment variables named like secrets (8+ characters)."""
-    return sorted({v for k, v in os.environ.items() if _is_secret_name(k) and len(v) >= 8}, key=len, reverse=True)
-
-
-def _redact_text(text: str) -> str:
-    for secret in _secret_values():
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+#: Redaction lives on the ground floor (:mod:`lazyllm.backends.redact`), shared with the
+#: engines, run logs and errors; the card keeps its historical names.
+_is_secret_name = is_secret_name
+_scrub_url = redact_url
+_redact_text = redact
 
 
 def _jsonable(value: Any) -> Any:

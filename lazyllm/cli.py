@@ -5,7 +5,7 @@ Commands::
     lazyllm demo [--limit N] [--out DIR]          the main job (docs -> QA -> judge -> preferences)
     lazyllm run workflow.py [--out DIR]            run a workflow script's frames
     lazyllm explain workflow.py                    print the plan of each frame; runs nothing
-    lazyllm cache stats | clear | gc --older-than DAYS
+    lazyllm cache stats | clear | gc --older-than DAYS | verify | repair
     lazyllm card PATH                              a workspace's run logs, or a saved dataset's card
     lazyllm doctor [--measure] [--json]            the machine, the engines, the default model's choice
 
@@ -248,6 +248,55 @@ def cache_gc(
         return
     deleted = ws.cache.delete_many(old)
     typer.echo(f"deleted {deleted} of {total} entries older than {older_than:g} days")
+
+
+@cache_app.command("verify")
+def cache_verify(workspace: Optional[str] = typer.Option(None, help="workspace folder")) -> None:
+    """Check the LMDB environment and the format of every cached value; change nothing.
+
+    Prints what was found as JSON; exits with status 1 when anything is damaged
+    (then run ``lazyllm cache repair``).
+    """
+    from lazyllm.planner.cache import verify_cache
+    from lazyllm.planner.workspace import resolve_workspace
+
+    ws = resolve_workspace(workspace)
+    if not ws.has_cache():
+        typer.echo(json.dumps({"path": str(ws.path / "cache"), "ok": True, "expected": 0, "readable": 0}))
+        return
+    check = verify_cache(ws.path / "cache")
+    typer.echo(json.dumps(check.to_dict(), indent=2))
+    if not check.ok:
+        lost = "an unknown number of" if check.lost is None else f"{check.lost} of {check.expected}"
+        typer.echo(f"the cache is damaged: {lost} entries unreadable; run `lazyllm cache repair --workspace "
+                   f"{ws.path}`", err=True)
+        raise typer.Exit(1)
+
+
+@cache_app.command("repair")
+def cache_repair(
+    workspace: Optional[str] = typer.Option(None, help="workspace folder"),
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+) -> None:
+    """Copy every readable cached response into a new LMDB environment; report how many were lost.
+
+    The damaged environment is kept next to it (``cache.damaged-<time>``). Requests
+    whose entries were lost are recomputed by the next collect. Stop other runs on
+    this workspace first.
+    """
+    from lazyllm.planner.cache import repair_cache
+    from lazyllm.planner.workspace import resolve_workspace
+
+    ws = resolve_workspace(workspace)
+    if not ws.has_cache():
+        typer.echo("cache is empty: nothing to repair")
+        return
+    if not yes:
+        typer.confirm(f"Rebuild the cache of {ws.path} (stop other runs on it first)?", abort=True)
+    check = repair_cache(ws.path / "cache")
+    typer.echo(json.dumps(check.to_dict(), indent=2))
+    lost = "an unknown number (its statistics were unreadable)" if check.lost is None else str(check.lost)
+    typer.echo(f"salvaged {check.salvaged} entries, lost {lost}; the damaged environment is kept at {check.kept_at}")
 
 
 # ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from lazyllm.planner.explain import render_plan
 from lazyllm.planner.templates import check_columns
 from lazyllm.planner.workspace import Workspace
 
+from . import validation as V
 from .models import as_model_spec
 
 __all__ = ["Frame", "concat", "collect_all", "llm_predicate", "LLMPredicate", "sql"]
@@ -220,7 +221,9 @@ class Frame:
         """
         if not fractions:
             raise PlanError("split() needs at least one part, e.g. {'train': 0.9, 'validation': 0.1}.")
-        fr = tuple((str(k), float(v)) for k, v in fractions.items())
+        if not isinstance(fractions, Mapping):
+            raise PlanError(f"split() takes a dict of part name -> fraction, got {type(fractions).__name__}.")
+        fr = V.check_split(fractions, V.known_rows(self._node))
         return {name: self._wrap(N.SplitPart(children=(self._node,), fractions=fr, part=name, seed=seed))
                 for name, _ in fr}
 
@@ -241,6 +244,7 @@ class Frame:
         choices: Sequence[str] | None = None,
         json_schema: Any = None,
         error_column: str | None = None,
+        overwrite: bool = False,
     ) -> "Frame":
         """Generate ``column`` with an LLM, one prompt per row.
 
@@ -276,6 +280,9 @@ class Frame:
             cut by ``max_tokens``) is null, with the reason in the error column.
         error_column : str, optional
             Where per-row errors go (default ``f"{column}_error"``; null on success).
+        overwrite : bool
+            Replace ``column`` (and the error column) if the frame already has them;
+            without it that is an error.
 
         Returns
         -------
@@ -289,19 +296,23 @@ class Frame:
             any model is loaded).
         TemplateError
             The template does not parse.
+        ParameterError
+            A parameter of the wrong type or out of range (see :mod:`lazyllm.validation`).
+        PlanError
+            ``json_schema`` is not a valid JSON Schema; an output column exists already.
 
         Notes
         -----
         Cost: ``n`` LLM calls per row, minus cache hits and duplicate prompts.
         A row whose generation fails keeps a null and a message in the error column.
         """
-        stops: tuple[str, ...] = () if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
-        sampling = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
-                                  seed=int(seed), stop=stops)
-        node = N.Generate(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
-                          system=system, n=n, sampling=sampling, error_column=error_column or "",
-                          choices=None if choices is None else tuple(choices),
-                          json_schema=canonical_json_schema(json_schema))
+        sampling = V.sampling("generate", temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                              stop=stop)
+        node = N.Generate(children=(self._node,), column=V.column_name("generate", "column", column),
+                          model=as_model_spec(model), prompt=prompt, system=system,
+                          n=V.integer("generate", "n", n, low=1), sampling=sampling, error_column=error_column or "",
+                          choices=V.choices("generate", choices), json_schema=canonical_json_schema(json_schema))
+        V.check_node("generate", self.columns, node, overwrite)
         return self._wrap(node)
 
     def judge(
@@ -320,6 +331,7 @@ class Frame:
         seed: int = 0,
         max_tokens: int | None = None,
         error_column: str | None = None,
+        overwrite: bool = False,
     ) -> "Frame":
         """Grade each row with an LLM judge: an integer score in ``scale`` (single-answer grading).
 
@@ -357,7 +369,7 @@ class Frame:
         """
         from . import prompts
 
-        lo, hi = scale
+        lo, hi = V.scale(scale)
         if prompt is None:
             if question is None or answer is None:
                 raise PlanError("judge() with the default prompt needs question='<column>' and answer='<column>' "
@@ -366,11 +378,13 @@ class Frame:
         if system is None:
             base = prompts.JUDGE_REFERENCE_SYSTEM if reference is not None else prompts.JUDGE_SYSTEM
             system = base.format(lo=lo, hi=hi)
-        sampling = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens or (256 if rationale else 4)),
-                                  seed=int(seed))
-        node = N.Judge(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt, system=system,
+        sampling = V.sampling("judge", temperature=temperature, seed=seed,
+                              max_tokens=(256 if rationale else 4) if max_tokens is None else max_tokens)
+        node = N.Judge(children=(self._node,), column=V.column_name("judge", "column", column),
+                       model=as_model_spec(model), prompt=prompt, system=system,
                        sampling=sampling, aliases=_aliases(question=question, answer=answer, reference=reference),
-                       scale=(int(lo), int(hi)), rationale=bool(rationale), error_column=error_column or "")
+                       scale=(lo, hi), rationale=bool(rationale), error_column=error_column or "")
+        V.check_node("judge", self.columns, node, overwrite)
         return self._wrap(node)
 
     def judge_pairwise(
@@ -388,6 +402,7 @@ class Frame:
         seed: int = 0,
         max_tokens: int = 4,
         error_column: str | None = None,
+        overwrite: bool = False,
     ) -> "Frame":
         """Compare two answers per row: ``column`` is ``"a"``, ``"b"`` or ``"tie"``.
 
@@ -417,11 +432,13 @@ class Frame:
                 raise PlanError("judge_pairwise() with the default prompt needs question='<column>'; "
                                 "or pass your own prompt=... reading {{ answer_a }} and {{ answer_b }}.")
             prompt = prompts.PAIRWISE_PROMPT
-        sampling = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens), seed=int(seed))
+        V.check_pairwise(V.column_name("judge_pairwise", "a", a), V.column_name("judge_pairwise", "b", b))
+        sampling = V.sampling("judge_pairwise", temperature=temperature, max_tokens=max_tokens, seed=seed)
         node = N.PairwiseJudge(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
                                system=prompts.PAIRWISE_SYSTEM if system is None else system, sampling=sampling,
                                aliases=_aliases(question=question), a=a, b=b, swap=bool(swap),
                                error_column=error_column or "")
+        V.check_node("judge_pairwise", self.columns, node, overwrite)
         return self._wrap(node)
 
     def sql(self, query: str) -> "Frame":
@@ -608,6 +625,7 @@ def canonical_json_schema(schema: Any) -> str | None:
             raise PlanError(f"json_schema is not valid JSON: {exc}.") from None
     if not isinstance(schema, Mapping):
         raise PlanError(f"json_schema must be a pydantic model class, a dict or JSON text, got {type(schema).__name__}.")
+    V.check_json_schema("generate", schema)
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
@@ -633,7 +651,7 @@ def llm_predicate(model: Any, prompt: str, *, system: str | None = None, tempera
     """
     from . import prompts
 
-    sampling = SamplingParams(temperature=float(temperature), max_tokens=2, seed=int(seed))
+    sampling = V.sampling("llm_predicate", temperature=temperature, max_tokens=2, seed=seed)
     return LLMPredicate(as_model_spec(model), prompt, prompts.FILTER_SYSTEM if system is None else system, sampling,
                         tuple(columns.items()))
 
@@ -645,6 +663,7 @@ def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
         raise PlanError("concat() takes a non-empty list of lazyllm Frames.")
     if len(frames) == 1:
         return frames[0]
+    V.check_concat([f.schema for f in frames], how)
     return Frame(N.Concat(children=tuple(f.plan for f in frames), how=how))
 
 

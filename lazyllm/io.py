@@ -15,6 +15,7 @@ from lazyllm.backends.errors import MissingDependencyError, PlanError
 from lazyllm.planner import nodes as N
 
 from .frame import Frame
+from .validation import check_source_rows
 
 __all__ = [
     "read_parquet", "read_csv", "read_ndjson", "from_polars", "from_pandas", "from_arrow", "from_dicts", "from_hf",
@@ -197,6 +198,7 @@ def from_polars(df: pl.DataFrame | pl.LazyFrame, *, label: str = "from_polars") 
         df = df.collect()
     if not isinstance(df, pl.DataFrame):
         raise PlanError(f"from_polars() takes a polars DataFrame, got {type(df).__name__}.")
+    check_source_rows(df.height, label)
     return Frame(N.DataFrameSource(data=df, label=label))
 
 

@@ -18,10 +18,12 @@ import os
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lazyllm.backends.catalog import DEFAULT_MODEL, alias_source
 from lazyllm.backends.errors import MissingDependencyError, PlanError
 from lazyllm.backends.protocols import ModelSpec, performance_only
+from lazyllm.backends.redact import register_secret
 
 __all__ = ["ModelSpec", "Transformers", "TestModel", "DEFAULT_MODEL", "default_model", "as_model_spec"]
 
@@ -295,6 +297,15 @@ _GUIDED = ("auto", "openai", "vllm")
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
 
+def _register_credentials(api_key: str | None, base_url: str) -> None:
+    """Tell the redactor about this spec's key and URL password (never written anywhere)."""
+    register_secret(api_key)
+    try:
+        register_secret(urlsplit(base_url).password)
+    except ValueError:
+        pass
+
+
 @dataclass(frozen=True, slots=True)
 class OpenAI(ModelSpec):
     """A model behind an OpenAI-compatible HTTP API: OpenAI, ``vllm serve``, llama.cpp server, SGLang.
@@ -399,6 +410,7 @@ class OpenAI(ModelSpec):
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
             raise PlanError(f"base_url must be an http(s) URL such as {_DEFAULT_OPENAI_URL!r}, got {self.base_url!r}.")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        _register_credentials(self.api_key, self.base_url)
         if self.guided not in _GUIDED:
             raise PlanError(f"guided must be one of {list(_GUIDED)}, got {self.guided!r}.")
         for name in ("concurrency",):

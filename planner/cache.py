@@ -7,7 +7,22 @@ handed between people. Error responses are not cached, so a rerun retries them.
 
 Several processes may open the same cache (LMDB's lock file); writes are serialised
 by LMDB. Each :meth:`PromptCache.put_many` is one transaction, synced to disk when it
-commits, so a crash or ``kill -9`` loses at most the batch in flight.
+commits, so a crash or ``kill -9`` loses at most the batch in flight. When one
+process grows the map (the cache outgrew ``map_size``), the others adopt the new size
+at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
+
+Processes that collect on one workspace share work through *leases* (a second LMDB
+database in the same environment): before sending a batch, a process leases its
+requests (owner, expiry) in one write transaction; requests another live process has
+leased are skipped and their results read from the cache when they land. A lease
+lapses at its expiry (``LAZYLLM_LEASE_SECONDS``, default 300, renewed as the batch
+returns parts) or at once when its owner is a process on this machine that no longer
+exists, so a ``kill -9`` loses at most the batch in flight and the others finish it.
+
+A damaged environment is checked by :func:`verify_cache` and salvaged by
+:func:`repair_cache` (``lazyllm cache verify`` / ``lazyllm cache repair``): every
+entry LMDB can still reach and decode is copied into a new environment; the damaged
+one is kept aside for inspection.
 """
 
 from __future__ import annotations
@@ -15,9 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +46,14 @@ import msgpack
 from lazyllm.backends.errors import CacheError
 from lazyllm.backends.protocols import Request, Response
 
-__all__ = ["PromptCache", "request_key", "CACHE_FORMAT"]
+__all__ = ["PromptCache", "request_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
+           "lease_owner", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
 _DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
+#: Default lease duration in seconds (``LAZYLLM_LEASE_SECONDS`` overrides it).
+LEASE_SECONDS = 300.0
+_HOST = socket.gethostname()
 _OPEN: dict[str, lmdb.Environment] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -42,19 +65,43 @@ def request_key(model_fingerprint: str, request: Request) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+#: LMDB errors that mean the file itself is damaged (as opposed to permissions or space).
+_DAMAGE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
+           lmdb.BadRslotError, lmdb.BadTxnError, lmdb.BadValsizeError, lmdb.BadDbiError)
+
+
+def _damaged(path: Path, detail: object) -> CacheError:
+    ws = path.absolute().parent
+    return CacheError(
+        f"The LMDB cache at {path} is damaged ({detail}). Run `lazyllm cache verify --workspace {ws}` to see "
+        f"what is readable, then `lazyllm cache repair --workspace {ws}` to copy every readable entry into a "
+        "new cache (the damaged one is kept aside; requests whose entries were lost are recomputed)."
+    )
+
+
 def _open_env(path: Path, map_size: int) -> lmdb.Environment:
     real = str(path.resolve())
     with _OPEN_LOCK:
         env = _OPEN.get(real)
         if env is None:
-            path.mkdir(parents=True, exist_ok=True)
             try:
+                path.mkdir(parents=True, exist_ok=True)
                 env = lmdb.open(real, map_size=map_size, subdir=True, max_dbs=4, readahead=False)
-            except lmdb.Error as exc:
+            except _DAMAGE as exc:
+                raise _damaged(path, exc) from exc
+            except (lmdb.Error, OSError) as exc:
                 raise CacheError(f"Cannot open the LMDB cache at {real}: {exc}. Check permissions and disk "
                                  "space, or point the workspace elsewhere (LAZYLLM_HOME).") from exc
             _OPEN[real] = env
         return env
+
+
+def _close_env(path: Path) -> None:
+    """Close this process's handle on the environment at ``path`` (if open)."""
+    with _OPEN_LOCK:
+        env = _OPEN.pop(str(path.resolve()), None)
+    if env is not None:
+        env.close()
 
 
 class PromptCache:
@@ -73,61 +120,163 @@ class PromptCache:
         self.path = Path(path)
         size = map_size or int(os.environ.get("LAZYLLM_CACHE_MAP_SIZE", _DEFAULT_MAP_SIZE))
         self._env = _open_env(self.path, size)
-        self._db = self._env.open_db(b"responses")
+        try:
+            with self._txn(write=True) as txn:
+                self._db = self._env.open_db(b"responses", txn=txn)
+                self._leases = self._env.open_db(b"leases", txn=txn)
+        except _DAMAGE as exc:
+            raise _damaged(self.path, exc) from exc
+
+    @contextmanager
+    def _txn(self, *, write: bool = False, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A transaction; adopts a map grown by another process; damage becomes a :class:`CacheError`."""
+        for _ in range(8):
+            try:
+                txn = self._env.begin(write=write, buffers=buffers)
+                break
+            except lmdb.MapResizedError:  # another process grew the map: take its size
+                self._env.set_mapsize(0)
+        else:  # pragma: no cover - the map keeps changing under us
+            raise CacheError(f"The LMDB cache at {self.path} keeps being resized by another process; rerun.")
+        try:
+            with txn:
+                yield txn
+        except _DAMAGE as exc:
+            raise _damaged(self.path, exc) from exc
 
     # -- reads ---------------------------------------------------------------------------
     def get_many(self, keys: Iterable[bytes]) -> dict[bytes, Response]:
         """The cached responses among ``keys`` (missing keys are absent from the result)."""
         out: dict[bytes, Response] = {}
-        with self._env.begin(db=self._db, buffers=True) as txn:
+        with self._txn(buffers=True) as txn:
             for key in keys:
-                raw = txn.get(key)
+                raw = txn.get(key, db=self._db)
                 if raw is not None:
                     out[key] = Response.from_record(self._decode(raw))
         return out
 
     def contains_many(self, keys: Iterable[bytes]) -> set[bytes]:
         """The subset of ``keys`` present in the cache (no decoding)."""
-        with self._env.begin(db=self._db, buffers=True) as txn:
-            return {k for k in keys if txn.get(k) is not None}
+        with self._txn(buffers=True) as txn:
+            return {k for k in keys if txn.get(k, db=self._db) is not None}
 
     def get(self, key: bytes) -> Response | None:
         return self.get_many([key]).get(key)
 
     # -- writes --------------------------------------------------------------------------
-    def put_many(self, items: Iterable[tuple[bytes, Response]], *, model: str = "") -> int:
-        """Store successful responses in one transaction; return how many were written."""
+    def put_many(self, items: Iterable[tuple[bytes, Response]], *, model: str = "", owner: str | None = None) -> int:
+        """Store successful responses in one transaction; return how many were written.
+
+        With ``owner``, the leases that owner holds on these keys (errors included)
+        are released in the same transaction.
+        """
+        items = list(items)
         rows = [(k, r) for k, r in items if r.error is None and r.text is not None]
-        if not rows:
+        if not rows and owner is None:
             return 0
         now = time.time()
         encoded = [(k, msgpack.packb({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
         while True:
             try:
-                with self._env.begin(db=self._db, write=True) as txn:
+                with self._txn(write=True) as txn:
                     for k, v in encoded:
-                        txn.put(k, v)
+                        txn.put(k, v, db=self._db)
+                    if owner is not None:
+                        self._release(txn, [k for k, _ in items], owner)
                 return len(encoded)
             except lmdb.MapFullError:
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+                self._grow()
+
+    # -- leases: requests in flight in some process ---------------------------------------
+    def lease(self, keys: Iterable[bytes], owner: str, *, seconds: float | None = None,
+              now: float | None = None) -> "LeaseResult":
+        """Lease the keys that are neither cached nor leased by another live owner, in one transaction.
+
+        Parameters
+        ----------
+        keys : iterable of bytes
+            Request keys about to be sent to an engine.
+        owner : str
+            This run's owner id (:func:`lease_owner`).
+        seconds : float, optional
+            Lease duration (default ``LAZYLLM_LEASE_SECONDS`` or :data:`LEASE_SECONDS`).
+
+        Returns
+        -------
+        LeaseResult
+            ``acquired`` (now leased by ``owner``, renewed if it held them),
+            ``cached`` (stored meanwhile) and ``elsewhere`` (leased by another live owner).
+        """
+        now = time.time() if now is None else now
+        expires = now + (seconds if seconds is not None else _lease_seconds())
+        out = LeaseResult()
+        while True:
+            try:
+                with self._txn(write=True) as txn:
+                    for key in keys:
+                        if txn.get(key, db=self._db) is not None:
+                            out.cached.append(key)
+                            continue
+                        raw = txn.get(key, db=self._leases)
+                        if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
+                            out.elsewhere.append(key)
+                            continue
+                        txn.put(key, msgpack.packb({"o": owner, "e": expires}), db=self._leases)
+                        out.acquired.append(key)
+                return out
+            except lmdb.MapFullError:
+                out = LeaseResult()
+                self._grow()
+
+    def release(self, keys: Iterable[bytes], owner: str) -> None:
+        """Release the leases ``owner`` holds on ``keys`` (others' leases are left alone)."""
+        keys = list(keys)
+        if not keys:
+            return
+        with self._txn(write=True) as txn:
+            self._release(txn, keys, owner)
+
+    def _release(self, txn: lmdb.Transaction, keys: Iterable[bytes], owner: str) -> None:
+        for key in keys:
+            raw = txn.get(key, db=self._leases)
+            if raw is not None and msgpack.unpackb(raw).get("o") == owner:
+                txn.delete(key, db=self._leases)
+
+    def leased_elsewhere(self, keys: Iterable[bytes], owner: str, *, now: float | None = None) -> set[bytes]:
+        """The keys under a live lease of an owner other than ``owner`` (read-only)."""
+        now = time.time() if now is None else now
+        with self._txn() as txn:
+            out = set()
+            for key in keys:
+                raw = txn.get(key, db=self._leases)
+                if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
+                    out.add(key)
+            return out
+
+    def _grow(self) -> None:
+        """Double the map. LMDB requires that this process has no open transaction;
+        other processes adopt the new size at their next transaction (see :meth:`_txn`)."""
+        mine = self._env.info()["map_size"]
+        self._env.set_mapsize(0)  # the size in the file: another process may have grown it further
+        self._env.set_mapsize(max(mine, self._env.info()["map_size"]) * 2)
 
     def delete_many(self, keys: Iterable[bytes]) -> int:
         n = 0
-        with self._env.begin(db=self._db, write=True) as txn:
+        with self._txn(write=True) as txn:
             for k in keys:
-                n += bool(txn.delete(k))
+                n += bool(txn.delete(k, db=self._db))
         return n
 
     def clear(self) -> int:
         """Delete every entry; return how many there were."""
         n = len(self)
-        with self._env.begin(write=True) as txn:
+        with self._txn(write=True) as txn:
             txn.drop(self._db, delete=False)
         return n
 
     # -- info ----------------------------------------------------------------------------
     def __len__(self) -> int:
-        with self._env.begin(db=self._db) as txn:
+        with self._txn() as txn:
             return int(txn.stat(self._db)["entries"])
 
     def stats(self) -> dict[str, Any]:
@@ -140,16 +289,254 @@ class PromptCache:
         }
 
     def items(self) -> Iterable[tuple[bytes, Mapping[str, Any]]]:
-        with self._env.begin(db=self._db) as txn:
-            for k, v in txn.cursor():
+        with self._txn() as txn:
+            for k, v in txn.cursor(db=self._db):
                 yield bytes(k), self._decode(v)
 
-    @staticmethod
-    def _decode(raw: Any) -> dict[str, Any]:
+    def _decode(self, raw: Any) -> dict[str, Any]:
+        problem = _format_problem(raw)
+        if problem is not None:
+            ws = self.path.absolute().parent
+            raise CacheError(f"A cache entry in {self.path} {problem}. Run `lazyllm cache repair --workspace {ws}` "
+                             "to drop unreadable entries and keep the rest, or `lazyllm cache clear` to start over.")
+        return msgpack.unpackb(bytes(raw))
+
+
+def _format_problem(raw: Any) -> str | None:
+    """Why ``raw`` is not a cache value of this format (None when it is one)."""
+    try:
+        record = msgpack.unpackb(bytes(raw))
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
+        return f"cannot be decoded ({exc})"
+    if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
+        return "has an unknown format"
+    try:
+        Response.from_record(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"is not a response record ({exc!r})"
+    return None
+
+
+@dataclass
+class LeaseResult:
+    """What :meth:`PromptCache.lease` did with each key."""
+
+    acquired: list[bytes] = field(default_factory=list)
+    cached: list[bytes] = field(default_factory=list)
+    elsewhere: list[bytes] = field(default_factory=list)
+
+
+def lease_owner() -> str:
+    """A new owner id for leases: ``host:pid:random`` (one per run)."""
+    return f"{_HOST}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _lease_seconds() -> float:
+    return float(os.environ.get("LAZYLLM_LEASE_SECONDS") or LEASE_SECONDS)
+
+
+def _lapsed(lease: Mapping[str, Any], owner: str, now: float) -> bool:
+    """Whether a lease no longer holds against ``owner``: its own, expired, or its owner process is gone."""
+    holder = str(lease.get("o", ""))
+    if holder == owner or float(lease.get("e", 0.0)) <= now:
+        return True
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host == _HOST and pid.isdigit():
         try:
-            record = msgpack.unpackb(bytes(raw))
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
-            raise CacheError(f"A cache entry cannot be decoded ({exc}); clear the cache with `lazyllm cache clear`.")
-        if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
-            raise CacheError("The cache holds entries of an unknown format; clear it with `lazyllm cache clear`.")
-        return record
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True  # killed (kill -9) or exited without releasing
+        except PermissionError:
+            return False  # alive, another user's
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# verify / repair
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheCheck:
+    """What :func:`verify_cache` or :func:`repair_cache` found in an LMDB environment.
+
+    Attributes
+    ----------
+    path : Path
+        The environment's folder.
+    expected : int or None
+        Entries the environment's own statistics record (None when unreadable).
+    readable : int
+        Entries that LMDB could reach and that decode as cache values of this format.
+    bad_values : int
+        Entries LMDB could reach whose value does not decode.
+    errors : list of str
+        LMDB errors met while walking the environment (damaged pages).
+    salvaged : int
+        Entries copied into the new environment (repair only).
+    kept_at : Path or None
+        Where the damaged environment was moved (repair only).
+    """
+
+    path: Path
+    expected: int | None = None
+    readable: int = 0
+    bad_values: int = 0
+    errors: list[str] = field(default_factory=list)
+    salvaged: int = 0
+    kept_at: Path | None = None
+
+    @property
+    def lost(self) -> int | None:
+        """Entries that cannot be recovered: bad values plus entries LMDB could not reach
+        (None when the environment's statistics are unreadable, so the number is unknown)."""
+        if self.expected is None:
+            return None if self.errors else self.bad_values
+        return self.bad_values + max(0, self.expected - self.readable - self.bad_values)
+
+    @property
+    def ok(self) -> bool:
+        """No damage found."""
+        return not self.errors and self.lost == 0 and self.expected is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "ok": self.ok, "expected": self.expected, "readable": self.readable,
+                "bad_values": self.bad_values, "lost": self.lost, "errors": self.errors[:20],
+                "salvaged": self.salvaged, "kept_at": None if self.kept_at is None else str(self.kept_at)}
+
+
+def _probe_starts() -> Iterator[bytes | None]:
+    """Where to start walking: the first key, then 4096 evenly spread key prefixes.
+
+    Keys are SHA-256 digests, so the prefixes spread over the whole B-tree; a walk
+    stopped by a damaged page resumes at the next prefix past it.
+    """
+    yield None
+    for i in range(1, 1 << 12):
+        yield (i << 4).to_bytes(2, "big")
+
+
+def _walk(env: lmdb.Environment, check: CacheCheck) -> dict[bytes, bytes]:
+    """Every (key, value) LMDB can still reach in the responses database; fills ``check``."""
+    good: dict[bytes, bytes] = {}
+    seen: set[bytes] = set()
+    try:
+        db = env.open_db(b"responses", create=False)
+    except lmdb.NotFoundError:
+        check.expected = 0
+        return good
+    except lmdb.Error as exc:
+        check.errors.append(f"responses database: {exc}")
+        return good
+    try:
+        with env.begin(db=db) as txn:
+            check.expected = int(txn.stat(db)["entries"])
+    except lmdb.Error as exc:
+        check.errors.append(f"statistics: {exc}")
+    def take(cur: lmdb.Cursor) -> bool:
+        key = bytes(cur.key())
+        if key in seen:
+            return False  # joined a stretch already walked
+        seen.add(key)
+        value = bytes(cur.value())
+        if len(key) == 32 and _format_problem(value) is None:
+            good[key] = value
+        else:
+            check.bad_values += 1
+        return True
+
+    def walk(start: bytes | None, backwards: bool = False) -> None:
+        try:
+            with env.begin(db=db) as txn:
+                cur = txn.cursor()
+                if backwards:
+                    ok = cur.last()
+                    while ok and take(cur):
+                        ok = cur.prev()
+                    return
+                ok = cur.first() if start is None else cur.set_range(start)
+                while ok and take(cur):
+                    ok = cur.next()
+        except lmdb.Error as exc:
+            if str(exc) not in check.errors:
+                check.errors.append(str(exc))
+
+    walk(None, backwards=True)
+    for start in _probe_starts():
+        walk(start)
+    check.readable = len(good)
+    return good
+
+
+def _open_for_check(path: Path) -> tuple[lmdb.Environment | None, CacheCheck]:
+    check = CacheCheck(path=path)
+    if not (path / "data.mdb").is_file():
+        check.errors.append(f"no LMDB environment at {path} (data.mdb is missing)")
+        return None, check
+    try:
+        return _open_env(path, int(os.environ.get("LAZYLLM_CACHE_MAP_SIZE", _DEFAULT_MAP_SIZE))), check
+    except CacheError as exc:
+        check.errors.append(str(exc.__cause__ or exc))
+        return None, check
+
+
+def verify_cache(path: str | os.PathLike[str]) -> CacheCheck:
+    """Check the LMDB environment at ``path`` and the format of every value; change nothing.
+
+    Parameters
+    ----------
+    path : path-like
+        The environment's folder (``<workspace>/cache``).
+
+    Returns
+    -------
+    CacheCheck
+        ``ok`` is True when every entry the environment counts is reachable and decodes.
+    """
+    env, check = _open_for_check(Path(path))
+    if env is not None:
+        _walk(env, check)
+    return check
+
+
+def repair_cache(path: str | os.PathLike[str]) -> CacheCheck:
+    """Copy every readable entry of the LMDB environment at ``path`` into a new environment.
+
+    The new environment replaces the old one at ``path``; the old one is moved to
+    ``<path>.damaged-<time>`` (delete it once you are satisfied). Entries that cannot
+    be read are reported as lost: a later collect recomputes those requests. Stop
+    other processes using the workspace first.
+
+    Parameters
+    ----------
+    path : path-like
+        The environment's folder (``<workspace>/cache``).
+
+    Returns
+    -------
+    CacheCheck
+        With ``salvaged`` (entries copied), ``lost`` and ``kept_at``.
+    """
+    path = Path(path)
+    env, check = _open_for_check(path)
+    good = _walk(env, check) if env is not None else {}
+    _close_env(path)
+    fresh = path.with_name(path.name + ".repair")
+    shutil.rmtree(fresh, ignore_errors=True)
+    new = lmdb.open(str(fresh), map_size=max(_DEFAULT_MAP_SIZE, sum(map(len, good.values())) * 4), subdir=True,
+                    max_dbs=4, readahead=False)
+    try:
+        db = new.open_db(b"responses")
+        with new.begin(db=db, write=True) as txn:
+            for key, value in good.items():
+                txn.put(key, value)
+        new.sync(True)
+    finally:
+        new.close()
+    check.salvaged = len(good)
+    if path.exists():
+        check.kept_at = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        path.rename(check.kept_at)
+    fresh.rename(path)
+    return check

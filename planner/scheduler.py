@@ -14,6 +14,10 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   same model go to the engine together, in batches of the engine's batch size
   (cross-operator batching), upstream nodes' requests first, then longest prompts;
 - commits each returned batch to the cache before anything else happens;
+- shares work with other processes collecting on the same workspace: a batch's
+  requests are leased first (:meth:`PromptCache.lease`); requests another live
+  process has leased are not sent but awaited, and read from the cache when they
+  land (or sent here once that lease lapses);
 - finishes one model's queue before it switches to another, and keeps each engine
   loaded until the end of the collect, so a model is loaded at most once.
 
@@ -36,13 +40,16 @@ import polars as pl
 from lazyllm.backends.errors import EngineError, TemplateError
 from lazyllm.backends.protocols import Request, Response
 
-from .cache import request_key
+from .cache import lease_owner, request_key
 from .nodes import LLMNode
 
 if TYPE_CHECKING:
     from .executor import NodeStats, _Context
 
 __all__ = ["run_chain", "UNCOMPUTED"]
+
+#: Seconds between two looks at the cache while waiting for requests other processes lease.
+_AWAIT_POLL = 0.2
 
 #: Stands for an LLM value that a dry run has not computed.
 UNCOMPUTED = "\u2047uncomputed\u2047"
@@ -121,6 +128,8 @@ class _ChainRun:
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self.from_cache: set[bytes] = set()
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
+        self.owner = lease_owner()  # leases of this run's requests in flight
+        self.awaited: dict[bytes, _Work] = {}  # leased by another process: awaited from the cache
 
     # -- per-row bookkeeping -------------------------------------------------------------
     def alive(self, i: int, r: int) -> bool:
@@ -214,7 +223,7 @@ class _ChainRun:
                     for i, r, k in slots:
                         next_todo.extend(self.deliver(i, r, k, self.known[key]))
                     continue
-                work = self.queued.get(key)
+                work = self.queued.get(key) or self.awaited.get(key)
                 if work is None:
                     req, i, _ = first[key]
                     work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
@@ -261,8 +270,11 @@ class _ChainRun:
         works = [q.pop(k) for k in keys]
         for w in works:
             del self.queued[w.key]
-            self.states[w.node_index].stats.calls += 1
         return works
+
+    def _count_calls(self, works: list[_Work]) -> None:
+        for w in works:
+            self.states[w.node_index].stats.calls += 1
 
     def _complete(self, works: list[_Work], responses: dict[int, Response]) -> int:
         ready: list[tuple[int, int]] = []
@@ -281,10 +293,50 @@ class _ChainRun:
         self.make_ready(ready)
         return tokens
 
+    def _lease(self, works: list[_Work]) -> list[_Work]:
+        """The works this run may send: leased here. Works cached meanwhile are served; works
+        leased by another live process are awaited (:meth:`_await_others`)."""
+        got = self.cache.lease([w.key for w in works], self.owner)
+        if len(got.acquired) == len(works):
+            return works
+        by_key = {w.key: w for w in works}
+        for key in got.elsewhere:
+            self.awaited[key] = by_key[key]
+        self._serve_cached([by_key[k] for k in got.cached])
+        acquired = set(got.acquired)
+        return [w for w in works if w.key in acquired]
+
+    def _serve_cached(self, works: list[_Work]) -> bool:
+        """Complete the works whose responses another process has stored; True if any was."""
+        found = self.cache.get_many([w.key for w in works]) if works else {}
+        done = [w for w in works if w.key in found]
+        self.from_cache.update(found)
+        if done:
+            self._complete(done, {j: found[w.key] for j, w in enumerate(done)})
+        return bool(done)
+
+    def _await_others(self) -> None:
+        """Wait for requests leased by other processes: serve those now in the cache, take back
+        those whose lease lapsed (expired, or its process is gone)."""
+        awaited = list(self.awaited.values())
+        live = self.cache.leased_elsewhere([w.key for w in awaited], self.owner)
+        found = self.cache.get_many([w.key for w in awaited])
+        for w in awaited:
+            if w.key in found or w.key not in live:
+                del self.awaited[w.key]
+        lapsed = [w for w in awaited if w.key not in found and w.key not in live]
+        for w in lapsed:  # sent by this run after all
+            self.queues[self.states[w.node_index].model_fp][w.key] = w
+            self.queued[w.key] = w
+        served = self._serve_cached([w for w in awaited if w.key in found])
+        if not served and not lapsed:
+            time.sleep(_AWAIT_POLL)
+
     def _dry_drain(self) -> None:
         while any(self.queues.values()):
             fp = next(fp for fp, q in self.queues.items() if q)
             works = self._take(fp, len(self.queues[fp]))
+            self._count_calls(works)
             self._estimate(works)
             # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
             self._complete(works, {j: _placeholder(self.states[w.node_index].node, w.key) for j, w in enumerate(works)})
@@ -318,7 +370,11 @@ class _ChainRun:
         with ctx.progress_bars([_what(st.node) for st in self.states]) as bars:
             self._refresh(bars)
             current: str | None = None
-            while any(self.queues.values()):
+            while any(self.queues.values()) or self.awaited:
+                if not any(self.queues.values()):  # what is left is in flight in other processes
+                    self._await_others()
+                    self._refresh(bars)
+                    continue
                 if not self.queues.get(current or ""):
                     current = next(fp for fp, q in self.queues.items() if q)  # finish a model before switching
                 assert current is not None
@@ -330,12 +386,16 @@ class _ChainRun:
                 engine = ctx.engine(spec)
                 # a replica pool (Ray executor) takes one batch per replica at a time
                 per_batch = int(getattr(getattr(engine, "spec", spec), "batch_size", 32) or 32)
-                works = self._take(current, per_batch * int(getattr(engine, "parallelism", 1) or 1))
+                works = self._lease(self._take(current, per_batch * int(getattr(engine, "parallelism", 1) or 1)))
+                if not works:
+                    continue
+                self._count_calls(works)
                 responses: dict[int, Response] = {}
                 try:
                     for part in engine.generate([w.request for w in works]):
                         part = list(part)
-                        self.cache.put_many([(works[j].key, resp) for j, resp in part], model=current)
+                        self.cache.put_many([(works[j].key, resp) for j, resp in part], model=current,
+                                            owner=self.owner)
                         responses.update(part)
                 except (KeyboardInterrupt, SystemExit, EngineError):
                     raise
@@ -344,6 +404,8 @@ class _ChainRun:
                         f"The {spec.display_name} engine failed: {exc}. Completed batches are in the cache; "
                         "rerun to resume."
                     ) from exc
+                finally:  # what was not answered goes back to the other processes at once
+                    self.cache.release([w.key for j, w in enumerate(works) if j not in responses], self.owner)
                 self._complete(works, responses)
                 self._refresh(bars)
         for st in self.states:

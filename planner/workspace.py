@@ -20,16 +20,57 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lazyllm.backends.errors import WorkspaceError
+from lazyllm.backends.redact import redact, scrub
+
 from .cache import PromptCache
 
-__all__ = ["Workspace", "resolve_workspace"]
+__all__ = ["Workspace", "resolve_workspace", "check_workspace_path"]
+
+
+_FIX = ("Pass a folder (it is created if missing), for example workspace='.lazyllm', or set LAZYLLM_HOME to "
+        "a folder you can write to.")
+
+
+def check_workspace_path(path: Path) -> None:
+    """Raise :class:`WorkspaceError` unless ``path`` is a folder or can be created as one.
+
+    An existing folder is accepted even if read-only (a colleague's workspace can be
+    read to reproduce a run); nothing is created here.
+    """
+    if path.exists() and not path.is_dir():
+        raise WorkspaceError(f"The workspace {path} is a file, not a folder. {_FIX}")
+    if path.is_dir():
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WorkspaceError(f"The workspace {path} cannot be created: {ancestor} is a file, not a folder. {_FIX}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise WorkspaceError(f"The workspace {path} cannot be created: no permission to write in {ancestor}. {_FIX}")
 
 
 class Workspace:
-    """A workspace folder (created on first use)."""
+    """A workspace folder (created on first use).
+
+    Parameters
+    ----------
+    path : path-like
+        The folder; ``~`` is expanded.
+
+    Raises
+    ------
+    WorkspaceError
+        ``path`` is a file, or a folder that cannot be created (checked here, before
+        any model is loaded).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+            raise WorkspaceError(f"The workspace must be a folder path (str or pathlib.Path), got {path!r}. {_FIX}")
         self.path = Path(path).expanduser().absolute()
+        check_workspace_path(self.path)
         self._cache: PromptCache | None = None
 
     def __repr__(self) -> str:
@@ -49,7 +90,10 @@ class Workspace:
 
     def subdir(self, name: str) -> Path:
         d = self.path / name
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkspaceError(f"Cannot create {d} in the workspace: {exc.strerror or exc}. {_FIX}") from exc
         return d
 
     @property
@@ -67,7 +111,7 @@ class Workspace:
     def write_run_log(self, fingerprint: str, record: dict[str, Any]) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
         path = self.runs_dir / f"{stamp}-{fingerprint[:12]}.json"
-        path.write_text(json.dumps(record, indent=2, default=str))
+        path.write_text(redact(json.dumps(scrub(record), indent=2, default=str)))  # no key, no URL password
         return path
 
 

@@ -40,3 +40,33 @@ def model_workspace(tmp_path_factory):
     from lazyllm import Workspace
 
     return Workspace(tmp_path_factory.mktemp("model-ws"))
+
+
+@pytest.fixture
+def damage_cache():
+    """A function that overwrites one live B-tree leaf page in the middle of an LMDB cache's data.mdb."""
+    import shutil
+
+    import lmdb
+
+    from lazyllm.planner.cache import _close_env
+
+    page_size = 4096
+
+    def damage(path) -> None:
+        _close_env(path)  # this process's handle would keep the old pages mapped
+        compact = path.with_name(path.name + ".compact")
+        compact.mkdir()
+        env = lmdb.open(str(path), max_dbs=4)
+        env.copy(str(compact), compact=True)  # no free pages left: every leaf page is live
+        env.close()
+        shutil.move(compact / "data.mdb", path / "data.mdb")
+        compact.rmdir()
+        data = bytearray((path / "data.mdb").read_bytes())
+        leaves = [p for p in range(2, len(data) // page_size)
+                  if int.from_bytes(data[p * page_size + 10:p * page_size + 12], "little") == 0x02]  # P_LEAF
+        page = leaves[len(leaves) // 2]
+        data[page * page_size:(page + 1) * page_size] = b"\xab" * page_size
+        (path / "data.mdb").write_bytes(bytes(data))
+
+    return damage

@@ -14,6 +14,7 @@ MODULES = [
     "lazyllm.backends.hardware",
     "lazyllm.backends.ratelimit",
     "lazyllm.models",
+    "lazyllm.validation",
     "lazyllm.planner.templates",
     "lazyllm.planner.rules.predicate_pushdown",
     "lazyllm.planner.rules.limit_pushdown",
@@ -24,6 +25,7 @@ MODULES = [
     "lazyllm.backends.constraints",
     "lazyllm.backends.answers",
     "lazyllm.backends.prices",
+    "lazyllm.backends.redact",
     "lazyllm.backends.transformers",
 ]
 

@@ -268,6 +268,46 @@ RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def _malicious_pickle(marker: Path) -> bytes:
+    import pickle
+
+    return pickle.dumps(_RunsCode(marker))
+
+
+def test_checkpoint_loads_are_weights_only(tmp_path):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "pickle-ran"
+    (tmp_path / "optimizer.pt").write_bytes(_malicious_pickle(marker))
+    torch.save({"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1}]}, tmp_path / "ok.pt")
+    with trainers.weights_only_loads():
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(tmp_path / "optimizer.pt", weights_only=False)  # a library asking for a full unpickle
+        assert torch.load(tmp_path / "ok.pt", weights_only=False)["param_groups"] == [{"lr": 0.1}]
+    assert not marker.exists()
+    assert torch.load.__name__ == "load" and not hasattr(torch.load, "__wrapped__")  # restored
+
+
+def test_pickled_files_of_checkpoints_are_dropped(tmp_path):
+    for step in (2, 4):
+        d = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "training_args.bin").write_bytes(b"pickle")
+        (d / "trainer_state.json").write_text("{}")
+    trainers._drop_pickles(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()) == ["trainer_state.json"] * 2
+
+
 @pytest.mark.model
 def test_a_killed_training_resumes_from_its_last_checkpoint(base_dir, tmp_path, one_thread):
     out = tmp_path / "resume"
@@ -296,9 +336,15 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(base_dir, tmp_path, 
     killed_at = latest_checkpoint(out)
     assert killed_at.name in ("checkpoint-2", "checkpoint-4")
     assert not (out / "COMPLETE").exists()
+    assert (killed_at / "optimizer.pt").is_file() and (killed_at / "rng_state.pth").is_file()
+    assert not (killed_at / "training_args.bin").exists()  # pickles are dropped as each checkpoint is saved
+    # a pickle planted in the checkpoint (by anyone sharing the workspace) is never loaded
+    marker = tmp_path / "pickle-ran"
+    (killed_at / "training_args.bin").write_bytes(_malicious_pickle(marker))
 
     spec["base_dir"], spec["output_dir"] = base_dir, out
     result = train(TrainJob(**spec))
+    assert not marker.exists()
     assert result.resumed_from is not None
     assert Path(result.resumed_from).name in ("checkpoint-2", "checkpoint-4")
     assert result.metrics["steps"] == 6

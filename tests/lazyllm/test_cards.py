@@ -117,6 +117,7 @@ def test_a_local_model_folder_is_named_not_located(ws, tmp_path):
     folder = tmp_path / "secret-project" / "my-local-model"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")  # a model folder needs a tokenizer
     frame = lazyllm.from_dicts([{"q": "x"}]).generate("a", lazyllm.Transformers(str(folder)), prompt="{{ q }}")
     card = frame.card(workspace=ws)
     entry = card.models[0]

@@ -162,3 +162,27 @@ def test_demo_writes_the_outputs_and_their_cards(tmp_path, ws, monkeypatch):
 def test_help(command):
     result = invoke(*command)
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_cache_verify_and_repair_of_a_damaged_cache(tmp_path, counters, damage_cache):
+    from lazyllm.errors import CacheError
+
+    ws = tmp_path / "ws"
+    frame = lazyllm.from_dicts([{"q": f"question {i} " + "x" * 200} for i in range(300)]).generate(
+        "a", lazyllm.TestModel(), prompt="{{ q }}")
+    frame.collect(workspace=ws, progress=False)
+    assert counters.CALLS == 300
+    assert invoke("cache", "verify", "--workspace", ws).exit_code == 0
+    damage_cache(ws / "cache")
+    with pytest.raises(CacheError, match="lazyllm cache repair"):
+        frame.collect(workspace=ws, progress=False)
+    verify = invoke("cache", "verify", "--workspace", ws)
+    assert verify.exit_code == 1 and "lazyllm cache repair" in verify.output
+    repair = invoke("cache", "repair", "--workspace", ws, "--yes")
+    assert repair.exit_code == 0, repair.output
+    lost = json.loads(repair.output[: repair.output.rindex("}") + 1])["lost"]
+    assert 0 < lost < 300 and f"lost {lost}" in repair.output
+    assert invoke("cache", "verify", "--workspace", ws).exit_code == 0
+    counters.reset_counters()
+    assert frame.collect(workspace=ws, progress=False)["a_error"].null_count() == 300
+    assert counters.CALLS == lost  # only the lost entries are recomputed

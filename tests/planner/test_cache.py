@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 
 import msgpack
@@ -9,7 +10,7 @@ import pytest
 
 from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
 from lazyllm.errors import CacheError
-from lazyllm.planner.cache import PromptCache, request_key
+from lazyllm.planner.cache import PromptCache, repair_cache, request_key, verify_cache
 
 
 def req(text="hi", **params):
@@ -83,3 +84,102 @@ def test_map_full_grows(tmp_path):
     big = "x" * 4000
     cache.put_many([(i.to_bytes(32, "big"), Response(text=big)) for i in range(100)])
     assert len(cache) == 100
+
+
+# -- damage, verify, repair -----------------------------------------------------------------
+
+def _key(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest()  # spread like real request keys
+
+
+def _fill(path, n=400):
+    cache = PromptCache(path)
+    cache.put_many([(_key(i), Response(text=f"answer {i} " + "x" * 200)) for i in range(n)])
+    return cache
+
+
+def test_verify_of_a_sound_cache_is_ok(tmp_path):
+    _fill(tmp_path / "c", 50)
+    check = verify_cache(tmp_path / "c")
+    assert check.ok and check.expected == check.readable == 50 and check.lost == 0
+
+
+def test_a_damaged_page_is_a_cache_error_that_names_repair(tmp_path, damage_cache):
+    _fill(tmp_path / "c")
+    damage_cache(tmp_path / "c")
+    cache = PromptCache(tmp_path / "c")
+    with pytest.raises(CacheError, match="lazyllm cache repair") as info:
+        cache.get_many([_key(i) for i in range(400)])
+    assert "permissions" not in str(info.value)
+
+
+def test_verify_and_repair_salvage_every_readable_entry(tmp_path, damage_cache):
+    path = tmp_path / "c"
+    _fill(path)
+    damage_cache(path)
+    check = verify_cache(path)
+    assert not check.ok and check.errors
+    assert check.expected == 400 and check.readable + check.lost == 400
+    assert 0 < check.lost <= 40  # about one leaf page of entries
+    repaired = repair_cache(path)
+    assert repaired.salvaged == check.readable and repaired.lost == check.lost
+    assert repaired.kept_at is not None and (repaired.kept_at / "data.mdb").is_file()
+    after = verify_cache(path)
+    assert after.ok and after.expected == after.readable == repaired.salvaged
+    cache = PromptCache(path)
+    found = cache.get_many([_key(i) for i in range(400)])
+    assert len(found) == repaired.salvaged
+    assert all(r.text.startswith(f"answer {i} ") for i in range(400) if (r := found.get(_key(i))))
+
+
+def test_repair_drops_values_of_an_unknown_format(tmp_path):
+    cache = _fill(tmp_path / "c", 10)
+    with cache._env.begin(db=cache._db, write=True) as txn:
+        txn.put(b"z" * 32, b"\xc1 not msgpack")
+    check = verify_cache(tmp_path / "c")
+    assert not check.ok and check.bad_values == 1 and check.readable == 10 and not check.errors
+    repaired = repair_cache(tmp_path / "c")
+    assert repaired.salvaged == 10 and repaired.lost == 1
+    assert len(PromptCache(tmp_path / "c")) == 10
+
+
+# -- growing the map while another process has the environment open -------------------------
+
+
+def _grow_in_another_process(path: str) -> None:
+    cache = PromptCache(path, map_size=64 * 1024)
+    cache.put_many([((1000 + i).to_bytes(32, "big"), Response(text="y" * 4000)) for i in range(200)])
+
+
+def test_a_map_grown_by_another_process_is_adopted(tmp_path):
+    path = tmp_path / "shared"
+    cache = PromptCache(path, map_size=64 * 1024)
+    cache.put_many([(b"a" * 32, Response(text="first"))])
+    proc = mp.get_context("spawn").Process(target=_grow_in_another_process, args=(str(path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert cache._env.info()["map_size"] == 64 * 1024  # this process still has the old size
+    assert len(cache) == 201
+    assert cache.get((1199).to_bytes(32, "big")).text == "y" * 4000
+    cache.put_many([(i.to_bytes(32, "big"), Response(text="z" * 4000)) for i in range(100)])
+    assert len(cache) == 301 and cache._env.info()["map_size"] > 64 * 1024
+
+
+def test_a_damaged_header_is_a_cache_error_and_repair_starts_afresh(tmp_path):
+    from lazyllm.planner.cache import _close_env
+
+    path = tmp_path / "ws" / "cache"
+    _fill(path, 20)
+    _close_env(path)
+    data = bytearray((path / "data.mdb").read_bytes())
+    data[: 2 * 4096] = b"\xab" * (2 * 4096)  # both meta pages
+    (path / "data.mdb").write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="lazyllm cache repair --workspace /") as info:
+        PromptCache(path)
+    assert str(tmp_path / "ws") in str(info.value)
+    check = verify_cache(path)
+    assert not check.ok and check.expected is None and check.lost is None and check.errors
+    repaired = repair_cache(path)
+    assert repaired.salvaged == 0 and repaired.lost is None and repaired.kept_at.is_dir()
+    assert len(PromptCache(path)) == 0 and verify_cache(path).ok

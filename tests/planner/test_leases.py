@@ -1,0 +1,151 @@
+"""Concurrent collects on one workspace share work through leases in the LMDB cache.
+
+Processes run a script that builds one frame, waits for a start file (so that they
+collect at the same time), and collects it on a shared workspace. Every engine batch
+is logged by ``TestModel(log_path=...)`` with the process id and the request keys, so
+the tests count how often each distinct request was computed across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lazyllm.backends.protocols import Response
+from lazyllm.planner.cache import PromptCache, lease_owner
+
+ROWS = 48
+BATCH = 4
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import lazyllm
+
+    ws, log, go, out, delay = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
+    model = lazyllm.TestModel(name="shared", log_path=log, delay=delay, batch_size={batch})
+    frame = (lazyllm.from_dicts([{{"q": f"question {{i}}"}} for i in range({rows})])
+             .generate("a", model, prompt="Answer: {{{{ q }}}}")
+             .generate("b", model, prompt="Check: {{{{ a }}}}"))
+    while not go.exists():
+        time.sleep(0.01)
+    df = frame.collect(workspace=ws, progress=False)
+    out.write_text(json.dumps(df.select("a", "b").rows()))
+""").format(rows=ROWS, batch=BATCH)
+
+DISTINCT = 2 * ROWS  # two LLM nodes, every prompt distinct
+
+
+def _start(tmp_path: Path, n: int, delay: float = 0.02) -> tuple[list[subprocess.Popen], Path, Path]:
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    log, go = tmp_path / "batches.jsonl", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "ws"), str(log), str(go),
+                               str(tmp_path / f"out{i}.json"), str(delay)], stderr=subprocess.PIPE)
+             for i in range(n)]
+    return procs, log, go
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+
+
+def _computed(log: Path) -> tuple[Counter, Counter]:
+    """How often each request key was computed, and requests per process."""
+    keys, per_pid = Counter(), Counter()
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        keys.update(entry["keys"])
+        per_pid[entry["pid"]] += entry["n"]
+    return keys, per_pid
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_processes_compute_each_distinct_request_once(tmp_path, n):
+    procs, log, go = _start(tmp_path, n)  # they import lazyllm, build the frame, then wait for "go"
+    go.touch()
+    _finish(procs)
+    assert [p.returncode for p in procs] == [0] * n
+    keys, _ = _computed(log)
+    assert len(keys) == DISTINCT and set(keys.values()) == {1}  # each distinct request computed once
+    outputs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(n)]
+    assert all(o == outputs[0] for o in outputs) and len(outputs[0]) == ROWS
+    assert outputs[0][0] == ["echo[0|greedy]: Answer: question 0", "echo[0|greedy]: Check: echo[0|greedy]: Answer: question 0"]
+
+
+def test_a_killed_process_loses_at_most_its_batch_in_flight(tmp_path):
+    procs, log, go = _start(tmp_path, 3, delay=0.2)
+    go.touch()
+    victim = procs[0]
+    deadline = time.monotonic() + 120
+    while not (log.exists() and any(json.loads(x)["pid"] == victim.pid for x in log.read_text().splitlines())):
+        assert victim.poll() is None and time.monotonic() < deadline, "the first process never computed a batch"
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)  # mid-collect: it holds leases on a batch in flight
+    victim.wait()
+    _finish(procs[1:])
+    assert [p.returncode for p in procs[1:]] == [0, 0]
+    keys, _ = _computed(log)
+    assert len(keys) == DISTINCT  # the survivors finished the victim's leased work
+    assert sum(keys.values()) <= DISTINCT + BATCH  # at most the batch in flight was computed twice
+    outputs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in (1, 2)]
+    assert outputs[0] == outputs[1] and len(outputs[0]) == ROWS
+
+    # a rerun computes nothing
+    before = sum(keys.values())
+    rerun, log, go = _start(tmp_path, 1)
+    go.touch()
+    _finish(rerun)
+    assert rerun[0].returncode == 0 and sum(_computed(log)[0].values()) == before
+
+
+# -- the lease table itself -------------------------------------------------------------------
+
+
+def test_a_lease_blocks_other_owners_until_it_expires_or_is_released(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    a, b = lease_owner(), "another-host:123:abcd"
+    k1, k2, k3 = (bytes([i]) * 32 for i in range(1, 4))
+    cache.put_many([(k3, Response(text="done"))])
+    got = cache.lease([k1, k2, k3], b, seconds=60, now=1000.0)
+    assert got.acquired == [k1, k2] and got.cached == [k3] and got.elsewhere == []
+    mine = cache.lease([k1, k2], a, seconds=60, now=1030.0)
+    assert mine.acquired == [] and mine.elsewhere == [k1, k2]
+    assert cache.leased_elsewhere([k1, k2], a, now=1030.0) == {k1, k2}
+    cache.put_many([(k1, Response(text="one"))], owner=b)  # committing releases the lease
+    assert cache.leased_elsewhere([k1, k2], a, now=1030.0) == {k2}
+    expired = cache.lease([k2], a, seconds=60, now=1061.0)  # b's lease ran out
+    assert expired.acquired == [k2]
+    assert cache.lease([k2], b, now=1062.0).elsewhere == [k2]
+    cache.release([k2], a)
+    assert cache.lease([k2], b, now=1062.0).acquired == [k2]
+
+
+def test_a_lease_of_a_dead_process_on_this_machine_lapses_at_once(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = lease_owner().split(":")[0]
+    key = b"k" * 32
+    assert cache.lease([key], f"{host}:{dead.pid}:dead", seconds=3600).acquired == [key]
+    assert cache.lease([key], lease_owner(), seconds=3600).acquired == [key]
+    alive = f"{host}:{os.getpid()}:other-run"
+    assert cache.lease([b"j" * 32], alive, seconds=3600).acquired == [b"j" * 32]
+    assert cache.lease([b"j" * 32], lease_owner(), seconds=3600).elsewhere == [b"j" * 32]
