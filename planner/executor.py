@@ -33,7 +33,7 @@ from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, Mode
 from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
-from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode
+from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
 from .scheduler import run_chain
 from .workspace import Workspace, resolve_workspace
 
@@ -254,7 +254,7 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
     fp = node.fingerprint
     if fp in ctx.memo:
         return ctx.memo[fp]
-    if isinstance(node, Head) and node.waves:
+    if isinstance(node, Head) and node.waves and wave_chain(node.child) is not None:
         out = _run_waves(node, ctx)
     elif isinstance(node, LLMNode):
         chain = [node]  # stacked LLM nodes run together (batched across nodes, pipelined per row)
@@ -280,11 +280,13 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
     until ``head.n`` rows pass. The nodes keep input order and decide each row alone,
     so the first n passing rows are the same as when every row is processed.
 
+    Only row-by-row nodes run in waves (:func:`~lazyllm.planner.nodes.wave_chain`, from
+    the nodes' traits): a node that reads other rows ends the chain and runs on every
+    row, below the waves.
+
     The first wave has n rows; later waves are sized from the pass rate so far
     (remaining / rate x 1.2, at least 8 rows).
     """
-    from .rules.limit_pushdown import wave_chain
-
     chain = wave_chain(head.child) or []
     base = chain[-1].children[0]
     base_df = _evaluate(base, ctx).collect()
@@ -307,8 +309,9 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
 
 
 def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
-    """The nodes above the source (top first) and the source, when every node decides
-    each row alone, so the plan can run partition by partition.
+    """The nodes above the source (top first) and the source, when every node is
+    row-by-row (trait :meth:`~lazyllm.planner.nodes.PlanNode.row_by_row`), so the plan
+    can run partition by partition.
 
     Raises
     ------
@@ -318,19 +321,13 @@ def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
     """
     from lazyllm.backends.errors import PlanError
 
-    from .nodes import Drop, Filter, Rename, Select, WithColumns, is_elementwise
-
     chain: list[PlanNode] = []
     node = root
     while not isinstance(node, (DataFrameSource, FileSource)):
-        ok = (isinstance(node, (LLMNode, Rename, Drop))
-              or (isinstance(node, Select) and node.is_projection())
-              or (isinstance(node, WithColumns) and is_elementwise(node.exprs))
-              or (isinstance(node, Filter) and is_elementwise([node.predicate])))
-        if not ok or len(node.children) != 1:
+        if not node.row_by_row():
             raise PlanError(
                 f"sink_parquet() runs the plan one partition at a time, but {node.kind} needs every row at once. "
-                "Only LLM operators, elementwise filters and with_columns, drops, renames and column selections "
+                "Only LLM operators, elementwise filters, with_columns and selects, drops and renames "
                 "can run by partition: use collect() or write_parquet() for this plan."
             )
         chain.append(node)

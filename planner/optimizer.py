@@ -6,8 +6,9 @@ schema is checked after every rule, and an error names the rule).
 
 A rule is a pure function ``rule(node, ctx) -> PlanNode | None`` (None: no change).
 The driver visits the plan top-down; ``ctx.required`` holds the columns that the
-nodes above the visited one (and the final result) read from it, so rules such as
-projection pruning can see what is used. Each rewrite leaves a one-line note for
+nodes above the visited one (and the final result) read from it, found from each
+node's ``required_from_child`` trait, so rules such as projection pruning can see what
+is used. Each rewrite leaves a one-line note for
 ``explain()``.
 """
 
@@ -18,22 +19,17 @@ from dataclasses import dataclass, field
 
 from lazyllm.backends.errors import LazyLLMError, OptimizerError
 
-from .nodes import (
-    Drop,
-    Filter,
-    Head,
-    LLMNode,
-    PlanNode,
-    Rename,
-    Sample,
-    Select,
-    Sort,
-    SplitPart,
-    WithColumns,
+from .nodes import PlanNode
+from .rules import (
+    derivation_pushdown,
+    limit_pushdown,
+    predicate_pushdown,
+    projection_merge,
+    projection_pruning,
+    sort_pushdown,
 )
-from .rules import limit_pushdown, predicate_pushdown, projection_pruning
 
-__all__ = ["RULES", "optimize", "Optimized", "RuleContext", "required_by_child"]
+__all__ = ["RULES", "optimize", "Optimized", "RuleContext"]
 
 MAX_PASSES = 50
 
@@ -52,8 +48,11 @@ class RuleContext:
 Rule = Callable[[PlanNode, RuleContext], "PlanNode | None"]
 
 RULES: tuple[Rule, ...] = (
+    projection_merge.rule,
     projection_pruning.rule,
+    derivation_pushdown.rule,
     predicate_pushdown.rule,
+    sort_pushdown.rule,
     limit_pushdown.rule,
 )
 
@@ -69,31 +68,6 @@ def _rule_name(rule: Rule) -> str:
     return rule.__module__.rsplit(".", 1)[-1]
 
 
-def required_by_child(node: PlanNode, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
-    """Columns that ``node`` (whose own output is read for ``required``) reads from child ``index``."""
-    if isinstance(node, Select):
-        return node.columns_read()  # None when a selector may read any column
-    if required is None:
-        return None
-    if isinstance(node, LLMNode) and node.filters_rows:
-        return required | node.columns_read()
-    if isinstance(node, (LLMNode, WithColumns)):
-        read, written = node.columns_read(), node.columns_written()
-        if read is None or written is None:
-            return None
-        return (required - written) | read
-    if isinstance(node, Drop):
-        return required
-    if isinstance(node, Rename):
-        back = {new: old for old, new in node.mapping}
-        renamed_away = {old for old, new in node.mapping} - set(back)
-        return frozenset(back.get(c, c) for c in required if c not in renamed_away or c in back)
-    if isinstance(node, (Filter, Head, Sort, Sample, SplitPart)):
-        read = node.columns_read()
-        return None if read is None else required | read
-    return None  # joins, concat, unique, explode...: keep everything (safe default)
-
-
 def _schema_signature(node: PlanNode) -> list[tuple[str, str]]:
     return [(name, str(dtype)) for name, dtype in node.schema().items()]
 
@@ -105,7 +79,7 @@ def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, not
     if out is not None and out is not node:
         return out  # the next pass visits the rewritten node's children
     children = tuple(
-        _apply_once(c, rule, required_by_child(node, required, i), notes) for i, c in enumerate(node.children)
+        _apply_once(c, rule, node.required_from_child(required, i), notes) for i, c in enumerate(node.children)
     )
     if all(a is b for a, b in zip(children, node.children)):
         return node
@@ -127,7 +101,7 @@ def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = 
         for rule in rules:
             notes: list[str] = []
             try:
-                new = _apply_once(plan, rule, None, notes)
+                new = _apply_once(plan, rule, frozenset(plan.columns), notes)
             except LazyLLMError as exc:
                 raise OptimizerError(f"optimizer rule {_rule_name(rule)!r} built an invalid plan: {exc}") from exc
             if new is plan:
