@@ -47,4 +47,4 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
         return None
     what = f"{below.kind.lower()} {below.column!r}" if isinstance(below, LLMNode) else below.kind.lower()
     ctx.note(f"head {node.n} moved below {what}")
-    return below.with_children(Head(children=(below.child,), n=node.n))
+    return below.with_children(Head(children=(below.child,), n=node.n, waves=node.waves))

@@ -11,8 +11,9 @@ too), and each conjunct moves on its own into the children the node below offers
 (trait ``filter_routes()``: one input of a row-by-row node or a sort, every input of a
 vertical concat, the matching side of a join, a unique on its key columns, an explode
 of other columns) when every column it reads comes unchanged from there (trait
-``source_column()``; a rename is undone in the moved predicate). A conjunct passes a
-polars filter below only when it can then move further (filters never just swap).
+``source_column()``; a rename is undone in the moved predicate). A filter merges with
+the filter below it only when one of its conjuncts can then move further (filters
+never just swap).
 
 Blocked when the predicate is not elementwise (``x >= x.median()`` depends on which
 rows are present: it never moves), when a conjunct reads a column the node below
@@ -64,10 +65,6 @@ def _route(conjunct: pl.Expr, below: PlanNode) -> dict[int, pl.Expr] | None:
             renames = {c: v for c, v in names.items() if v != c}
             moved[i] = rename_columns(conjunct, renames) if renames else conjunct
         else:
-            if isinstance(below, Filter):  # passing a filter only pays when the conjunct goes on
-                deeper = below.child
-                if not all(_route(e, deeper) for e in moved.values()):
-                    continue
             return moved
     return None
 
@@ -76,6 +73,18 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     if not isinstance(node, Filter) or not node.elementwise() or node.columns_read() is None:
         return None
     below = node.child
+    if isinstance(below, Filter):
+        # stacked filters are one conjunction: merged when a conjunct of the upper one can go
+        # further down than the lower one (then it splits again below); never just swapped
+        if not below.elementwise() or below.columns_read() is None:
+            return None
+        under = below.child
+        while isinstance(under, Filter) and under.elementwise() and under.columns_read() is not None:
+            under = under.child  # the whole stack of filters is one conjunction
+        if not any(_route(part, under) for part in conjuncts(node.predicate)):
+            return None
+        ctx.note(f"filter {node.predicate} merged with the filter below into one conjunction")
+        return Filter(children=(below.child,), predicate=conjoin(conjuncts(below.predicate) + conjuncts(node.predicate)))
     stay: list[pl.Expr] = []
     moving: list[pl.Expr] = []
     moved: dict[int, list[pl.Expr]] = {}

@@ -245,3 +245,15 @@ def test_filters_never_only_swap():
     result = optimize(frame.plan)
     assert len([n for n in walk(result.plan) if isinstance(n, Filter)]) == 2
     assert optimize(result.plan).fired == []
+
+
+def test_main_job_module_filter_passes_the_score_filter(ws, counters):
+    from lazyllm.examples import docs_to_qa
+
+    job = docs_to_qa.build(limit=64, model=lazyllm.TestModel(name="mainjob"))
+    modules = docs_to_qa.load_docs(64)["module"].unique().sort().to_list()[:3]
+    frame = job.kept.filter(pl.col("module").is_in(modules)).head(8)
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[-2:] == ["Filter", "DataFrameSource"]  # the module filter runs first
+    in_modules = docs_to_qa.load_docs(64)["module"].is_in(modules).sum()
+    assert counted(frame, ws, counters) == (3 * in_modules, 3 * 64)
