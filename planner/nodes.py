@@ -310,7 +310,10 @@ def is_elementwise(exprs: Sequence[pl.Expr]) -> bool:
         return True
 
     for e in exprs:
-        if not (e.meta.is_row_separable() and e.meta.is_length_preserving()):
+        try:
+            if not (e.meta.is_row_separable() and e.meta.is_length_preserving()):
+                return False
+        except pl.exceptions.PolarsError:  # a selector (pl.all()) outside a context: unknown
             return False
         if not walk(json.loads(e.meta.serialize(format="json"))):
             return False
@@ -611,10 +614,12 @@ class Join(PlanNode):
             else:
                 kwargs["left_on"] = list(self.left_on or ())
                 kwargs["right_on"] = list(self.right_on or ())
-        if self.how in ("inner", "left", "full"):
+        if self.how in ("inner", "left", "full", "cross"):
             kwargs["maintain_order"] = "left_right"
         elif self.how == "right":
             kwargs["maintain_order"] = "right_left"
+        else:  # semi, anti: the left rows, in their order (polars does not keep it by default)
+            kwargs["maintain_order"] = "left"
         return left.join(right, **kwargs)
 
     def filter_routes(self) -> tuple[tuple[int, ...], ...]:
