@@ -34,9 +34,11 @@ polars on empty input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
+import sqlglot
+from sqlglot import exp
 
 from lazyllm.backends.answers import parse_answer
 from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
@@ -885,6 +889,22 @@ class SQL(PlanNode):
         empties = [pl.DataFrame(schema=c.schema()) for c in self.children]
         return self._run(empties).schema
 
+    def tree(self) -> exp.Expression | None:
+        """The query parsed by sqlglot (DuckDB dialect); None when sqlglot cannot parse it."""
+        return sql_tree(self.query)
+
+    def columns_read(self) -> frozenset[str] | None:
+        names = sql_names(self.query, self.names)
+        if names is None:
+            return None
+        return frozenset(c for child in self.children for c in child.columns if c.lower() in names)
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        names = sql_names(self.query, self.names)
+        if names is None:
+            return None
+        return frozenset(c for c in self.children[index].columns if c.lower() in names)
+
     def empty(self) -> pl.LazyFrame:
         return pl.LazyFrame(schema=self.schema())
 
@@ -911,6 +931,44 @@ class SQL(PlanNode):
         out = pl.from_arrow(table)
         assert isinstance(out, pl.DataFrame)
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def sql_tree(query: str) -> exp.Expression | None:
+    """``query`` parsed by sqlglot in DuckDB's dialect (None when it does not parse)."""
+    try:
+        return sqlglot.parse_one(query, read="duckdb")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def sql_names(query: str, tables: tuple[str, ...]) -> frozenset[str] | None:
+    """Every identifier a query names, lower-cased (DuckDB matches names without case), or
+    None when it may read any column: ``*`` (other than ``count(*)``), ``COLUMNS(...)``, a
+    NATURAL join, a table used as a row value, or a query sqlglot cannot parse.
+
+    A superset of the columns read (table names and aliases come along), which is safe for
+    projection pruning.
+
+    >>> sorted(sql_names("SELECT id, count(*) AS n FROM self WHERE Grp = 1 GROUP BY id", ("self",)))
+    ['grp', 'id', 'n', 'self']
+    >>> sql_names("SELECT * EXCLUDE (q) FROM self", ("self",)) is None
+    True
+    """
+    tree = sql_tree(query)
+    if tree is None or re.search(r"\bcolumns\s*\(|\bnatural\b", query, re.IGNORECASE):
+        return None
+    for star in tree.find_all(exp.Star):
+        if not isinstance(star.parent, exp.Count):
+            return None
+    tables_like = {t.lower() for t in tables}
+    tables_like |= {t.alias_or_name.lower() for t in tree.find_all(exp.Table)}
+    tables_like |= {a.lower() for sub in tree.find_all(exp.Subquery) if (a := sub.alias)}
+    for col in tree.find_all(exp.Column):
+        if not col.table and col.name.lower() in tables_like:
+            return None  # SELECT self FROM self: the whole row as a struct
+    return frozenset(i.name.lower() for i in tree.find_all(exp.Identifier))
 
 
 # ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .rules import (
     projection_merge,
     projection_pruning,
     sort_pushdown,
+    sql_predicate_pushdown,
 )
 
 __all__ = ["RULES", "optimize", "Optimized", "RuleContext"]
@@ -51,6 +52,7 @@ RULES: tuple[Rule, ...] = (
     projection_merge.rule,
     projection_pruning.rule,
     derivation_pushdown.rule,
+    sql_predicate_pushdown.rule,
     predicate_pushdown.rule,
     sort_pushdown.rule,
     limit_pushdown.rule,

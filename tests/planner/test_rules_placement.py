@@ -257,3 +257,38 @@ def test_main_job_module_filter_passes_the_score_filter(ws, counters):
     assert kinds(plan)[-2:] == ["Filter", "DataFrameSource"]  # the module filter runs first
     in_modules = docs_to_qa.load_docs(64)["module"].is_in(modules).sum()
     assert counted(frame, ws, counters) == (3 * in_modules, 3 * 64)
+
+
+# -- SQL: columns read from the parsed query, WHERE conjuncts as filters -------------------
+
+
+def test_sql_where_on_input_columns_is_as_cheap_as_a_filter(ws, counters):
+    frame = gen(rows(40)).sql("SELECT id, q FROM self WHERE grp = 1 AND topic LIKE 'topic%' ORDER BY id")
+    plan = optimize(frame.plan).plan
+    assert kinds(plan) == ["SQL", "Generate", "Filter", "DataFrameSource"]
+    assert "WHERE" not in plan.query
+    assert counted(frame, ws, counters) == (4, 40)
+
+
+def test_sql_where_on_llm_columns_or_functions_stays_in_the_query(ws, counters):
+    frame = gen(rows(20)).sql("SELECT id FROM self WHERE length(q) > 3 OR grp = 1 ORDER BY id")
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["SQL", "Generate"] and "WHERE" in plan.query
+    assert counted(frame, ws, counters) == (20, 20)
+    frame = gen(rows(20)).sql("SELECT id, q FROM self WHERE grp = 'a1' ORDER BY id")  # a string vs an int column
+    with pytest.raises(lazyllm.errors.PlanError):
+        frame.collect(workspace=ws)  # DuckDB's own error, not a silent polars rewrite
+    assert kinds(optimize(frame.plan).plan)[:2] == ["SQL", "Generate"]
+
+
+def test_sql_columns_come_from_the_parsed_query(ws, counters):
+    frame = gen(rows(10)).sql("SELECT id, topic, count(*) OVER () AS n FROM self ORDER BY id")
+    assert not any(isinstance(n, Generate) for n in walk(optimize(frame.plan).plan))
+    assert counted(frame, ws, counters) == (0, 10)
+
+
+def test_sql_star_reads_every_column(ws, counters):
+    for query in ("SELECT * FROM self", "SELECT * EXCLUDE (q) FROM self", "SELECT self FROM self",
+                  "SELECT COLUMNS('^t') FROM self"):
+        frame = gen(rows(4)).sql(query)
+        assert any(isinstance(n, Generate) for n in walk(optimize(frame.plan).plan)), query
