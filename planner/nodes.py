@@ -1063,6 +1063,18 @@ class LLMNode(PlanNode):
             ctx[var] = row[col]
         return ctx
 
+    def null_inputs(self, row: Mapping[str, Any]) -> list[str]:
+        """The input columns a template reads that are null in ``row`` and that the template
+        does not handle itself (``default``, ``if``, ``is none``): such a row is not sent."""
+        alias = dict(self.aliases)
+        out: set[str] = set()
+        for t in self.templates():
+            for var in t.columns - t.null_safe - self.bound_vars:
+                col = alias.get(var, var)
+                if col in row and row[col] is None:
+                    out.add(col)
+        return sorted(out)
+
     def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
         templates = self.templates()
         out = [Message("system", templates[1].render(ctx))] if self.system is not None else []
