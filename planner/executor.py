@@ -220,9 +220,10 @@ def collect_all(
     logical = list(roots)
     fired: list[list[tuple[str, str]]] = [[] for _ in roots]
     if optimize:
-        from .optimizer import optimize as _optimize
+        from .optimizer import optimize as _optimize, shared_subplans
 
-        results = [_optimize(r) for r in roots]
+        shared = shared_subplans(roots)  # run once for every root that reads them
+        results = [_optimize(r, shared=shared) for r in roots]
         roots = [r.plan for r in results]
         fired = [r.fired for r in results]
     ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)

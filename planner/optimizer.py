@@ -14,12 +14,12 @@ is used. Each rewrite leaves a one-line note for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lazyllm.backends.errors import LazyLLMError, OptimizerError
 
-from .nodes import PlanNode
+from .nodes import PlanNode, walk
 from .rules import (
     derivation_pushdown,
     limit_pushdown,
@@ -30,7 +30,7 @@ from .rules import (
     sql_predicate_pushdown,
 )
 
-__all__ = ["RULES", "optimize", "Optimized", "RuleContext"]
+__all__ = ["RULES", "optimize", "Optimized", "RuleContext", "shared_subplans"]
 
 MAX_PASSES = 50
 
@@ -74,22 +74,66 @@ def _schema_signature(node: PlanNode) -> list[tuple[str, str]]:
     return [(name, str(dtype)) for name, dtype in node.schema().items()]
 
 
-def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, notes: list[str]) -> PlanNode:
+def shared_subplans(roots: Sequence[PlanNode]) -> frozenset[str]:
+    """Fingerprints of the subplans with LLM work that several parents read (across
+    ``roots`` and within each): common subplans, which the executor runs once (it keys
+    results by fingerprint) as long as the optimizer leaves them whole.
+
+    >>> import lazyllm
+    >>> q = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
+    >>> shared_subplans([q.concat(q).plan]) == {q.plan.fingerprint}
+    True
+    """
+    refs: dict[str, int] = {}
+    llm: dict[str, bool] = {}
+    for root in roots:
+        refs[root.fingerprint] = refs.get(root.fingerprint, 0) + 1
+    for node in walk_all(roots):
+        llm[node.fingerprint] = node.is_llm or any(llm[c.fingerprint] for c in node.children)
+        for c in node.children:
+            refs[c.fingerprint] = refs.get(c.fingerprint, 0) + 1
+    return frozenset(fp for fp, n in refs.items() if n > 1 and llm.get(fp))
+
+
+def walk_all(roots: Sequence[PlanNode]) -> list[PlanNode]:
+    """Every node under ``roots``, children before parents, each once."""
+    seen: dict[str, PlanNode] = {}
+    for root in roots:
+        for node in walk(root):
+            seen.setdefault(node.fingerprint, node)
+    return list(seen.values())
+
+
+def _shared_in(node: PlanNode, shared: frozenset[str]) -> set[str]:
+    return {n.fingerprint for n in walk(node) if n.fingerprint in shared} if shared else set()
+
+
+def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, notes: list[str],
+                shared: frozenset[str] = frozenset()) -> PlanNode:
+    if node.fingerprint in shared:
+        return node  # a common subplan stays whole, so it runs once for all its readers
     ctx = RuleContext(required=required)
     out = rule(node, ctx)
-    notes.extend(ctx.notes)
-    if out is not None and out is not node:
+    if out is not None and out is not node and _shared_in(node, shared) <= _shared_in(out, shared):
+        notes.extend(ctx.notes)
         return out  # the next pass visits the rewritten node's children
     children = tuple(
-        _apply_once(c, rule, node.required_from_child(required, i), notes) for i, c in enumerate(node.children)
+        _apply_once(c, rule, node.required_from_child(required, i), notes, shared)
+        for i, c in enumerate(node.children)
     )
     if all(a is b for a, b in zip(children, node.children)):
         return node
     return node.with_children(*children)
 
 
-def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = MAX_PASSES) -> Optimized:
+def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = MAX_PASSES,
+             shared: frozenset[str] | None = None) -> Optimized:
     """Rewrite ``plan`` with ``rules`` until nothing changes (at most ``max_passes`` passes).
+
+    ``shared``: fingerprints of common subplans to leave whole (default: those of
+    ``plan`` itself, :func:`shared_subplans`); ``collect_all`` passes the ones its roots
+    share. No rule rewrites inside them or moves work into them, so the executor runs
+    each once for all its readers.
 
     Raises
     ------
@@ -97,13 +141,15 @@ def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = 
         A rule changed the output schema or built an invalid plan (names the rule).
     """
     want = _schema_signature(plan)
+    if shared is None:
+        shared = shared_subplans([plan])
     fired: list[tuple[str, str]] = []
     for passes in range(1, max_passes + 1):
         changed = False
         for rule in rules:
             notes: list[str] = []
             try:
-                new = _apply_once(plan, rule, frozenset(plan.columns), notes)
+                new = _apply_once(plan, rule, frozenset(plan.columns), notes, shared)
             except LazyLLMError as exc:
                 raise OptimizerError(f"optimizer rule {_rule_name(rule)!r} built an invalid plan: {exc}") from exc
             if new is plan:
