@@ -989,6 +989,8 @@ class LLMNode(PlanNode):
 
     is_llm: ClassVar[bool] = True
     filters_rows: ClassVar[bool] = False  # True: keeps the rows the LLM accepts (row_effect "drop")
+    #: Share of rows an LLM filter keeps when nothing better is known (the optimizer's prior).
+    prior_pass_rate: ClassVar[float] = 0.5
     bound_vars: ClassVar[frozenset[str]] = frozenset()  # template variables the node supplies itself
     column: str
     model: ModelSpec
@@ -1062,6 +1064,21 @@ class LLMNode(PlanNode):
         for var, col in self.aliases:
             ctx[var] = row[col]
         return ctx
+
+    def requests_per_row(self) -> int:
+        """LLM requests one row needs (samples, both orders of a pairwise judge...)."""
+        return 1
+
+    def cost_per_row(self) -> float:
+        """Estimated cost of one row, for ordering LLM work: USD with the model's prices,
+        else tokens (prompt template characters / 4, plus ``max_tokens`` generated, or one
+        token when the answer is constrained to choices), times the requests per row."""
+        prompt = sum(len(t.source) for t in self.templates()) / 4 + 4
+        constrained = bool(getattr(self, "choices", None)) or self.filters_rows
+        out = 1.0 if constrained else float(self.sampling.max_tokens)
+        prices = self.model.prices()
+        per_request = (prompt * prices[0] + out * prices[1]) / 1e6 if prices else prompt + out
+        return per_request * self.requests_per_row()
 
     def null_inputs(self, row: Mapping[str, Any]) -> list[str]:
         """The input columns a template reads that are null in ``row`` and that the template

@@ -23,6 +23,7 @@ from .nodes import PlanNode, walk
 from .rules import (
     derivation_pushdown,
     limit_pushdown,
+    llm_filter_placement,
     predicate_pushdown,
     projection_merge,
     projection_pruning,
@@ -54,6 +55,7 @@ RULES: tuple[Rule, ...] = (
     derivation_pushdown.rule,
     sql_predicate_pushdown.rule,
     predicate_pushdown.rule,
+    llm_filter_placement.rule,
     sort_pushdown.rule,
     limit_pushdown.rule,
 )

@@ -177,7 +177,7 @@ def test_predicate_through_llm_filter_and_other_llm_nodes(ws, counters):
     keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
     frame = gen(rows(20)).filter(keep).generate("a", lazyllm.TestModel(), prompt="A {{ q }}").filter(
         pl.col("grp") == 1)
-    assert kinds(optimize(frame.plan).plan) == ["Generate", "LLMFilter", "Generate", "Filter", "DataFrameSource"]
+    assert kinds(optimize(frame.plan).plan) == ["Generate", "Generate", "LLMFilter", "Filter", "DataFrameSource"]
     opt, plain = counted(frame, ws, counters)
     assert opt < plain
 
@@ -292,3 +292,47 @@ def test_sql_star_reads_every_column(ws, counters):
                   "SELECT COLUMNS('^t') FROM self"):
         frame = gen(rows(4)).sql(query)
         assert any(isinstance(n, Generate) for n in walk(optimize(frame.plan).plan)), query
+
+
+# -- LLM filter placement and ranking ---------------------------------------------------
+
+
+def test_llm_filter_moves_below_llm_work_it_does_not_read(ws, counters):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
+    frame = gen(rows(20)).filter(keep)
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Generate", "LLMFilter", "DataFrameSource"]
+    assert any(name == "llm_filter_placement" for name, _ in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)  # topic 1, 10..19 kept
+
+
+def test_llm_filter_on_llm_output_stays_above(ws, counters):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ q }}?")
+    frame = gen(rows(8)).filter(keep)
+    assert kinds(optimize(frame.plan).plan) == ["LLMFilter", "Generate", "DataFrameSource"]
+    counted(frame, ws, counters)
+
+
+def test_llm_filters_run_cheapest_first_by_rank(ws, counters):
+    from lazyllm.planner.rules.llm_filter_placement import rank
+
+    long = "Read this carefully and decide whether the topic deserves a question: " * 8 + "{{ topic }}"
+    expensive = lazyllm.llm_predicate(lazyllm.TestModel(name="big", rules=(("", "yes"),)), long)
+    cheap = lazyllm.llm_predicate(lazyllm.TestModel(name="small", rules=(("topic 1", "yes"), ("", "no"))),
+                                  "{{ topic }}?")
+    frame = rows(20).filter(expensive).filter(cheap)
+    result = optimize(frame.plan)
+    top, low = result.plan, result.plan.child
+    assert rank(low) > rank(top) and low.prompt == "{{ topic }}?"
+    assert any("ordered by rank" in note for _, note in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)
+    same = rows(20).filter(cheap).filter(expensive)  # already in rank order: nothing moves
+    assert optimize(same.plan).fired == []
+
+
+def test_explain_keeps_token_estimates_under_waves(ws):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
+    frame = gen(rows(30)).filter(keep).head(2)
+    text = frame.explain(workspace=ws)
+    assert "in waves" in text
+    assert text.count("est. tokens:") == 2 and "est. tokens: 0 in ()" not in text
