@@ -21,6 +21,9 @@ never a list of node types):
   through unchanged under its own name (added, replaced or renamed ones);
 - ``required_from_child(required, i)``: the columns of child ``i`` needed to produce the
   columns ``required`` of the node's output (``None`` = every column);
+- ``selection_columns()``: for a node that only selects rows of its first input (order
+  kept, no columns changed) from the values of these columns and the row count (a
+  unique on a key, a semi/anti join, a sample), the columns; None for other nodes;
 - ``filter_routes()`` and ``source_column(column, i)``: where a row-by-row predicate on
   the node's output may be evaluated instead (each route is a group of children that
   all take the predicate), and which column of child ``i`` an output column's values
@@ -156,6 +159,10 @@ class PlanNode:
 
     def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
         """Columns of child ``index`` needed for the output columns ``required`` (None: all)."""
+        return None
+
+    def selection_columns(self) -> frozenset[str] | None:
+        """The columns from which the node selects rows of child 0 (see the module doc)."""
         return None
 
     def filter_routes(self) -> tuple[tuple[int, ...], ...]:
@@ -583,6 +590,10 @@ class Unique(PlanNode):
     def filter_routes(self) -> tuple[tuple[int, ...], ...]:
         return ((0,),)  # a predicate on the key columns keeps or drops a whole group of duplicates
 
+    def selection_columns(self) -> frozenset[str] | None:
+        # keep="any" may pick a different duplicate on different input; no subset compares LLM output
+        return None if self.subset is None or self.keep == "any" else frozenset(self.subset)
+
     def source_column(self, column: str, index: int = 0) -> str | None:
         return column if self.subset is None or column in self.subset else None
 
@@ -625,6 +636,12 @@ class Join(PlanNode):
         else:  # semi, anti: the left rows, in their order (polars does not keep it by default)
             kwargs["maintain_order"] = "left"
         return left.join(right, **kwargs)
+
+    def selection_columns(self) -> frozenset[str] | None:
+        keys = self.on if self.on is not None else self.left_on
+        if self.how not in ("semi", "anti") or keys is None or not all(e.meta.is_column() for e in keys):
+            return None
+        return frozenset(e.meta.output_name() for e in keys)
 
     def filter_routes(self) -> tuple[tuple[int, ...], ...]:
         # a predicate on one side's columns may filter that side first, unless the join keeps
@@ -779,6 +796,9 @@ class _RowsByPosition(PlanNode):
 
     def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
         return required
+
+    def selection_columns(self) -> frozenset[str] | None:
+        return frozenset()  # the rows picked depend on the row count and the seed only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

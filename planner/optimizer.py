@@ -14,6 +14,7 @@ is used. Each rewrite leaves a one-line note for
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .rules import (
     predicate_pushdown,
     projection_merge,
     projection_pruning,
+    selection_pushdown,
     sort_pushdown,
     sql_predicate_pushdown,
 )
@@ -56,6 +58,7 @@ RULES: tuple[Rule, ...] = (
     sql_predicate_pushdown.rule,
     predicate_pushdown.rule,
     llm_filter_placement.rule,
+    selection_pushdown.rule,
     sort_pushdown.rule,
     limit_pushdown.rule,
 )
@@ -106,8 +109,17 @@ def walk_all(roots: Sequence[PlanNode]) -> list[PlanNode]:
     return list(seen.values())
 
 
-def _shared_in(node: PlanNode, shared: frozenset[str]) -> set[str]:
-    return {n.fingerprint for n in walk(node) if n.fingerprint in shared} if shared else set()
+def _shared_in(node: PlanNode, shared: frozenset[str]) -> Counter[str]:
+    """How often each common subplan is read under ``node`` (down to the first common
+    subplan on each path: the nodes above it have one parent each, so this is a tree walk)."""
+    if not shared:
+        return Counter()
+    if node.fingerprint in shared:
+        return Counter({node.fingerprint: 1})
+    out: Counter[str] = Counter()
+    for c in node.children:
+        out.update(_shared_in(c, shared))
+    return out
 
 
 def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, notes: list[str],
@@ -116,7 +128,7 @@ def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, not
         return node  # a common subplan stays whole, so it runs once for all its readers
     ctx = RuleContext(required=required)
     out = rule(node, ctx)
-    if out is not None and out is not node and _shared_in(node, shared) <= _shared_in(out, shared):
+    if out is not None and out is not node and not (_shared_in(node, shared) - _shared_in(out, shared)):
         notes.extend(ctx.notes)
         return out  # the next pass visits the rewritten node's children
     children = tuple(

@@ -17,6 +17,7 @@ MODULES = [
     "lazyllm.planner.rules.derivation_pushdown",
     "lazyllm.planner.rules.sort_pushdown",
     "lazyllm.planner.rules.projection_merge",
+    "lazyllm.planner.rules.selection_pushdown",
     "lazyllm.planner.rules.llm_filter_placement",
     "lazyllm.planner.optimizer",
     "lazyllm.planner.rules.sql_predicate_pushdown",

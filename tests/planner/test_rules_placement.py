@@ -157,10 +157,10 @@ def test_predicate_not_into_the_padded_side_of_an_outer_join():
 def test_predicate_through_unique_on_its_keys_only(ws, counters):
     base = gen(rows(20)).unique(subset=["grp"])
     frame = base.filter(pl.col("grp") < 3)
-    assert kinds(optimize(frame.plan).plan)[:3] == ["Unique", "Generate", "Filter"]
+    assert kinds(optimize(frame.plan).plan)[:3] == ["Generate", "Unique", "Filter"]
     counted(frame, ws, counters)
     frame = base.filter(pl.col("id") < 3)  # not a key column: which duplicate survives changes
-    assert kinds(optimize(frame.plan).plan)[:2] == ["Filter", "Unique"]
+    assert kinds(optimize(frame.plan).plan)[:3] == ["Generate", "Filter", "Unique"]
     counted(frame, ws, counters)
 
 
@@ -336,3 +336,39 @@ def test_explain_keeps_token_estimates_under_waves(ws):
     text = frame.explain(workspace=ws)
     assert "in waves" in text
     assert text.count("est. tokens:") == 2 and "est. tokens: 0 in ()" not in text
+
+
+# -- selection pushdown: unique, semi/anti joins, sample ------------------------------------
+
+
+def test_unique_on_input_keys_runs_before_the_llm(ws, counters):
+    frame = gen(rows(40)).unique(subset=["grp"], keep="last")
+    assert kinds(optimize(frame.plan).plan) == ["Generate", "Unique", "DataFrameSource"]
+    assert counted(frame, ws, counters) == (10, 40)
+
+
+def test_unique_blocked_on_llm_keys_and_keep_any(ws, counters):
+    frame = gen(rows(12)).unique(subset=["q"])
+    assert kinds(optimize(frame.plan).plan)[:2] == ["Unique", "Generate"]
+    counted(frame, ws, counters)
+    assert kinds(optimize(gen(rows(12)).unique(subset=["grp"], keep="any").plan).plan)[:2] == ["Unique", "Generate"]
+
+
+def test_semi_and_anti_joins_run_before_the_llm(ws, counters):
+    wanted = lazyllm.from_dicts([{"id": i} for i in (1, 5, 7)])
+    for how, expected in (("semi", 3), ("anti", 17)):
+        frame = gen(rows(20)).join(wanted, on="id", how=how)
+        assert kinds(optimize(frame.plan).plan)[:2] == ["Generate", "Join"], how
+        assert counted(frame, ws, counters) == (expected, 20)
+    inner = gen(rows(20)).join(wanted, on="id")  # an inner join may repeat rows: stays above
+    assert kinds(optimize(inner.plan).plan)[0] == "Join"
+
+
+def test_sample_runs_before_the_llm_but_not_above_an_llm_filter(ws, counters):
+    frame = gen(rows(40)).sample(5, seed=3)
+    assert kinds(optimize(frame.plan).plan) == ["Generate", "Sample", "DataFrameSource"]
+    assert counted(frame, ws, counters) == (5, 40)
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
+    frame = rows(20).filter(keep).sample(3, seed=1)
+    assert kinds(optimize(frame.plan).plan)[:2] == ["Sample", "LLMFilter"]
+    counted(frame, ws, counters)
