@@ -20,6 +20,7 @@ MODULES = [
     "lazyllm.planner.rules.selection_pushdown",
     "lazyllm.planner.rules.llm_filter_placement",
     "lazyllm.planner.optimizer",
+    "lazyllm.planner.explain",
     "lazyllm.planner.rules.sql_predicate_pushdown",
     "lazyllm.planner.rules._exprs",
     "lazyllm.planner.nodes",

@@ -257,6 +257,9 @@ def test_main_job_module_filter_passes_the_score_filter(ws, counters):
     assert kinds(plan)[-2:] == ["Filter", "DataFrameSource"]  # the module filter runs first
     in_modules = docs_to_qa.load_docs(64)["module"].is_in(modules).sum()
     assert counted(frame, ws, counters) == (3 * in_modules, 3 * 64)
+    text = frame.explain(workspace=ws.path / "explain")
+    assert "rule predicate_pushdown: filter col(\"module\")" in text
+    assert f"LLM calls to make: {3 * in_modules} optimized vs {3 * 64} as written ({3 * 64 - 3 * in_modules} saved)" in text
 
 
 # -- SQL: columns read from the parsed query, WHERE conjuncts as filters -------------------
