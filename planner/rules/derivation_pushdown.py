@@ -6,6 +6,9 @@ the LLM node too (predicate migration, Hellerstein & Stonebraker, SIGMOD 1993: t
 cheap work goes below the expensive row-local map). A bare-column ``select`` above
 the LLM node puts the columns back in their order.
 
+Also fires above a select of bare columns (the select then keeps the new columns too),
+so a chain of ``with_columns`` reaches the LLM node one after the other.
+
 Fires on ``with_columns`` directly above an LLM node with one input
 (``is_llm``, ``row_by_row()``) when the expressions read none of the columns the LLM node
 writes and write none it reads or writes; an expression that reads other rows
@@ -44,6 +47,12 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     if not isinstance(node, WithColumns):
         return None
     below = node.child
+    if isinstance(below, Select) and below.is_projection() and node.columns_read() is not None:
+        # through a bare-column select (one left by an earlier move): the select keeps the new columns
+        moved = Select(children=(WithColumns(children=(below.child,), exprs=node.exprs),),
+                       exprs=tuple(pl.col(c) for c in node.columns))
+        ctx.note(f"with_columns {', '.join(sorted(node.columns_written() or ()))} moved below select")
+        return moved
     if not below.is_llm or not below.row_by_row():
         return None
     read, written = node.columns_read(), node.columns_written()

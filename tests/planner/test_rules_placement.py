@@ -375,3 +375,30 @@ def test_sample_runs_before_the_llm_but_not_above_an_llm_filter(ws, counters):
     frame = rows(20).filter(keep).sample(3, seed=1)
     assert kinds(optimize(frame.plan).plan)[:2] == ["Sample", "LLMFilter"]
     counted(frame, ws, counters)
+
+
+def test_derivations_pass_bare_selects_one_after_the_other(ws, counters):
+    frame = gen(rows(40)).with_columns(a=pl.col("len") * 2).with_columns(b=pl.col("a") >= 180).filter(pl.col("b"))
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["Select", "Generate"] and "Filter" in kinds(plan)[2:]
+    assert counted(frame, ws, counters) == (4, 40)
+
+
+# -- projection merge ----------------------------------------------------------------------
+
+
+def test_projection_merge_fires_for_drop_and_select_over_a_select(ws, counters):
+    frame = gen(rows(6)).select("id", "topic", "q", "q_error").drop("q", "q_error")
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Select", "DataFrameSource"]
+    assert any(name == "projection_merge" for name, _ in result.fired)
+    assert counted(frame, ws, counters) == (0, 6)
+    frame = gen(rows(6)).select("id", "q", "q_error").select("id")
+    assert kinds(optimize(frame.plan).plan) == ["Select", "DataFrameSource"]
+
+
+def test_projection_merge_blocked_by_computed_or_renamed_columns():
+    frame = gen(rows(6)).select("id", pl.col("q").alias("question")).drop("question")
+    assert "Generate" in kinds(optimize(frame.plan).plan)  # the lower select computes (renames) q
+    frame = gen(rows(6)).select("id", "q").select(pl.col("id") + 1)
+    assert kinds(optimize(frame.plan).plan)[:2] == ["Select", "Select"]
