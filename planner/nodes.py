@@ -60,6 +60,7 @@ from .fingerprint import hash_canonical
 from .templates import PromptTemplate, check_columns
 
 __all__ = [
+    "expr_columns",
     "is_elementwise",
     "PlanNode",
     "DataFrameSource",
@@ -281,7 +282,7 @@ def _polars_schema(fn: Any, node: PlanNode) -> pl.Schema:
         raise PlanError(f"{node.kind}: polars rejects this operation: {first}") from None
 
 
-def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
+def expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
     """Columns the expressions read; None (= possibly every column) when any uses a
     selector (``pl.all()``, a regex, ``pl.exclude``, several names in one ``pl.col``)."""
     out: set[str] = set()
@@ -437,20 +438,20 @@ class Select(PlanNode):
         return all(e.meta.is_column() for e in self.exprs)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.exprs)
+        return expr_columns(self.exprs)
 
     def columns_written(self) -> frozenset[str]:
         return frozenset(e.meta.output_name() for e in self.exprs if not e.meta.is_column()
-                         and _expr_columns([e]) is not None)
+                         and expr_columns([e]) is not None)
 
     def row_effect(self) -> str:
         return "keep" if self.elementwise() else "other"
 
     def elementwise(self) -> bool:
-        return _expr_columns(self.exprs) is not None and is_elementwise(self.exprs)
+        return expr_columns(self.exprs) is not None and is_elementwise(self.exprs)
 
     def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
-        return _expr_columns(self.exprs)  # every expression is evaluated, needed above or not
+        return expr_columns(self.exprs)  # every expression is evaluated, needed above or not
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -463,11 +464,11 @@ class WithColumns(PlanNode):
         return lf.with_columns(self.exprs)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.exprs)
+        return expr_columns(self.exprs)
 
     def columns_written(self) -> frozenset[str] | None:  # type: ignore[override]
         """Output names; None when a selector expands to names known only at run time."""
-        if _expr_columns(self.exprs) is None:
+        if expr_columns(self.exprs) is None:
             return None
         return frozenset(e.meta.output_name() for e in self.exprs)
 
@@ -499,7 +500,7 @@ class Filter(PlanNode):
         return lf.filter(self.predicate)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns([self.predicate])
+        return expr_columns([self.predicate])
 
     def row_effect(self) -> str:
         return "drop"
@@ -553,7 +554,7 @@ class Sort(PlanNode):
                        maintain_order=True)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.by)
+        return expr_columns(self.by)
 
     def row_effect(self) -> str:
         return "reorder"
@@ -1193,6 +1194,9 @@ class Generate(LLMNode):
 
     def schema_dict(self) -> dict[str, Any] | None:
         return None if self.json_schema is None else json.loads(self.json_schema)
+
+    def requests_per_row(self) -> int:
+        return self.n
 
     def value_dtype(self) -> pl.DataType:
         schema = self.schema_dict()

@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from ..nodes import Filter, LLMNode, PlanNode, _expr_columns
+from ..nodes import Filter, LLMNode, PlanNode, expr_columns
 from ._exprs import conjoin, conjuncts, rename_columns
 
 __all__ = ["rule"]
@@ -53,7 +53,7 @@ def _chain(node: PlanNode) -> list[PlanNode]:
 
 def _route(conjunct: pl.Expr, below: PlanNode) -> dict[int, pl.Expr] | None:
     """Child index -> the conjunct rewritten for that child, for the first route it can take."""
-    reads = _expr_columns([conjunct])
+    reads = expr_columns([conjunct])
     if reads is None:
         return None
     for route in below.filter_routes():

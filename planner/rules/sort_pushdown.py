@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import LLMNode, PlanNode, Sort, _expr_columns
+from ..nodes import LLMNode, PlanNode, Sort, expr_columns
 from ._exprs import rename_columns
 
 __all__ = ["rule"]
@@ -44,7 +44,7 @@ def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
     below = node.child
     if below.row_effect() != "keep" or not below.row_by_row():
         return None
-    reads = _expr_columns(node.by)
+    reads = expr_columns(node.by)
     if reads is None:
         return None
     names = {c: below.source_column(c, 0) for c in reads}
