@@ -28,7 +28,7 @@ from lazyllm.backends.errors import PlanError
 from lazyllm.backends.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
-from lazyllm.planner.explain import render_plan
+from lazyllm.planner.explain import render_plan, savings
 from lazyllm.planner.templates import check_columns
 from lazyllm.planner.workspace import Workspace
 
@@ -524,6 +524,8 @@ class Frame:
         else:
             plan, header = self._node, ["logical plan"]
         stats = _exec.dry_run([plan], workspace)
+        if optimized:
+            header.insert(1, "  " + savings(_exec.dry_run([self._node], workspace), stats))
         return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
 
     def sink_parquet(self, directory: str | os.PathLike[str], *, rows_per_shard: int = 100_000,

@@ -34,7 +34,7 @@ from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, Mode
 from lazyllm.backends.registry import engine_factory
 
 from .fingerprint import hash_canonical
-from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode
+from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
 from .scheduler import run_chain
 from .workspace import Workspace, resolve_workspace
 
@@ -263,9 +263,10 @@ def collect_all(
     logical = list(roots)
     fired: list[list[tuple[str, str]]] = [[] for _ in roots]
     if optimize:
-        from .optimizer import optimize as _optimize
+        from .optimizer import optimize as _optimize, shared_subplans
 
-        results = [_optimize(r) for r in roots]
+        shared = shared_subplans(roots)  # run once for every root that reads them
+        results = [_optimize(r, shared=shared) for r in roots]
         roots = [r.plan for r in results]
         fired = [r.fired for r in results]
     ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
@@ -297,7 +298,7 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
     fp = node.fingerprint
     if fp in ctx.memo:
         return ctx.memo[fp]
-    if isinstance(node, Head) and node.waves:
+    if isinstance(node, Head) and node.waves and wave_chain(node.child) is not None:
         out = _run_waves(node, ctx)
     elif isinstance(node, LLMNode):
         chain = [node]  # stacked LLM nodes run together (batched across nodes, pipelined per row)
@@ -323,11 +324,13 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
     until ``head.n`` rows pass. The nodes keep input order and decide each row alone,
     so the first n passing rows are the same as when every row is processed.
 
+    Only row-by-row nodes run in waves (:func:`~lazyllm.planner.nodes.wave_chain`, from
+    the nodes' traits): a node that reads other rows ends the chain and runs on every
+    row, below the waves.
+
     The first wave has n rows; later waves are sized from the pass rate so far
     (remaining / rate x 1.2, at least 8 rows).
     """
-    from .rules.limit_pushdown import wave_chain
-
     chain = wave_chain(head.child) or []
     base = chain[-1].children[0]
     base_df = _evaluate(base, ctx).collect()
@@ -350,8 +353,9 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
 
 
 def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
-    """The nodes above the source (top first) and the source, when every node decides
-    each row alone, so the plan can run partition by partition.
+    """The nodes above the source (top first) and the source, when every node is
+    row-by-row (trait :meth:`~lazyllm.planner.nodes.PlanNode.row_by_row`), so the plan
+    can run partition by partition.
 
     Raises
     ------
@@ -361,19 +365,13 @@ def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
     """
     from lazyllm.backends.errors import PlanError
 
-    from .nodes import Drop, Filter, Rename, Select, WithColumns, is_elementwise
-
     chain: list[PlanNode] = []
     node = root
     while not isinstance(node, (DataFrameSource, FileSource)):
-        ok = (isinstance(node, (LLMNode, Rename, Drop))
-              or (isinstance(node, Select) and node.is_projection())
-              or (isinstance(node, WithColumns) and is_elementwise(node.exprs))
-              or (isinstance(node, Filter) and is_elementwise([node.predicate])))
-        if not ok or len(node.children) != 1:
+        if not node.row_by_row():
             raise PlanError(
                 f"sink_parquet() runs the plan one partition at a time, but {node.kind} needs every row at once. "
-                "Only LLM operators, elementwise filters and with_columns, drops, renames and column selections "
+                "Only LLM operators, elementwise filters, with_columns and selects, drops and renames "
                 "can run by partition: use collect() or write_parquet() for this plan."
             )
         chain.append(node)
@@ -493,9 +491,14 @@ def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wav
         total = ctx.stats.setdefault(original.fingerprint, NodeStats(original.fingerprint, got.kind, got.column,
                                                                        got.model))
         for f in ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "input_tokens",
-                  "output_tokens", "uncertain_rows"):
+                  "output_tokens", "uncertain_rows", "est_input_tokens", "est_output_tokens"):
             setattr(total, f, getattr(total, f) + getattr(got, f))
         total.seconds += got.seconds
+        # a dry run's estimates under waves: the bases and the cost add up too
+        total.input_basis = total.input_basis or got.input_basis
+        total.output_basis = total.output_basis or got.output_basis
+        if got.est_cost is not None:
+            total.est_cost = (total.est_cost or 0.0) + got.est_cost
 
 
 # ------------------------------------------------------------------------------------

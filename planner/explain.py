@@ -38,7 +38,7 @@ from .nodes import (
     WithColumns,
 )
 
-__all__ = ["render_plan", "describe"]
+__all__ = ["render_plan", "describe", "savings"]
 
 
 def _expr(e: pl.Expr) -> str:
@@ -241,3 +241,19 @@ def render_plan(root: PlanNode, stats: Mapping[str, NodeStats] | None = None, *,
 
     visit(root, "", "")
     return "\n".join(lines)
+
+
+def savings(logical: Mapping[str, NodeStats], optimized: Mapping[str, NodeStats]) -> str:
+    """One line: LLM calls (and estimated tokens) the optimized plan makes against the plan
+    as written, both from dry runs over the same cache.
+
+    >>> from lazyllm.planner.executor import NodeStats
+    >>> a = {"x": NodeStats("x", "Generate", "q", "m", calls=200, est_input_tokens=900)}
+    >>> b = {"y": NodeStats("y", "Generate", "q", "m", calls=20, est_input_tokens=90)}
+    >>> savings(a, b)
+    'LLM calls to make: 20 optimized vs 200 as written (180 saved) · est. input tokens: 90 vs 900'
+    """
+    calls = [sum(s.calls for s in st.values()) for st in (optimized, logical)]
+    tokens = [sum(s.est_input_tokens for s in st.values()) for st in (optimized, logical)]
+    return (f"LLM calls to make: {calls[0]:,} optimized vs {calls[1]:,} as written ({calls[1] - calls[0]:,} saved)"
+            f" · est. input tokens: {tokens[0]:,} vs {tokens[1]:,}")

@@ -4,14 +4,30 @@ Nodes are frozen dataclasses compared by structure (their fingerprint); children
 tuples. Each node validates itself in ``__post_init__`` against its children's
 schema, so an invalid plan fails when it is built, before any model is loaded.
 
-Traits, with the safest defaults (an optimizer rule may only use what a node
-declares):
+Traits, declared once per node type and computed from the node's expressions, with the
+safest defaults (optimizer rules, the waves runner and partitioned sinks read only these,
+never a list of node types):
 
 - ``is_llm``: the node calls an LLM;
-- ``row_local``: output row *i* is computed from input row *i* alone, one output row
-  per input row, order kept (so filters and limits may move across it);
+- ``row_effect()``: what it does to rows: ``"keep"`` (one output row per input row, in
+  order), ``"drop"`` (a subset of the input rows, in order), ``"reorder"`` (a
+  permutation) or ``"other"`` (anything else: limits, samples, joins, explodes...);
+- ``elementwise()``: output row *i* depends on its input row alone (no aggregation,
+  window, shift or rank), so the node gives the same rows on any subset or partition of
+  its input; with ``"keep"``/``"drop"`` this makes a node *row-by-row*
+  (:meth:`PlanNode.row_by_row`);
 - ``columns_read()``: the input columns the node reads (``None`` = all/unknown);
-- ``columns_written()``: the columns it adds or replaces.
+- ``columns_written()``: the output columns that are not an input column passed
+  through unchanged under its own name (added, replaced or renamed ones);
+- ``required_from_child(required, i)``: the columns of child ``i`` needed to produce the
+  columns ``required`` of the node's output (``None`` = every column);
+- ``selection_columns()``: for a node that only selects rows of its first input (order
+  kept, no columns changed) from the values of these columns and the row count (a
+  unique on a key, a semi/anti join, a sample), the columns; None for other nodes;
+- ``filter_routes()`` and ``source_column(column, i)``: where a row-by-row predicate on
+  the node's output may be evaluated instead (each route is a group of children that
+  all take the predicate), and which column of child ``i`` an output column's values
+  come from (``None``: not there, or the predicate does not commute with the node).
 
 Relational nodes delegate all dataframe work to polars (``apply`` builds a
 ``polars.LazyFrame`` from the children's); the schema of a node is inferred by
@@ -21,9 +37,11 @@ polars on empty input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +49,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
+import sqlglot
+from sqlglot import exp
 
 from lazyllm.backends.answers import parse_answer
 from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
@@ -40,6 +60,7 @@ from .fingerprint import hash_canonical
 from .templates import PromptTemplate, check_columns
 
 __all__ = [
+    "expr_columns",
     "is_elementwise",
     "PlanNode",
     "DataFrameSource",
@@ -65,6 +86,7 @@ __all__ = [
     "LLMFilter",
     "json_schema_dtype",
     "walk",
+    "wave_chain",
 ]
 
 
@@ -74,7 +96,6 @@ class PlanNode:
 
     VERSION: ClassVar[int] = 1
     is_llm: ClassVar[bool] = False
-    row_local: ClassVar[bool] = False
     n_children: ClassVar[int | None] = 1  # None: any number >= 1
     same_columns: ClassVar[bool] = False  # output columns are the child's (only rows change)
 
@@ -129,7 +150,42 @@ class PlanNode:
     def columns_written(self) -> frozenset[str]:
         return frozenset()
 
+    def row_effect(self) -> str:
+        """``"keep"``, ``"drop"``, ``"reorder"`` or ``"other"`` (see the module doc)."""
+        return "other"
+
+    def elementwise(self) -> bool:
+        """Each output row depends on one input row alone (see the module doc)."""
+        return False
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        """Columns of child ``index`` needed for the output columns ``required`` (None: all)."""
+        return None
+
+    def selection_columns(self) -> frozenset[str] | None:
+        """The columns from which the node selects rows of child 0 (see the module doc)."""
+        return None
+
+    def filter_routes(self) -> tuple[tuple[int, ...], ...]:
+        """Groups of children into which an elementwise predicate on this node's output may
+        move (into every child of one group), when it reads only columns that
+        :meth:`source_column` finds there. Default: a row-by-row or reordering node with
+        one input commutes with such a predicate."""
+        ok = len(self.children) == 1 and self.elementwise() and self.row_effect() in ("keep", "drop", "reorder")
+        return ((0,),) if ok else ()
+
+    def source_column(self, column: str, index: int = 0) -> str | None:
+        """The column of child ``index`` that output ``column`` passes through unchanged, if any."""
+        if column in self.columns_written() or column not in self.children[index].columns:
+            return None
+        return column
+
     # -- shared ------------------------------------------------------------------------
+    def row_by_row(self) -> bool:
+        """One input, and each output row is one input row's (kept or dropped, order kept):
+        the node may run on slices of its input (waves, partitions) with the same result."""
+        return len(self.children) == 1 and self.elementwise() and self.row_effect() in ("keep", "drop")
+
     @property
     def child(self) -> "PlanNode":
         return self.children[0]
@@ -198,6 +254,22 @@ def walk(node: PlanNode) -> list[PlanNode]:
     return list(seen.values())
 
 
+def wave_chain(node: PlanNode) -> list[PlanNode] | None:
+    """The nodes under a limit that may run on successive slices of their input (top
+    first), when that saves LLM work: the row-by-row nodes from ``node`` down (see
+    :meth:`PlanNode.row_by_row`), if they hold LLM work and something that drops rows.
+    None otherwise. A node that needs other rows (``x >= x.median()``) ends the chain.
+    """
+    chain: list[PlanNode] = []
+    below = node
+    while below.row_by_row():
+        chain.append(below)
+        below = below.children[0]
+    has_llm = any(n.is_llm for n in chain)
+    has_filter = any(n.row_effect() == "drop" for n in chain)
+    return chain if has_llm and has_filter else None
+
+
 def _polars_schema(fn: Any, node: PlanNode) -> pl.Schema:
     try:
         return fn()
@@ -210,7 +282,7 @@ def _polars_schema(fn: Any, node: PlanNode) -> pl.Schema:
         raise PlanError(f"{node.kind}: polars rejects this operation: {first}") from None
 
 
-def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
+def expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
     """Columns the expressions read; None (= possibly every column) when any uses a
     selector (``pl.all()``, a regex, ``pl.exclude``, several names in one ``pl.col``)."""
     out: set[str] = set()
@@ -219,6 +291,11 @@ def _expr_columns(exprs: Sequence[pl.Expr]) -> frozenset[str] | None:
             return None
         out.update(e.meta.root_names())
     return frozenset(out)
+
+
+def _plus(required: frozenset[str] | None, read: frozenset[str] | None) -> frozenset[str] | None:
+    """The columns needed above plus the ones a node reads itself (None: all)."""
+    return None if required is None or read is None else required | read
 
 
 _NOT_ELEMENTWISE = frozenset({"Agg", "Over", "Rolling", "Window", "Len", "Slice", "Gather", "Sort", "SortBy",
@@ -245,7 +322,10 @@ def is_elementwise(exprs: Sequence[pl.Expr]) -> bool:
         return True
 
     for e in exprs:
-        if not (e.meta.is_row_separable() and e.meta.is_length_preserving()):
+        try:
+            if not (e.meta.is_row_separable() and e.meta.is_length_preserving()):
+                return False
+        except pl.exceptions.PolarsError:  # a selector (pl.all()) outside a context: unknown
             return False
         if not walk(json.loads(e.meta.serialize(format="json"))):
             return False
@@ -358,27 +438,51 @@ class Select(PlanNode):
         return all(e.meta.is_column() for e in self.exprs)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.exprs)
+        return expr_columns(self.exprs)
+
+    def columns_written(self) -> frozenset[str]:
+        return frozenset(e.meta.output_name() for e in self.exprs if not e.meta.is_column()
+                         and expr_columns([e]) is not None)
+
+    def row_effect(self) -> str:
+        return "keep" if self.elementwise() else "other"
+
+    def elementwise(self) -> bool:
+        return expr_columns(self.exprs) is not None and is_elementwise(self.exprs)
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return expr_columns(self.exprs)  # every expression is evaluated, needed above or not
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class WithColumns(PlanNode):
-    """``LazyFrame.with_columns``: add or replace columns; row-local."""
+    """``LazyFrame.with_columns``: add or replace columns (rows kept, in order)."""
 
-    row_local: ClassVar[bool] = True
     exprs: tuple[pl.Expr, ...]
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         return lf.with_columns(self.exprs)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.exprs)
+        return expr_columns(self.exprs)
 
     def columns_written(self) -> frozenset[str] | None:  # type: ignore[override]
         """Output names; None when a selector expands to names known only at run time."""
-        if _expr_columns(self.exprs) is None:
+        if expr_columns(self.exprs) is None:
             return None
         return frozenset(e.meta.output_name() for e in self.exprs)
+
+    def row_effect(self) -> str:
+        return "keep"
+
+    def elementwise(self) -> bool:
+        return is_elementwise(self.exprs)
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        written = self.columns_written()
+        if required is None or written is None:
+            return None
+        return _plus(required - written, self.columns_read())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -396,7 +500,16 @@ class Filter(PlanNode):
         return lf.filter(self.predicate)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns([self.predicate])
+        return expr_columns([self.predicate])
+
+    def row_effect(self) -> str:
+        return "drop"
+
+    def elementwise(self) -> bool:
+        return is_elementwise([self.predicate])
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return _plus(required, self.columns_read())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -422,6 +535,9 @@ class Head(PlanNode):
     def columns_read(self) -> frozenset[str]:
         return frozenset()
 
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return required
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Sort(PlanNode):
@@ -438,7 +554,16 @@ class Sort(PlanNode):
                        maintain_order=True)
 
     def columns_read(self) -> frozenset[str] | None:
-        return _expr_columns(self.by)
+        return expr_columns(self.by)
+
+    def row_effect(self) -> str:
+        return "reorder"
+
+    def elementwise(self) -> bool:
+        return is_elementwise(self.by)  # sort keys computed row by row: the sort is stable on any subset
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return _plus(required, self.columns_read())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -459,6 +584,22 @@ class Unique(PlanNode):
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # type: ignore[override]
         subset = list(self.subset) if self.subset is not None else None
         return lf.unique(subset=subset, keep=self.keep, maintain_order=True)  # type: ignore[arg-type]
+
+    def columns_read(self) -> frozenset[str] | None:
+        return None if self.subset is None else frozenset(self.subset)
+
+    def filter_routes(self) -> tuple[tuple[int, ...], ...]:
+        return ((0,),)  # a predicate on the key columns keeps or drops a whole group of duplicates
+
+    def selection_columns(self) -> frozenset[str] | None:
+        # keep="any" may pick a different duplicate on different input; no subset compares LLM output
+        return None if self.subset is None or self.keep == "any" else frozenset(self.subset)
+
+    def source_column(self, column: str, index: int = 0) -> str | None:
+        return column if self.subset is None or column in self.subset else None
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return _plus(required, self.columns_read())
 
 
 _JOIN_HOWS = ("inner", "left", "right", "full", "semi", "anti", "cross")
@@ -489,11 +630,42 @@ class Join(PlanNode):
             else:
                 kwargs["left_on"] = list(self.left_on or ())
                 kwargs["right_on"] = list(self.right_on or ())
-        if self.how in ("inner", "left", "full"):
+        if self.how in ("inner", "left", "full", "cross"):
             kwargs["maintain_order"] = "left_right"
         elif self.how == "right":
             kwargs["maintain_order"] = "right_left"
+        else:  # semi, anti: the left rows, in their order (polars does not keep it by default)
+            kwargs["maintain_order"] = "left"
         return left.join(right, **kwargs)
+
+    def selection_columns(self) -> frozenset[str] | None:
+        keys = self.on if self.on is not None else self.left_on
+        if self.how not in ("semi", "anti") or keys is None or not all(e.meta.is_column() for e in keys):
+            return None
+        return frozenset(e.meta.output_name() for e in keys)
+
+    def filter_routes(self) -> tuple[tuple[int, ...], ...]:
+        # a predicate on one side's columns may filter that side first, unless the join keeps
+        # that side's unmatched rows padded with nulls on the other side (outer joins)
+        left = self.how in ("inner", "left", "semi", "anti", "cross")
+        right = self.how in ("inner", "right", "cross")
+        return tuple(r for r, ok in (((0,), left), ((1,), right)) if ok)
+
+    def source_column(self, column: str, index: int = 0) -> str | None:
+        left, right = self.children
+        if index == 0:
+            return column if column in left.columns and column in self.columns else None
+        base = column.removesuffix(self.suffix) if self.suffix and column.endswith(self.suffix) else None
+        if base is not None and base in right.columns and base in left.columns:
+            found: str | None = base  # renamed with the suffix: the left side has the name
+        elif column not in left.columns and column in right.columns:
+            found = column
+        else:
+            found = None
+        if found is None or self.schema().get(column) != right.schema().get(found):
+            return None
+        keys = {e.meta.output_name() for e in (self.on or self.right_on or ()) if e.meta.is_column()}
+        return None if found in keys else found  # key columns are coalesced with the left side's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -511,6 +683,13 @@ class Concat(PlanNode):
     def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:
         return pl.concat(list(inputs), how=self.how)  # type: ignore[arg-type]
 
+    def filter_routes(self) -> tuple[tuple[int, ...], ...]:
+        # vertical: the rows of the result are each input's rows, unchanged (other modes cast or pad)
+        return (tuple(range(len(self.children))),) if self.how == "vertical" else ()
+
+    def source_column(self, column: str, index: int = 0) -> str | None:
+        return column if column in self.children[index].columns else None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Explode(PlanNode):
@@ -527,6 +706,15 @@ class Explode(PlanNode):
     def columns_read(self) -> frozenset[str]:
         return frozenset(self.names)
 
+    def columns_written(self) -> frozenset[str]:
+        return frozenset(self.names)
+
+    def filter_routes(self) -> tuple[tuple[int, ...], ...]:
+        return ((0,),)  # the rows of one exploded row share every other column's value
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return _plus(required, self.columns_read())
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Rename(PlanNode):
@@ -536,7 +724,6 @@ class Rename(PlanNode):
     (an optimizer rule may have pruned the LLM column it renamed, when nothing reads it).
     """
 
-    row_local: ClassVar[bool] = True
     mapping: tuple[tuple[str, str], ...]
 
     def _infer_schema(self) -> pl.Schema:
@@ -549,6 +736,25 @@ class Rename(PlanNode):
     def columns_read(self) -> frozenset[str]:
         return frozenset(old for old, _ in self.mapping)
 
+    def columns_written(self) -> frozenset[str]:
+        present = set(self.child.columns)
+        return frozenset(new for old, new in self.mapping if old in present and old != new)
+
+    def row_effect(self) -> str:
+        return "keep"
+
+    def elementwise(self) -> bool:
+        return True
+
+    def source_column(self, column: str, index: int = 0) -> str | None:
+        back = {new: old for old, new in self.mapping if old in set(self.child.columns)}
+        return back.get(column, column) if column in self.columns else None
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        if required is None:
+            return None
+        return frozenset(self.source_column(c) or c for c in required)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Drop(PlanNode):
@@ -558,7 +764,6 @@ class Drop(PlanNode):
     (projection pruning removes an LLM node whose only use was to be dropped).
     """
 
-    row_local: ClassVar[bool] = True
     names: tuple[str, ...]
 
     def _infer_schema(self) -> pl.Schema:
@@ -571,6 +776,15 @@ class Drop(PlanNode):
     def columns_read(self) -> frozenset[str]:
         return frozenset()
 
+    def row_effect(self) -> str:
+        return "keep"
+
+    def elementwise(self) -> bool:
+        return True
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return None if required is None else required - set(self.names)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class _RowsByPosition(PlanNode):
@@ -580,6 +794,12 @@ class _RowsByPosition(PlanNode):
 
     def empty(self) -> pl.LazyFrame:
         return self.child.empty()
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        return required
+
+    def selection_columns(self) -> frozenset[str] | None:
+        return frozenset()  # the rows picked depend on the row count and the seed only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -690,6 +910,22 @@ class SQL(PlanNode):
         empties = [pl.DataFrame(schema=c.schema()) for c in self.children]
         return self._run(empties).schema
 
+    def tree(self) -> exp.Expression | None:
+        """The query parsed by sqlglot (DuckDB dialect); None when sqlglot cannot parse it."""
+        return sql_tree(self.query)
+
+    def columns_read(self) -> frozenset[str] | None:
+        names = sql_names(self.query, self.names)
+        if names is None:
+            return None
+        return frozenset(c for child in self.children for c in child.columns if c.lower() in names)
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        names = sql_names(self.query, self.names)
+        if names is None:
+            return None
+        return frozenset(c for c in self.children[index].columns if c.lower() in names)
+
     def empty(self) -> pl.LazyFrame:
         return pl.LazyFrame(schema=self.schema())
 
@@ -718,6 +954,44 @@ class SQL(PlanNode):
         return out
 
 
+@functools.lru_cache(maxsize=256)
+def sql_tree(query: str) -> exp.Expression | None:
+    """``query`` parsed by sqlglot in DuckDB's dialect (None when it does not parse)."""
+    try:
+        return sqlglot.parse_one(query, read="duckdb")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def sql_names(query: str, tables: tuple[str, ...]) -> frozenset[str] | None:
+    """Every identifier a query names, lower-cased (DuckDB matches names without case), or
+    None when it may read any column: ``*`` (other than ``count(*)``), ``COLUMNS(...)``, a
+    NATURAL join, a table used as a row value, or a query sqlglot cannot parse.
+
+    A superset of the columns read (table names and aliases come along), which is safe for
+    projection pruning.
+
+    >>> sorted(sql_names("SELECT id, count(*) AS n FROM self WHERE Grp = 1 GROUP BY id", ("self",)))
+    ['grp', 'id', 'n', 'self']
+    >>> sql_names("SELECT * EXCLUDE (q) FROM self", ("self",)) is None
+    True
+    """
+    tree = sql_tree(query)
+    if tree is None or re.search(r"\bcolumns\s*\(|\bnatural\b", query, re.IGNORECASE):
+        return None
+    for star in tree.find_all(exp.Star):
+        if not isinstance(star.parent, exp.Count):
+            return None
+    tables_like = {t.lower() for t in tables}
+    tables_like |= {t.alias_or_name.lower() for t in tree.find_all(exp.Table)}
+    tables_like |= {a.lower() for sub in tree.find_all(exp.Subquery) if (a := sub.alias)}
+    for col in tree.find_all(exp.Column):
+        if not col.table and col.name.lower() in tables_like:
+            return None  # SELECT self FROM self: the whole row as a struct
+    return frozenset(i.name.lower() for i in tree.find_all(exp.Identifier))
+
+
 # ------------------------------------------------------------------------------------
 # LLM nodes
 # ------------------------------------------------------------------------------------
@@ -735,8 +1009,9 @@ class LLMNode(PlanNode):
     """
 
     is_llm: ClassVar[bool] = True
-    row_local: ClassVar[bool] = True
-    filters_rows: ClassVar[bool] = False
+    filters_rows: ClassVar[bool] = False  # True: keeps the rows the LLM accepts (row_effect "drop")
+    #: Share of rows an LLM filter keeps when nothing better is known (the optimizer's prior).
+    prior_pass_rate: ClassVar[float] = 0.5
     bound_vars: ClassVar[frozenset[str]] = frozenset()  # template variables the node supplies itself
     column: str
     model: ModelSpec
@@ -778,6 +1053,17 @@ class LLMNode(PlanNode):
     def columns_written(self) -> frozenset[str]:
         return frozenset(self.output_schema()) | {self.error_column}
 
+    def row_effect(self) -> str:
+        return "drop" if self.filters_rows else "keep"
+
+    def elementwise(self) -> bool:
+        return True  # each row's requests are rendered from that row alone
+
+    def required_from_child(self, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
+        if required is None:
+            return None
+        return (required - self.columns_written()) | self.columns_read()
+
     def _infer_schema(self) -> pl.Schema:
         if self.same_columns:
             return self.child.schema()
@@ -799,6 +1085,33 @@ class LLMNode(PlanNode):
         for var, col in self.aliases:
             ctx[var] = row[col]
         return ctx
+
+    def requests_per_row(self) -> int:
+        """LLM requests one row needs (samples, both orders of a pairwise judge...)."""
+        return 1
+
+    def cost_per_row(self) -> float:
+        """Estimated cost of one row, for ordering LLM work: USD with the model's prices,
+        else tokens (prompt template characters / 4, plus ``max_tokens`` generated, or one
+        token when the answer is constrained to choices), times the requests per row."""
+        prompt = sum(len(t.source) for t in self.templates()) / 4 + 4
+        constrained = bool(getattr(self, "choices", None)) or self.filters_rows
+        out = 1.0 if constrained else float(self.sampling.max_tokens)
+        prices = self.model.prices()
+        per_request = (prompt * prices[0] + out * prices[1]) / 1e6 if prices else prompt + out
+        return per_request * self.requests_per_row()
+
+    def null_inputs(self, row: Mapping[str, Any]) -> list[str]:
+        """The input columns a template reads that are null in ``row`` and that the template
+        does not handle itself (``default``, ``if``, ``is none``): such a row is not sent."""
+        alias = dict(self.aliases)
+        out: set[str] = set()
+        for t in self.templates():
+            for var in t.columns - t.null_safe - self.bound_vars:
+                col = alias.get(var, var)
+                if col in row and row[col] is None:
+                    out.add(col)
+        return sorted(out)
 
     def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
         templates = self.templates()
@@ -881,6 +1194,9 @@ class Generate(LLMNode):
 
     def schema_dict(self) -> dict[str, Any] | None:
         return None if self.json_schema is None else json.loads(self.json_schema)
+
+    def requests_per_row(self) -> int:
+        return self.n
 
     def value_dtype(self) -> pl.DataType:
         schema = self.schema_dict()
@@ -1058,7 +1374,6 @@ class LLMFilter(LLMNode):
     schema is the input's. Cost: 1 LLM call per row reaching the filter.
     """
 
-    row_local: ClassVar[bool] = False
     filters_rows: ClassVar[bool] = True
     same_columns: ClassVar[bool] = True
     column: str = "__lazyllm_keep__"

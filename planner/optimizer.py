@@ -6,34 +6,34 @@ schema is checked after every rule, and an error names the rule).
 
 A rule is a pure function ``rule(node, ctx) -> PlanNode | None`` (None: no change).
 The driver visits the plan top-down; ``ctx.required`` holds the columns that the
-nodes above the visited one (and the final result) read from it, so rules such as
-projection pruning can see what is used. Each rewrite leaves a one-line note for
+nodes above the visited one (and the final result) read from it, found from each
+node's ``required_from_child`` trait, so rules such as projection pruning can see what
+is used. Each rewrite leaves a one-line note for
 ``explain()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lazyllm.backends.errors import LazyLLMError, OptimizerError
 
-from .nodes import (
-    Drop,
-    Filter,
-    Head,
-    LLMNode,
-    PlanNode,
-    Rename,
-    Sample,
-    Select,
-    Sort,
-    SplitPart,
-    WithColumns,
+from .nodes import PlanNode, walk
+from .rules import (
+    derivation_pushdown,
+    limit_pushdown,
+    llm_filter_placement,
+    predicate_pushdown,
+    projection_merge,
+    projection_pruning,
+    selection_pushdown,
+    sort_pushdown,
+    sql_predicate_pushdown,
 )
-from .rules import limit_pushdown, predicate_pushdown, projection_pruning
 
-__all__ = ["RULES", "optimize", "Optimized", "RuleContext", "required_by_child"]
+__all__ = ["RULES", "optimize", "Optimized", "RuleContext", "shared_subplans"]
 
 MAX_PASSES = 50
 
@@ -52,8 +52,14 @@ class RuleContext:
 Rule = Callable[[PlanNode, RuleContext], "PlanNode | None"]
 
 RULES: tuple[Rule, ...] = (
+    projection_merge.rule,
     projection_pruning.rule,
+    derivation_pushdown.rule,
+    sql_predicate_pushdown.rule,
     predicate_pushdown.rule,
+    llm_filter_placement.rule,
+    selection_pushdown.rule,
+    sort_pushdown.rule,
     limit_pushdown.rule,
 )
 
@@ -69,51 +75,79 @@ def _rule_name(rule: Rule) -> str:
     return rule.__module__.rsplit(".", 1)[-1]
 
 
-def required_by_child(node: PlanNode, required: frozenset[str] | None, index: int) -> frozenset[str] | None:
-    """Columns that ``node`` (whose own output is read for ``required``) reads from child ``index``."""
-    if isinstance(node, Select):
-        return node.columns_read()  # None when a selector may read any column
-    if required is None:
-        return None
-    if isinstance(node, LLMNode) and node.filters_rows:
-        return required | node.columns_read()
-    if isinstance(node, (LLMNode, WithColumns)):
-        read, written = node.columns_read(), node.columns_written()
-        if read is None or written is None:
-            return None
-        return (required - written) | read
-    if isinstance(node, Drop):
-        return required
-    if isinstance(node, Rename):
-        back = {new: old for old, new in node.mapping}
-        renamed_away = {old for old, new in node.mapping} - set(back)
-        return frozenset(back.get(c, c) for c in required if c not in renamed_away or c in back)
-    if isinstance(node, (Filter, Head, Sort, Sample, SplitPart)):
-        read = node.columns_read()
-        return None if read is None else required | read
-    return None  # joins, concat, unique, explode...: keep everything (safe default)
-
-
 def _schema_signature(node: PlanNode) -> list[tuple[str, str]]:
     return [(name, str(dtype)) for name, dtype in node.schema().items()]
 
 
-def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, notes: list[str]) -> PlanNode:
+def shared_subplans(roots: Sequence[PlanNode]) -> frozenset[str]:
+    """Fingerprints of the subplans with LLM work that several parents read (across
+    ``roots`` and within each): common subplans, which the executor runs once (it keys
+    results by fingerprint) as long as the optimizer leaves them whole.
+
+    >>> import lazyllm
+    >>> q = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
+    >>> shared_subplans([q.concat(q).plan]) == {q.plan.fingerprint}
+    True
+    """
+    refs: dict[str, int] = {}
+    llm: dict[str, bool] = {}
+    for root in roots:
+        refs[root.fingerprint] = refs.get(root.fingerprint, 0) + 1
+    for node in walk_all(roots):
+        llm[node.fingerprint] = node.is_llm or any(llm[c.fingerprint] for c in node.children)
+        for c in node.children:
+            refs[c.fingerprint] = refs.get(c.fingerprint, 0) + 1
+    return frozenset(fp for fp, n in refs.items() if n > 1 and llm.get(fp))
+
+
+def walk_all(roots: Sequence[PlanNode]) -> list[PlanNode]:
+    """Every node under ``roots``, children before parents, each once."""
+    seen: dict[str, PlanNode] = {}
+    for root in roots:
+        for node in walk(root):
+            seen.setdefault(node.fingerprint, node)
+    return list(seen.values())
+
+
+def _shared_in(node: PlanNode, shared: frozenset[str]) -> Counter[str]:
+    """How often each common subplan is read under ``node`` (down to the first common
+    subplan on each path: the nodes above it have one parent each, so this is a tree walk)."""
+    if not shared:
+        return Counter()
+    if node.fingerprint in shared:
+        return Counter({node.fingerprint: 1})
+    out: Counter[str] = Counter()
+    for c in node.children:
+        out.update(_shared_in(c, shared))
+    return out
+
+
+def _apply_once(node: PlanNode, rule: Rule, required: frozenset[str] | None, notes: list[str],
+                shared: frozenset[str] = frozenset()) -> PlanNode:
+    if node.fingerprint in shared:
+        return node  # a common subplan stays whole, so it runs once for all its readers
     ctx = RuleContext(required=required)
     out = rule(node, ctx)
-    notes.extend(ctx.notes)
-    if out is not None and out is not node:
+    if out is not None and out is not node and not (_shared_in(node, shared) - _shared_in(out, shared)):
+        notes.extend(ctx.notes)
         return out  # the next pass visits the rewritten node's children
     children = tuple(
-        _apply_once(c, rule, required_by_child(node, required, i), notes) for i, c in enumerate(node.children)
+        _apply_once(c, rule, node.required_from_child(required, i), notes, shared)
+        for i, c in enumerate(node.children)
     )
     if all(a is b for a, b in zip(children, node.children)):
         return node
     return node.with_children(*children)
 
 
-def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = MAX_PASSES) -> Optimized:
+def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = MAX_PASSES,
+             shared: frozenset[str] | None = None) -> Optimized:
     """Rewrite ``plan`` with ``rules`` until nothing changes (at most ``max_passes`` passes).
+
+    ``shared``: fingerprints of common subplans to leave whole (default: those of
+    ``plan`` itself, :func:`shared_subplans`); ``collect_all`` passes the ones its roots
+    share. No rule rewrites inside them or moves work into them, so the executor runs
+    each once for all its readers.
 
     Raises
     ------
@@ -121,13 +155,15 @@ def optimize(plan: PlanNode, rules: tuple[Rule, ...] = RULES, max_passes: int = 
         A rule changed the output schema or built an invalid plan (names the rule).
     """
     want = _schema_signature(plan)
+    if shared is None:
+        shared = shared_subplans([plan])
     fired: list[tuple[str, str]] = []
     for passes in range(1, max_passes + 1):
         changed = False
         for rule in rules:
             notes: list[str] = []
             try:
-                new = _apply_once(plan, rule, None, notes)
+                new = _apply_once(plan, rule, frozenset(plan.columns), notes, shared)
             except LazyLLMError as exc:
                 raise OptimizerError(f"optimizer rule {_rule_name(rule)!r} built an invalid plan: {exc}") from exc
             if new is plan:

@@ -192,8 +192,16 @@ class _ChainRun:
                     next_todo.extend(self.finish_row(i, r, None))
                     continue
                 st.stats.rows_in += 1
+                row = self.row_context(i, r)
+                nulls = st.node.null_inputs(row)
+                if nulls:  # never render None into a prompt: the row fails, naming the input
+                    next_todo.extend(self.fail_row(i, r, f"input column(s) {', '.join(map(repr, nulls))} null, so no request was sent "
+                                                         "(handle it in the template with "
+                                                         "{{ x | default('...') }} or {% if x %}, or filter the "
+                                                         "row out)"))
+                    continue
                 try:
-                    requests = st.node.requests_for(st.node.context(self.row_context(i, r)))
+                    requests = st.node.requests_for(st.node.context(row))
                 except TemplateError as exc:
                     next_todo.extend(self.fail_row(i, r, str(exc)))
                     continue

@@ -9,6 +9,13 @@ names a missing column fails at plan time (the columns are found from the AST wi
 ['meta', 'question']
 >>> t.render({"question": "Why?", "meta": {"source": "docs"}})
 'Q: Why? (docs)'
+
+A template that handles a missing value itself (Jinja's ``default`` filter, an ``if``, a
+test such as ``is none``) says so in ``null_safe``; the executor sends no request for a
+row whose other variables are null:
+
+>>> sorted(PromptTemplate.parse("{{ a | default('?') }} {% if b %}{{ b }}{% endif %} {{ c }}").null_safe)
+['a', 'b']
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lazyllm.backends.errors import ColumnNotFoundError, TemplateError
@@ -29,8 +37,26 @@ __all__ = ["PromptTemplate", "check_columns"]
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
+def _null_safe(ast: nodes.Template) -> frozenset[str]:
+    """Variables the template tests or defaults itself (so a null value is intended input)."""
+    guarded: list[nodes.Node] = []
+    for f in ast.find_all(nodes.Filter):
+        if f.name in ("default", "d") and f.node is not None:
+            guarded.append(f.node)
+    for t in ast.find_all(nodes.Test):
+        guarded.append(t.node)
+    for cond in ast.find_all((nodes.If, nodes.CondExpr)):
+        guarded.append(cond.test)
+    names: set[str] = set()
+    for g in guarded:
+        if isinstance(g, nodes.Name):
+            names.add(g.name)
+        names.update(n.name for n in g.find_all(nodes.Name))
+    return frozenset(names)
+
+
 @functools.lru_cache(maxsize=1024)
-def _compile(source: str) -> tuple[jinja2.Template, frozenset[str]]:
+def _compile(source: str) -> tuple[jinja2.Template, frozenset[str], frozenset[str]]:
     try:
         ast = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
@@ -39,7 +65,7 @@ def _compile(source: str) -> tuple[jinja2.Template, frozenset[str]]:
             "Fix the Jinja2 syntax, for example '{{ column }}' to insert a column."
         ) from None
     columns = frozenset(jinja2.meta.find_undeclared_variables(ast))
-    return _ENV.from_string(source), columns
+    return _ENV.from_string(source), columns, _null_safe(ast) & columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +74,18 @@ class PromptTemplate:
 
     source: str
     columns: frozenset[str]
+    null_safe: frozenset[str] = frozenset()  # variables the template handles when null
 
     @classmethod
     def parse(cls, source: str) -> "PromptTemplate":
         if not isinstance(source, str):
             raise TemplateError(f"A prompt template must be a string, got {type(source).__name__}.")
-        _, columns = _compile(source)
-        return cls(source, columns)
+        _, columns, null_safe = _compile(source)
+        return cls(source, columns, null_safe)
 
     def render(self, row: Mapping[str, Any]) -> str:
         """Render with one row (a mapping column -> value). Raises TemplateError on failure."""
-        template, _ = _compile(self.source)
+        template, _, _ = _compile(self.source)
         try:
             return template.render(**row)
         except jinja2.UndefinedError as exc:

@@ -116,11 +116,33 @@ def test_explain_predicts_cache_hits_and_calls(ws, counters):
     assert counters.CALLS == 8  # explain never called the engine
 
 
+def _requests(result) -> int:
+    """Requests rendered by the scheduler, counted before the cache is looked up: a node
+    that ran twice counts twice, whatever the cache holds."""
+    return sum(s.requests for s in result.stats.values())
+
+
 def test_shared_subplan_runs_once_in_collect_all(ws, counters):
+    from lazyllm.planner.executor import collect_all
+
     q = docs(4).generate("q", lazyllm.TestModel(delay=0.0), prompt="{{ topic }}")
-    a, b = lazyllm.collect_all([q.filter(pl.col("id") < 2), q.filter(pl.col("id") >= 2)], workspace=ws)
-    assert a.height == 2 and b.height == 2
+    result = collect_all([q.filter(pl.col("id") < 2).plan, q.plan], workspace=ws, progress=False)
+    assert [f.height for f in result.frames] == [2, 4]
+    assert _requests(result) == 4  # pushing the filter into the first root would render 2 + 4
     assert counters.CALLS == 4
+    assert [s.rows_in for s in result.stats.values()] == [4]
+
+
+def test_shared_subplan_runs_once_within_one_plan(ws, counters):
+    from lazyllm.planner.executor import collect
+
+    q = docs(4).generate("q", lazyllm.TestModel(delay=0.0), prompt="{{ topic }}")
+    frame = q.join(q.filter(pl.col("id") < 2).select("id", "q"), on="id", how="semi").concat(q)
+    result = collect(frame.plan, workspace=ws, progress=False)
+    assert result.frames[0]["id"].to_list() == [0, 1, 0, 1, 2, 3]
+    assert _requests(result) == 4 and counters.CALLS == 4
+    plain = collect(frame.plan, workspace=ws.path / "plain", progress=False, optimize=False)
+    assert_frame_equal(result.frames[0], plain.frames[0])
 
 
 RESUME_SCRIPT = textwrap.dedent(

@@ -64,7 +64,7 @@ def test_predicate_pushdown_through_sort_and_two_llm_nodes(ws, counters):
     frame = base().generate("a", lazyllm.TestModel(), prompt="A: {{ q }}").sort("id", descending=True)
     frame = frame.filter(pl.col("id") % 2 == 0)
     plan = optimize(frame.plan).plan
-    assert kinds(plan) == ["Sort", "Generate", "Generate", "Filter", "DataFrameSource"]
+    assert kinds(plan) == ["Generate", "Generate", "Sort", "Filter", "DataFrameSource"]  # the sort moved too
     calls_opt, calls_plain = same_results(frame, ws, counters)
     assert (calls_opt, calls_plain) == (8, 16)
 
@@ -73,7 +73,8 @@ def test_predicate_pushdown_blocked_by_with_columns(ws, counters):
     # with_columns may hold window expressions (mean, shift): filtering first would change them
     frame = base().with_columns(m=pl.col("id").mean()).filter(pl.col("id") < 3)
     plan = optimize(frame.plan).plan
-    assert kinds(plan)[:2] == ["Filter", "WithColumns"]
+    # the mean moves below the generate (which keeps every row), the filter stays above the mean
+    assert kinds(plan) == ["Select", "Generate", "Filter", "WithColumns", "DataFrameSource"]
     same_results(frame, ws, counters)
 
 
@@ -83,7 +84,7 @@ def test_predicate_pushdown_blocked_for_aggregate_predicates_above_an_llm_filter
                                  "Keep {{ topic }}?")
     frame = base().filter(keep).filter(pl.col("id") > pl.col("id").mean())
     plan = optimize(frame.plan).plan
-    assert kinds(plan)[:2] == ["Filter", "LLMFilter"]
+    assert kinds(plan)[:3] == ["Filter", "Generate", "LLMFilter"]  # the llm filter reads topic only
     same_results(frame, ws, counters)
     assert frame.collect(workspace=ws)["id"].to_list() == [5, 6, 7]  # mean of 0,2,4,5,6,7 is 4
 
@@ -223,4 +224,30 @@ def test_projection_pruning_blocked_by_selectors(ws, counters):
     assert [n.column for n in walk(plan) if isinstance(n, Generate)] == ["q", "a"]
     frame = base().select(pl.exclude("id"))
     assert [n.column for n in walk(optimize(frame.plan).plan) if isinstance(n, Generate)] == ["q"]
+    same_results(frame, ws, counters)
+
+
+def test_waves_blocked_by_a_predicate_that_needs_every_row(ws, counters):
+    # regression (issue 15): a median over a wave is not the median over every row, so the
+    # rows returned differed from optimize=False; the head must not run the LLM in waves
+    src = lazyllm.from_dicts([{"id": i, "topic": "t" * (i % 7 + 1) + str(i)} for i in range(40)])
+    frame = src.generate("q", lazyllm.TestModel(), prompt="Ask about {{ topic }}")
+    frame = frame.filter(pl.col("q").str.len_chars() >= pl.col("q").str.len_chars().median()).head(3)
+    plan = optimize(frame.plan).plan
+    assert not any(isinstance(n, Head) and n.waves for n in walk(plan))
+    assert kinds(plan) == ["Head", "Filter", "Generate", "DataFrameSource"]
+    calls_opt, calls_plain = same_results(frame, ws, counters)
+    assert calls_opt == calls_plain == 40
+    assert frame.collect(workspace=ws)["id"].to_list() == [4, 5, 6]  # the median of all 40 rows, not of 3
+
+
+def test_waves_fire_through_row_by_row_nodes_only(ws, counters):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("t1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
+    frame = base(8).filter(keep).with_columns(m=pl.col("id").mean()).head(1)
+    plan = optimize(frame.plan).plan
+    assert not any(isinstance(n, Head) and n.waves for n in walk(plan))  # the mean needs every kept row
+    same_results(frame, ws, counters)
+    frame = base(8).filter(keep).with_columns(m=pl.col("id") * 2).head(1)
+    plan = optimize(frame.plan).plan
+    assert any(isinstance(n, Head) and n.waves for n in walk(plan))
     same_results(frame, ws, counters)
