@@ -150,6 +150,11 @@ class TestModel(ModelSpec):
         Distinguishes test models in fingerprints.
     rules : tuple of (needle, answer)
         Scripted answers.
+    distributions : tuple of (needle, ((choice, probability), ...))
+        Scripted distributions over choices, for requests that ask for
+        log-probabilities (``judge(method="expected")``, calibrated pairwise
+        verdicts): the first whose needle occurs in the request gives each choice
+        ``log(probability)`` (choices it does not list get ``-inf``).
     delay : float
         Seconds to sleep per engine batch (to test interrupts). Performance only.
     batch_size : int
@@ -173,12 +178,19 @@ class TestModel(ModelSpec):
 
     name: str = "echo"
     rules: tuple[tuple[str, str], ...] = ()
+    distributions: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     fail_on: tuple[str, ...] = ()
     raise_on: tuple[str, ...] = ()
     exit_on: tuple[str, ...] = ()
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)
+
+    def identity(self) -> dict[str, Any]:
+        out = ModelSpec.identity(self)
+        if not self.distributions:  # added later: specs without it keep their fingerprints
+            del out["distributions"]
+        return out
 
     @property
     def display_name(self) -> str:

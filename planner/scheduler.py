@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -370,15 +371,18 @@ def _placeholder(node: LLMNode, key: bytes) -> Response:
     from .nodes import Generate, Judge, PairwiseJudge
 
     text = f"{UNCOMPUTED}{key.hex()[:12]}"  # distinct per request, like real answers
+    logprobs: tuple[float, ...] | None = None
     if node.filters_rows:
         text = "yes"
     elif isinstance(node, Judge):
         text = json.dumps({"rationale": UNCOMPUTED, "score": node.scale[1]}) if node.rationale else str(node.scale[1])
+        logprobs = tuple(0.0 if s == node.scale[1] else -math.inf for s in node.scores())
     elif isinstance(node, PairwiseJudge):
         text = "C"
+        logprobs = (-math.inf, -math.inf, 0.0)
     elif isinstance(node, Generate) and node.choices:
         text = node.choices[0]
-    return Response(text=text, finish_reason="dry-run")
+    return Response(text=text, finish_reason="dry-run", choice_logprobs=logprobs)
 
 
 def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> list[pl.DataFrame]:
