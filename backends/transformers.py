@@ -5,6 +5,10 @@ batches. Decoding is greedy for requests with ``temperature == 0`` and seeded
 sampling (temperature, top-p) for the others; both kinds can share one batch, because
 the planner batches requests from different operators together.
 
+Requests with ``logprobs`` (and ``choices``) are not decoded: one forward pass over
+the prompt (and the proper prefixes of multi-token choices) gives the log-probability
+of each choice (:mod:`lazyllm.backends.logprobs`), in batches of their own.
+
 Requests with ``choices`` or ``json_schema`` are decoded under a grammar with
 xgrammar (:mod:`lazyllm.backends.constraints`): the logits of their rows are masked
 to the tokens the grammar allows before greedy selection or seeded sampling, so
@@ -65,6 +69,7 @@ from transformers import (
 from .catalog import ALIASES, PackagedGGUF, alias_source
 from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_constrained
 from .errors import EngineError, MissingDependencyError, ModelNotFoundError
+from .logprobs import choice_logprobs, prefix_paths
 from .protocols import Request, Response, workspace_models_dir
 
 if TYPE_CHECKING:  # the spec class lives in the user-facing package
@@ -618,12 +623,16 @@ class TransformersEngine:
         self.load()
 
         prepared: list[_Prepared] = []
+        scored: list[_Prepared] = []
         failed: list[tuple[int, Response]] = []
         for i, request in enumerate(requests):
             try:
                 ids = self._encode(request)
             except Exception as exc:
                 failed.append((i, _error(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
+                continue
+            if request.logprobs:  # a prefill over the choices' tokens, no decoding: no grammar needed
+                scored.append(_Prepared(i, request, ids))
                 continue
             try:
                 grammar = self._grammar(request)
@@ -636,8 +645,17 @@ class TransformersEngine:
             prepared.append(_Prepared(i, request, ids, grammar))
         if failed:
             yield failed
-        prepared.sort(key=lambda p: len(p.ids), reverse=True)
         size = self.spec.batch_size
+        scored.sort(key=lambda p: len(p.ids), reverse=True)
+        for start in range(0, len(scored), size):
+            batch = scored[start : start + size]
+            try:
+                responses = self._score_batch(batch)
+            except Exception as exc:
+                message = f"The log-probability batch failed in transformers: {type(exc).__name__}: {exc}"
+                responses = [_error(message) for _ in batch]
+            yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
+        prepared.sort(key=lambda p: len(p.ids), reverse=True)
         for start in range(0, len(prepared), size):
             batch = prepared[start : start + size]
             try:
@@ -672,6 +690,60 @@ class TransformersEngine:
             vocab_size = getattr(config.get_text_config(), "vocab_size", None) or len(self._tokenizer)
             self._grammars = GrammarCache(self._tokenizer, vocab_size, self._eos_ids)
         return self._grammars.compile(request)
+
+    def _choice_ids(self, choice: str) -> tuple[int, ...]:
+        ids = tuple(self._tokenizer(choice, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ValueError(f"the choice {choice!r} encodes to no tokens")
+        return ids
+
+    def _score_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
+        """Log-probabilities of each request's choices (``Request.logprobs``) from one forward pass.
+
+        Each request becomes one sequence per path of :func:`~lazyllm.backends.logprobs.prefix_paths`
+        (the prompt alone when every choice is one token; prompt + ``1`` for the
+        scores 1-10 on a digit-splitting tokenizer), left-padded into one batch;
+        only the last ``longest path + 1`` positions go through the LM head. The
+        next-token log-softmax at those positions gives every choice's log-probability
+        (:func:`~lazyllm.backends.logprobs.choice_logprobs`). Text: the most probable choice.
+        """
+        seqs: list[tuple[int, tuple[int, ...], list[int]]] = []
+        per_request: list[list[tuple[int, ...]]] = []
+        for b, p in enumerate(batch):
+            choices = [self._choice_ids(c) for c in p.request.choices or ()]
+            per_request.append(choices)
+            for path in prefix_paths(choices) or [()]:
+                seqs.append((b, path, p.ids + list(path)))
+        width = max(len(ids) for _, _, ids in seqs)
+        keep = max(len(path) for _, path, _ in seqs) + 1
+        input_ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, (_, _, ids) in enumerate(seqs):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self._model(input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device),
+                              position_ids=position_ids.to(self._device), logits_to_keep=keep, use_cache=False)
+        logp = torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1).cpu()
+        where: list[dict[tuple[int, ...], tuple[int, int]]] = [{} for _ in batch]
+        for row, (b, path, _) in enumerate(seqs):
+            for j in range(len(path) + 1):  # the distribution after prompt + path[:j]
+                where[b].setdefault(tuple(path[:j]), (row, keep - 1 - (len(path) - j)))
+        responses = []
+        for b, p in enumerate(batch):
+            table = where[b]
+
+            def next_logprob(prefix: tuple[int, ...], token: int, table: dict = table) -> float:
+                row, pos = table[prefix]
+                return float(logp[row, pos, token])
+
+            lps = tuple(choice_logprobs(per_request[b], next_logprob))
+            choices = p.request.choices or ()
+            best = max(range(len(choices)), key=lambda i: (lps[i], -i))
+            responses.append(Response(text=choices[best], input_tokens=len(p.ids), output_tokens=0,
+                                      finish_reason="stop", choice_logprobs=lps))
+        return responses
 
     def _run_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
         requests = [p.request for p in batch]
