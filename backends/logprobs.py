@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-__all__ = ["prefix_paths", "choice_logprobs", "normalize"]
+__all__ = ["prefix_paths", "choice_logprobs", "normalize", "choice_logprobs_from_top"]
 
 Tokens = tuple[int, ...]
 
@@ -85,3 +85,58 @@ def normalize(logprobs: Sequence[float]) -> list[float] | None:
     weights = [math.exp(v - top) if v > -math.inf else 0.0 for v in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def choice_logprobs_from_top(choices: Sequence[str],
+                             positions: Sequence[tuple[str, float, dict[str, float]]]) -> list[float]:
+    """Per choice log-probabilities from an API's ``top_logprobs`` along one generated answer.
+
+    Parameters
+    ----------
+    choices : sequence of str
+        The choices, as text.
+    positions : sequence of (token, logprob, top)
+        Per generated position: the generated token's text, its log-probability,
+        and the top alternatives ``{token text: logprob}`` (OpenAI ``top_logprobs``).
+
+    Returns
+    -------
+    list of float
+        Per choice, log P(the answer starts with it and not with a longer choice),
+        as far as the returned alternatives show it: a choice is found where the
+        generated text so far is a prefix of it and the rest of it is one of the
+        top tokens at that position (leading whitespace of the first token is
+        ignored; tokens with the same text add up). A choice that needs a path the
+        answer did not take (``"10"`` when the answer began with ``"7"``) gets
+        ``-inf``, so its mass stays with its prefix choice (``"1"``): exact for
+        single-token choices, a lower bound for the others.
+
+    >>> import math
+    >>> top0 = {"7": math.log(0.5), "1": math.log(0.3), " 7": math.log(0.1)}
+    >>> lps = choice_logprobs_from_top(["1", "7", "10"], [("7", math.log(0.5), top0)])
+    >>> [round(math.exp(v), 3) for v in lps]
+    [0.3, 0.6, 0.0]
+    """
+    start = [-math.inf] * len(choices)
+    for i, choice in enumerate(choices):
+        before, prefix = 0.0, ""
+        for j, (token, logprob, top) in enumerate(positions):
+            if not choice.startswith(prefix) or len(prefix) >= len(choice):
+                break
+            rest = choice[len(prefix):]
+            hits = [lp for t, lp in top.items() if (t.lstrip() if j == 0 else t) == rest]
+            if hits:
+                start[i] = before + math.log(sum(math.exp(v) for v in hits))
+                break
+            token_text = token.lstrip() if j == 0 else token
+            before += logprob
+            prefix += token_text
+    out = []
+    for i, c in enumerate(choices):
+        mass = math.exp(start[i]) if start[i] > -math.inf else 0.0
+        longer = [j for j, d in enumerate(choices) if len(d) > len(c) and d.startswith(c)]
+        minimal = [j for j in longer if not any(k != j and len(choices[k]) < len(choices[j])
+                                                and choices[j].startswith(choices[k]) for k in longer)]
+        mass -= sum(math.exp(start[j]) for j in minimal if start[j] > -math.inf)
+        out.append(math.log(mass) if mass > 1e-300 else -math.inf)
+    return out

@@ -64,6 +64,11 @@ class ModelSpec:
         """USD per million (input, output) tokens for priced API models; None for local models."""
         return None
 
+    def supports_logprobs(self) -> bool:
+        """Whether the engine can answer ``Request(logprobs=True)`` (checked when a plan that
+        needs log-probabilities is built, before any call)."""
+        return True
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:

@@ -256,6 +256,7 @@ def as_model_spec(model: Any) -> ModelSpec:
 
 _GUIDED = ("auto", "openai", "vllm")
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+_NO_LOGPROBS_PREFIXES = ("o1", "o3", "o4", "gpt-5")  # OpenAI models that refuse logprobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,12 @@ class OpenAI(ModelSpec):
     guided_legacy_fields : bool
         With ``guided="vllm"``, also send ``guided_choice`` / ``guided_json`` (vLLM
         servers older than 0.10.2). Performance only.
+    logprobs : bool, optional
+        Whether the server returns log-probabilities (needed by
+        ``judge(method="expected")`` and calibrated pairwise verdicts); default:
+        known from the model (see :meth:`supports_logprobs`). A plan that needs
+        them on a model without them fails when it is built. Not fingerprinted: it
+        allows or refuses a plan, never changes an answer.
 
     Examples
     --------
@@ -341,6 +348,16 @@ class OpenAI(ModelSpec):
     batch: bool = performance_only(False)
     poll_interval: float = performance_only(30.0)
     guided_legacy_fields: bool = performance_only(False)
+    logprobs: bool | None = performance_only(None)
+
+    def supports_logprobs(self) -> bool:
+        """Whether the server returns ``logprobs``/``top_logprobs`` for this model: ``logprobs``
+        when set, else False for OpenAI's reasoning models (o1, o3, o4, gpt-5 families on
+        api.openai.com, which refuse them) and True otherwise (vLLM, llama.cpp, SGLang)."""
+        if self.logprobs is not None:
+            return bool(self.logprobs)
+        host = self.base_url.split("//", 1)[-1].split("/", 1)[0]
+        return not (host.endswith("api.openai.com") and self.model.lower().startswith(_NO_LOGPROBS_PREFIXES))
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:

@@ -936,6 +936,12 @@ def _choice_probs(response: Response, n: int) -> list[float] | None:
     return normalize(lps)
 
 
+def _check_logprobs(model: ModelSpec, what: str, instead: str) -> None:
+    if not model.supports_logprobs():
+        raise PlanError(f"{what} needs log-probabilities, which {model.display_name} does not give. "
+                        f"Use {instead}, or a model that returns logprobs (transformers, vLLM, a vLLM server).")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Judge(LLMNode):
     """Single-answer grading: a score in ``scale`` per row (MT-Bench style).
@@ -969,6 +975,8 @@ class Judge(LLMNode):
             raise PlanError("judge(method='expected') reads the distribution of the score token, so it takes no "
                             "rationale: use rationale=False, or method='argmax' with a rationale.")
         LLMNode.validate(self)
+        if self.method == "expected":
+            _check_logprobs(self.model, "judge(method='expected')", "method='argmax'")
 
     @property
     def rationale_column(self) -> str:
@@ -1089,6 +1097,8 @@ class PairwiseJudge(LLMNode):
             raise PlanError(f"judge_pairwise(tie_margin=...) must be a number in [0, 1), got {self.tie_margin!r}.")
         check_columns([self.a, self.b], self.child.columns, where="judge_pairwise()")
         LLMNode.validate(self)
+        if self.method == "calibrated":
+            _check_logprobs(self.model, "judge_pairwise(method='calibrated')", "method='strict'")
 
     def columns_read(self) -> frozenset[str]:
         return LLMNode.columns_read(self) | {self.a, self.b}
