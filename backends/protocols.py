@@ -136,6 +136,10 @@ class Request:
     engine computes it from the next-token log-probabilities along each choice's
     tokens (a prefill and at most one short continuation, no sampling loop). An
     engine that cannot return log-probabilities fails before it sends anything.
+
+    ``reward`` asks a sequence-classification reward model for the scalar score of
+    the conversation in ``messages`` (its last message is the assistant's response)
+    or of the text ``prompt``: the response's ``score``; nothing is generated.
     """
 
     messages: tuple[Message, ...] = ()
@@ -145,12 +149,15 @@ class Request:
     choices: tuple[str, ...] | None = None
     json_schema: str | None = None
     logprobs: bool = False
+    reward: bool = False
 
     def __post_init__(self) -> None:
-        if self.logprobs and not self.choices:
-            from .errors import PlanError
+        from .errors import PlanError
 
+        if self.logprobs and not self.choices:
             raise PlanError("Request(logprobs=True) needs choices=...: log-probabilities are returned per choice.")
+        if self.reward and (self.choices is not None or self.json_schema is not None or self.logprobs):
+            raise PlanError("Request(reward=True) scores a finished conversation: no choices, json_schema or logprobs.")
 
     def seed(self) -> int:
         """The seed of this sample: derived from params.seed and sample_index (63 bits)."""
@@ -175,6 +182,8 @@ class Request:
         }
         if self.logprobs:  # only when set: keys of requests without it are unchanged
             out["logprobs"] = True
+        if self.reward:
+            out["reward"] = True
         return out
 
 
@@ -195,7 +204,8 @@ class Response:
     ``choice_logprobs`` answers a ``Request(logprobs=True)``: one natural-log
     probability per choice, in the request's order (``-inf`` for a choice the
     engine saw no probability for, such as one outside an API's top log-probs);
-    not normalised over the choices.
+    not normalised over the choices. ``score`` answers a ``Request(reward=True)``
+    (the reward model's scalar output; ``text`` is its ``repr``).
     """
 
     text: str | None
@@ -204,6 +214,7 @@ class Response:
     finish_reason: str = "stop"
     error: str | None = None
     choice_logprobs: tuple[float, ...] | None = None
+    score: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -214,6 +225,8 @@ class Response:
         }
         if self.choice_logprobs is not None:
             out["choice_logprobs"] = [float(v) for v in self.choice_logprobs]
+        if self.score is not None:
+            out["score"] = float(self.score)
         return out
 
     @classmethod
@@ -225,6 +238,7 @@ class Response:
             finish_reason=str(record.get("finish_reason", "stop")),
             choice_logprobs=(None if record.get("choice_logprobs") is None
                              else tuple(float(v) for v in record["choice_logprobs"])),
+            score=None if record.get("score") is None else float(record["score"]),
         )
 
 

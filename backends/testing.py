@@ -126,6 +126,9 @@ class DeterministicEngine:
     but no ``logprobs`` that matches a ``distributions`` needle is answered with
     that most probable choice (what constrained greedy decoding would give).
 
+    A request with ``reward`` gets ``score``: the sum of the ``rewards`` whose
+    needle occurs in ``text`` (0.0 when none does).
+
     Before a batch runs, ``exit_on`` ends the process and ``raise_on`` raises
     ``RuntimeError`` if a request of the batch contains one of their strings.
 
@@ -190,6 +193,9 @@ class DeterministicEngine:
                     finish_reason="error",
                     error=f"TestModel {self.spec.name!r} fails on requests containing {needle!r}.",
                 )
+        if request.reward:
+            score = float(sum(value for needle, value in self.spec.rewards if needle in text))
+            return Response(text=repr(score), input_tokens=input_tokens, output_tokens=0, score=score)
         if request.logprobs:
             return self._distribution(request, text, input_tokens)
         if request.choices and any(needle in text for needle, _ in self.spec.distributions):

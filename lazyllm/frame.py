@@ -501,6 +501,83 @@ class Frame:
                                error_column=error_column or "")
         return self._wrap(node)
 
+    def reward(
+        self,
+        column: str,
+        reward_model: Any,
+        *,
+        response: str,
+        question: str | None = None,
+        prompt: str | None = None,
+        system: str | None = None,
+        error_column: str | None = None,
+    ) -> "Frame":
+        """Score each row with a sequence-classification reward model (a Float64 column).
+
+        The reward model reads the conversation ``[system], user: prompt, assistant:
+        response`` with its chat template and returns one scalar (higher is better):
+        the Bradley-Terry reward of InstructGPT (Ouyang et al. 2022, "Training language
+        models to follow instructions with human feedback"), the format TRL's
+        ``RewardTrainer`` trains on. Use it to rank samples for best-of-n
+        (:func:`lazyllm.best_of_n_pairs`).
+
+        Parameters
+        ----------
+        column : str
+            Output column (Float64; null with a message in the error column on failure).
+        reward_model : RewardModel handle, model spec or str
+            ``frame.train(lazyllm.RewardModel(...))`` (trained first, lazily, cached by
+            fingerprint), or a reward model folder or hub id with one output label
+            (``"path/to/rm"`` or ``lazyllm.Transformers("path/to/rm")``), run on the
+            transformers engine.
+        response : str
+            Column holding the answer to score (the assistant's turn).
+        question : str, optional
+            Column shown as ``{{ question }}`` by the default user turn ``"{{ question }}"``.
+        prompt, system : str, optional
+            Jinja2 templates of the user turn and of a system turn, over the row's columns.
+
+        Returns
+        -------
+        Frame
+            Every input row plus ``column`` and the error column.
+
+        Raises
+        ------
+        PlanError
+            No ``question`` and no ``prompt``; a trained handle that is not a
+            :class:`lazyllm.RewardModel`; a model the transformers engine cannot run
+            (an OpenAI or vLLM spec). Raised here, before any model is loaded.
+        ColumnNotFoundError
+            ``response``, ``question`` or a template variable is not in the frame.
+
+        Notes
+        -----
+        Cost: 1 forward pass of the reward model per row, batched (``batch_size`` of
+        the spec), cached per request like any LLM call; no generation.
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> rm = lazyllm.TestModel(name="rm", rewards=(("Paris", 2.0), ("capital", 0.5)))
+        >>> f = lazyllm.from_dicts([{"q": "Capital of France?", "a": "Paris"}, {"q": "Capital of France?", "a": "Lyon"}])
+        >>> f.reward("r", rm, question="q", response="a").collect(progress=False)["r"].to_list()
+        [2.0, 0.0]
+        """
+        from lazyllm.planner.train import TrainedModel
+
+        if prompt is None:
+            if question is None:
+                raise PlanError("reward() needs question='<column>' (the user turn) or prompt='<template>'.")
+            prompt = "{{ question }}"
+        spec = as_model_spec(reward_model)
+        if isinstance(spec, TrainedModel) and spec.spec.method != "reward":
+            raise PlanError(f"reward() needs a reward model; {spec.display_name} was trained with "
+                            f"{type(spec.spec).__name__}. Train one with frame.train(lazyllm.RewardModel(...)).")
+        node = N.Reward(children=(self._node,), column=column, model=spec, prompt=prompt, system=system,
+                        aliases=_aliases(question=question), response=response, error_column=error_column or "")
+        return self._wrap(node)
+
     def sql(self, query: str) -> "Frame":
         """A DuckDB SQL query over this frame, named ``self``: ``frame.sql("SELECT ... FROM self")``.
 

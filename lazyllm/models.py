@@ -155,6 +155,9 @@ class TestModel(ModelSpec):
         log-probabilities (``judge(method="expected")``, calibrated pairwise
         verdicts): the first whose needle occurs in the request gives each choice
         ``log(probability)`` (choices it does not list get ``-inf``).
+    rewards : tuple of (needle, score)
+        Scripted reward-model scores (``Frame.reward``): a reward request gets the
+        sum of the scores of every needle that occurs in it (0.0 when none does).
     delay : float
         Seconds to sleep per engine batch (to test interrupts). Performance only.
     batch_size : int
@@ -179,6 +182,7 @@ class TestModel(ModelSpec):
     name: str = "echo"
     rules: tuple[tuple[str, str], ...] = ()
     distributions: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    rewards: tuple[tuple[str, float], ...] = ()
     fail_on: tuple[str, ...] = ()
     raise_on: tuple[str, ...] = ()
     exit_on: tuple[str, ...] = ()
@@ -188,8 +192,9 @@ class TestModel(ModelSpec):
 
     def identity(self) -> dict[str, Any]:
         out = ModelSpec.identity(self)
-        if not self.distributions:  # added later: specs without it keep their fingerprints
-            del out["distributions"]
+        for name in ("distributions", "rewards"):  # added later: specs without them keep their fingerprints
+            if not out[name]:
+                del out[name]
         return out
 
     @property

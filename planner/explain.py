@@ -28,6 +28,7 @@ from .nodes import (
     LLMNode,
     PairwiseJudge,
     PlanNode,
+    Reward,
     Rename,
     SQL,
     Sample,
@@ -196,6 +197,11 @@ def _(node: PairwiseJudge) -> tuple[str, list[str]]:
     extra += (f" · calibrated (tie within ±{node.tie_margin:g})" if node.method == "calibrated"
               else " · strict (position-bias check)")
     return f"JUDGE_PAIRWISE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
+
+
+@describe.register
+def _(node: Reward) -> tuple[str, list[str]]:
+    return f"REWARD {node.column} ← {node.model.display_name}", _llm_lines(node, f"scores response {node.response!r}")
 
 
 @describe.register

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from lazyllm.backends.answers import parse_answer
-from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
+from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError, TemplateError
 from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
 from .fingerprint import hash_canonical
@@ -63,6 +63,7 @@ __all__ = [
     "Judge",
     "PairwiseJudge",
     "LLMFilter",
+    "Reward",
     "json_schema_dtype",
     "walk",
 ]
@@ -1187,3 +1188,45 @@ class LLMFilter(LLMNode):
         if answer not in ("yes", "no"):
             return {self.column: False}, f"answer {r.text[:100]!r} is not 'yes' or 'no'"
         return {self.column: answer == "yes"}, None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Reward(LLMNode):
+    """Score each row with a sequence-classification reward model: ``column`` (Float64).
+
+    The conversation scored is the optional ``system`` turn, the user turn rendered
+    from ``prompt``, and column ``response`` as the assistant's turn (the format
+    TRL's ``RewardTrainer`` trains on). Nothing is generated: one forward pass of the
+    reward model per row. Cost: 1 request per row (cached like any LLM call).
+    Output: ``column`` and the error column.
+    """
+
+    response: str
+
+    def validate(self) -> None:
+        check_columns([self.response], self.child.columns, where="reward(response=...)")
+        if self.model.provider not in ("transformers", "test"):
+            raise PlanError(f"reward() runs a sequence-classification model on the transformers engine; "
+                            f"{self.model.display_name} cannot. Pass a trained RewardModel handle, a reward model "
+                            "folder or hub id, or lazyllm.Transformers(<reward model>).")
+        LLMNode.validate(self)
+
+    def columns_read(self) -> frozenset[str]:
+        return LLMNode.columns_read(self) | {self.response}
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        return {self.column: pl.Float64()}
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        ctx = self.context(row)
+        answer = row[self.response]
+        if answer is None:
+            raise TemplateError(f"reward(): the response column {self.response!r} is null in this row")
+        messages = (*self.messages(ctx), Message("assistant", str(answer)))
+        return [Request(messages=messages, params=self.sampling, reward=True)]
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        r = responses[0]
+        if r.error is not None or r.score is None:
+            return {self.column: None}, r.error or "the engine returned no reward score"
+        return {self.column: float(r.score)}, None
