@@ -109,3 +109,31 @@ def test_changed_training_rows_retrain_and_key_the_cache(ws, counters, monkeypat
     dpo.fit(workspace=ws, progress=False)
     assert trained == [3, 3, 4, 4]
     assert content_fingerprint(dpo, ws.path) not in (None, first)
+
+
+PREFS = [
+    {"question": f["question"], "chosen": f["answer"], "rejected": "I do not know."} for f in FACTS
+]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("method", ["orpo", "simpo", "kto"])
+def test_preference_specs_train_through_frame_train_and_generate_downstream(method, model_workspace, monkeypatch):
+    """ORPO, SimPO and KTO: a few LoRA steps through Frame.train, then the handle generates."""
+    from lazyllm.preferences import kto_rows
+
+    monkeypatch.setenv("LAZYLLM_NUM_THREADS", "2")
+    common = dict(base=lazyllm.Transformers(batch_size=8), lora=lazyllm.LoRA(r=4, alpha=8), max_steps=2,
+                  batch_size=2, learning_rate=1e-3, max_length=64, seed=0)
+    pairs = lazyllm.from_dicts(PREFS)
+    if method == "kto":
+        unpaired = lazyllm.from_polars(kto_rows(pl.DataFrame(PREFS), prompt="question"))
+        handle = unpaired.train(lazyllm.KTO(prompt="prompt", completion="completion", label="label", **common))
+    else:
+        spec = lazyllm.ORPO if method == "orpo" else lazyllm.SimPO
+        handle = pairs.train(spec(prompt="question", **common))
+    out = (lazyllm.from_dicts([{"question": FACTS[0]["question"]}])
+           .generate("a", handle, prompt="{{ question }}", max_tokens=8)
+           .collect(workspace=model_workspace, progress=False))
+    assert is_trained(handle, model_workspace.path) and handle.spec.method == method
+    assert out["a_error"].is_null().all() and len(out["a"][0]) > 0
