@@ -63,6 +63,18 @@ JSON must parse and match the schema (``jsonschema``), else the row is an error,
 an unconstrained answer. An answer cut by ``max_tokens`` is returned as is with
 ``finish_reason="length"`` (as the transformers engine does).
 
+Log-probabilities
+-----------------
+A ``Request(logprobs=True)`` (``judge(method="expected")``, calibrated pairwise
+verdicts) is sent greedy and unconstrained with ``logprobs=true,
+top_logprobs=20`` (completions: ``logprobs=20``) and ``max_tokens=3``; each
+choice's log-probability is read from the alternatives along the answer
+(:func:`lazyllm.backends.logprobs.choice_logprobs_from_top`): exact for choices of
+one token, a lower bound for a longer choice whose path the answer did not take.
+A model that gives no log-probabilities (``spec.supports_logprobs()`` is False:
+OpenAI's reasoning models, or ``OpenAI(logprobs=False)``) is refused when the plan
+is built, before any call.
+
 Batch mode (``spec.batch=True``)
 --------------------------------
 The OpenAI Batch API (about half price, results within 24 h): the requests are
@@ -92,6 +104,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -106,6 +119,7 @@ import openai
 
 from .answers import check_constraint
 from .errors import EngineError
+from .logprobs import choice_logprobs_from_top
 from .protocols import Request, Response
 from .ratelimit import RateLimiter
 from .redact import redact, redact_url, register_secret
@@ -119,6 +133,10 @@ log = logging.getLogger(__name__)
 
 #: HTTP statuses that are retried (besides timeouts and dropped connections).
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: Alternatives per position asked for with ``Request(logprobs=True)`` (OpenAI's maximum).
+TOP_LOGPROBS = 20
+#: Tokens generated for ``Request(logprobs=True)``: enough to follow a multi-token choice.
+LOGPROB_TOKENS = 3
 #: Extra output tokens allowed for the ``{"answer": ...}`` JSON wrapper of choices (OpenAI dialect).
 CHOICE_WRAPPER_TOKENS = 16
 _FATAL_STATUSES = {401: "the API key was rejected", 403: "the API key may not use this model or endpoint",
@@ -453,7 +471,19 @@ class OpenAIEngine:
             body["prompt"] = request.prompt or ""
         if request.choices is not None and request.json_schema is not None:
             raise ValueError("The request sets both choices and json_schema; set one of them.")
-        if request.choices is not None or request.json_schema is not None:
+        if request.logprobs:  # the distribution over the choices: unconstrained, greedy, top log-probabilities
+            if not spec.supports_logprobs():
+                raise ValueError(f"The model {spec.model!r} at {spec.base_url} gives no log-probabilities; "
+                                 "use method='argmax' / method='strict', or another model.")
+            body["temperature"] = 0.0
+            body.pop("seed", None)
+            body.pop("top_p", None)
+            max_tokens = LOGPROB_TOKENS
+            if endpoint == "chat":
+                body["logprobs"], body["top_logprobs"] = True, TOP_LOGPROBS
+            else:
+                body["logprobs"] = TOP_LOGPROBS
+        elif request.choices is not None or request.json_schema is not None:
             if request.choices is not None and not request.choices:
                 raise ValueError("The choices constraint is empty: give at least one allowed answer.")
             schema = None
@@ -492,6 +522,8 @@ class OpenAIEngine:
         except (AttributeError, IndexError, TypeError) as exc:
             return _error(f"The server's answer has no choice: {type(exc).__name__}: {exc}.")
         usage = getattr(result, "usage", None)
+        if request.logprobs:
+            return _logprob_response(request, getattr(choice, "logprobs", None), endpoint, usage)
         return self._response(request, text, reason, usage, guided)
 
     def _response(self, request: Request, text: Any, reason: Any, usage: Any, guided: str | None) -> Response:
@@ -637,6 +669,8 @@ class OpenAIEngine:
             text, reason = choice["message"].get("content"), choice.get("finish_reason")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             return custom_id, _error(f"The batch result has no choice: {type(exc).__name__}: {exc}.")
+        if request.logprobs:
+            return custom_id, _logprob_response(request, choice.get("logprobs"), "chat", body.get("usage") or {})
         return custom_id, self._response(request, text, reason, body.get("usage") or {}, guided[custom_id])
 
 
@@ -651,6 +685,40 @@ def _estimate_tokens(request: Request, body: dict[str, Any]) -> int:
     else:
         prompt = len(request.prompt or "") // 4
     return prompt + int(body.get("max_tokens") or body.get("max_completion_tokens") or request.params.max_tokens)
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _logprob_response(request: Request, logprobs: Any, endpoint: str, usage: Any) -> Response:
+    """The choice log-probabilities of a ``Request(logprobs=True)`` from a chat or completion
+    result's ``logprobs`` (see :func:`lazyllm.backends.logprobs.choice_logprobs_from_top`)."""
+    counts = {"input_tokens": int(_get(usage, "prompt_tokens") or 0),
+              "output_tokens": int(_get(usage, "completion_tokens") or 0)}
+    positions: list[tuple[str, float, dict[str, float]]] = []
+    try:
+        if endpoint == "chat":
+            for item in _get(logprobs, "content") or []:
+                top = {str(_get(t, "token")): float(_get(t, "logprob")) for t in _get(item, "top_logprobs") or []}
+                positions.append((str(_get(item, "token")), float(_get(item, "logprob")), top))
+        else:
+            tokens, lps, tops = (_get(logprobs, k) or [] for k in ("tokens", "token_logprobs", "top_logprobs"))
+            for token, lp, top in zip(tokens, lps, tops):
+                positions.append((str(token), float(lp), {str(k): float(v) for k, v in (top or {}).items()}))
+    except (TypeError, ValueError) as exc:
+        return Response(text=None, finish_reason="error", error=f"The server's log-probabilities cannot be read: "
+                        f"{type(exc).__name__}: {exc}.", **counts)
+    if not positions:
+        return Response(text=None, finish_reason="error", error="The server returned no log-probabilities; it may "
+                        "not support logprobs/top_logprobs. Use method='argmax' / method='strict'.", **counts)
+    choices = tuple(request.choices or ())
+    lps = tuple(choice_logprobs_from_top(choices, positions))
+    if all(v == -math.inf for v in lps):
+        return Response(text=None, finish_reason="error", error=f"None of the choices {list(choices)} is among the "
+                        f"server's top {TOP_LOGPROBS} log-probabilities of the answer's first tokens.", **counts)
+    best = max(range(len(choices)), key=lambda i: (lps[i], -i))
+    return Response(text=choices[best], finish_reason="stop", choice_logprobs=lps, **counts)
 
 
 def _choice_wrapper(choices: Sequence[str]) -> dict[str, Any]:

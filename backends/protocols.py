@@ -70,6 +70,11 @@ class ModelSpec:
         ``provider`` picks the engine; fingerprints always use ``self``."""
         return self
 
+    def supports_logprobs(self) -> bool:
+        """Whether the engine can answer ``Request(logprobs=True)`` (checked when a plan that
+        needs log-probabilities is built, before any call)."""
+        return True
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:
@@ -128,6 +133,19 @@ class Request:
     (canonical JSON text) restricts it to JSON matching the schema. An engine that
     cannot enforce a constraint returns an error response for that request (never
     an unconstrained answer).
+
+    ``logprobs`` (with ``choices`` only) asks for the model's distribution over the
+    choices instead of a sampled answer: the response's ``choice_logprobs`` holds,
+    per choice, the log-probability that the unconstrained answer *starts with* that
+    choice and not with a longer choice that extends it (``"1"`` vs ``"10"`` on a
+    tokenizer that splits digits), and ``text`` is the most probable choice. An
+    engine computes it from the next-token log-probabilities along each choice's
+    tokens (a prefill and at most one short continuation, no sampling loop). An
+    engine that cannot return log-probabilities fails before it sends anything.
+
+    ``reward`` asks a sequence-classification reward model for the scalar score of
+    the conversation in ``messages`` (its last message is the assistant's response)
+    or of the text ``prompt``: the response's ``score``; nothing is generated.
     """
 
     messages: tuple[Message, ...] = ()
@@ -136,6 +154,16 @@ class Request:
     sample_index: int = 0
     choices: tuple[str, ...] | None = None
     json_schema: str | None = None
+    logprobs: bool = False
+    reward: bool = False
+
+    def __post_init__(self) -> None:
+        from .errors import PlanError
+
+        if self.logprobs and not self.choices:
+            raise PlanError("Request(logprobs=True) needs choices=...: log-probabilities are returned per choice.")
+        if self.reward and (self.choices is not None or self.json_schema is not None or self.logprobs):
+            raise PlanError("Request(reward=True) scores a finished conversation: no choices, json_schema or logprobs.")
 
     def seed(self) -> int:
         """The seed of this sample: derived from params.seed and sample_index (63 bits)."""
@@ -144,7 +172,7 @@ class Request:
     def canonical(self) -> dict[str, Any]:
         """The request as plain data, used for cache keys (no performance settings)."""
         p = self.params
-        return {
+        out = {
             "messages": [[m.role, m.content] for m in self.messages],
             "prompt": self.prompt,
             "params": {
@@ -158,6 +186,11 @@ class Request:
             "choices": list(self.choices) if self.choices is not None else None,
             "json_schema": self.json_schema,
         }
+        if self.logprobs:  # only when set: keys of requests without it are unchanged
+            out["logprobs"] = True
+        if self.reward:
+            out["reward"] = True
+        return out
 
 
 def derive_seed(seed: int, sample_index: int) -> int:
@@ -173,6 +206,12 @@ class Response:
     ``finish_reason`` is ``"stop"`` (end of sequence or a stop string), ``"length"``
     (max_tokens reached) or ``"error"`` (then ``text`` is None and ``error`` says why;
     error responses are never cached).
+
+    ``choice_logprobs`` answers a ``Request(logprobs=True)``: one natural-log
+    probability per choice, in the request's order (``-inf`` for a choice the
+    engine saw no probability for, such as one outside an API's top log-probs);
+    not normalised over the choices. ``score`` answers a ``Request(reward=True)``
+    (the reward model's scalar output; ``text`` is its ``repr``).
     """
 
     text: str | None
@@ -180,14 +219,21 @@ class Response:
     output_tokens: int = 0
     finish_reason: str = "stop"
     error: str | None = None
+    choice_logprobs: tuple[float, ...] | None = None
+    score: float | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text": self.text,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "finish_reason": self.finish_reason,
         }
+        if self.choice_logprobs is not None:
+            out["choice_logprobs"] = [float(v) for v in self.choice_logprobs]
+        if self.score is not None:
+            out["score"] = float(self.score)
+        return out
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "Response":
@@ -196,6 +242,9 @@ class Response:
             input_tokens=int(record.get("input_tokens", 0)),
             output_tokens=int(record.get("output_tokens", 0)),
             finish_reason=str(record.get("finish_reason", "stop")),
+            choice_logprobs=(None if record.get("choice_logprobs") is None
+                             else tuple(float(v) for v in record["choice_logprobs"])),
+            score=None if record.get("score") is None else float(record["score"]),
         )
 
 

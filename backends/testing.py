@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -117,6 +118,17 @@ class DeterministicEngine:
     ``output_tokens`` of the answer. Choice and JSON schema constraints are not
     enforced: the answer is returned as is.
 
+    A request with ``logprobs`` gets ``choice_logprobs``: ``log(probability)`` of
+    each choice from the first ``distributions`` entry whose needle occurs in
+    ``text`` (unlisted choices ``-inf``); without one, the answer above when it is
+    a choice (probability 1, others ``-inf``), else an error response. Its text is
+    the most probable choice (the first one on ties). A request with ``choices``
+    but no ``logprobs`` that matches a ``distributions`` needle is answered with
+    that most probable choice (what constrained greedy decoding would give).
+
+    A request with ``reward`` gets ``score``: the sum of the ``rewards`` whose
+    needle occurs in ``text`` (0.0 when none does).
+
     Before a batch runs, ``exit_on`` ends the process and ``raise_on`` raises
     ``RuntimeError`` if a request of the batch contains one of their strings.
 
@@ -181,6 +193,14 @@ class DeterministicEngine:
                     finish_reason="error",
                     error=f"TestModel {self.spec.name!r} fails on requests containing {needle!r}.",
                 )
+        if request.reward:
+            score = float(sum(value for needle, value in self.spec.rewards if needle in text))
+            return Response(text=repr(score), input_tokens=input_tokens, output_tokens=0, score=score)
+        if request.logprobs:
+            return self._distribution(request, text, input_tokens)
+        if request.choices and any(needle in text for needle, _ in self.spec.distributions):
+            argmax = self._distribution(request, text, input_tokens)  # the most probable choice, as decoding would
+            return Response(text=argmax.text, input_tokens=input_tokens, output_tokens=1, finish_reason="stop")
         answer = next((a for needle, a in self.spec.rules if needle in text), None)
         if answer is None:
             last = request.messages[-1].content if request.messages else (request.prompt or "")
@@ -197,6 +217,21 @@ class DeterministicEngine:
             answer = " ".join(words)
             finish_reason = "length"
         return Response(text=answer, input_tokens=input_tokens, output_tokens=len(words), finish_reason=finish_reason)
+
+    def _distribution(self, request: Request, text: str, input_tokens: int) -> Response:
+        choices = tuple(request.choices or ())
+        scripted = next((dict(d) for needle, d in self.spec.distributions if needle in text), None)
+        if scripted is None:
+            answer = next((a for needle, a in self.spec.rules if needle in text), None)
+            if answer not in choices:
+                return Response(text=None, input_tokens=input_tokens, finish_reason="error",
+                                error=f"TestModel {self.spec.name!r} has no distribution for this request and its "
+                                      f"answer {answer!r} is not one of the choices {list(choices)}.")
+            scripted = {answer: 1.0}
+        logprobs = tuple(math.log(scripted[c]) if scripted.get(c, 0.0) > 0 else -math.inf for c in choices)
+        best = max(range(len(choices)), key=lambda i: (logprobs[i], -i))
+        return Response(text=choices[best], input_tokens=input_tokens, output_tokens=0, finish_reason="stop",
+                        choice_logprobs=logprobs)
 
     def _log(self, batch: Sequence[Request]) -> None:
         line = json.dumps({"pid": os.getpid(), "n": len(batch), "keys": [request_key(r) for r in batch]}) + "\n"

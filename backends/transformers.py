@@ -5,6 +5,10 @@ batches. Decoding is greedy for requests with ``temperature == 0`` and seeded
 sampling (temperature, top-p) for the others; both kinds can share one batch, because
 the planner batches requests from different operators together.
 
+Requests with ``logprobs`` (and ``choices``) are not decoded: one forward pass over
+the prompt (and the proper prefixes of multi-token choices) gives the log-probability
+of each choice (:mod:`lazyllm.backends.logprobs`), in batches of their own.
+
 Requests with ``choices`` or ``json_schema`` are decoded under a grammar with
 xgrammar (:mod:`lazyllm.backends.constraints`): the logits of their rows are masked
 to the tokens the grammar allows before greedy selection or seeded sampling, so
@@ -65,6 +69,7 @@ from transformers import (
 from .catalog import ALIASES, PackagedGGUF, alias_source
 from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_constrained
 from .errors import EngineError, MissingDependencyError, ModelNotFoundError
+from .logprobs import choice_logprobs, prefix_paths
 from .protocols import Request, Response, workspace_models_dir
 
 if TYPE_CHECKING:  # the spec class lives in the user-facing package
@@ -459,6 +464,7 @@ class TransformersEngine:
         self._pad_id: int | None = None
         self._device: torch.device | None = None
         self._grammars: GrammarCache | None = None  # built on the first constrained request
+        self._reward: tuple[Any, Any, Any] | None = None  # (model, tokenizer, device) for reward requests
 
     # -- lifecycle
 
@@ -556,6 +562,7 @@ class TransformersEngine:
         self._model = None
         self._tokenizer = None
         self._grammars = None
+        self._reward = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -613,17 +620,28 @@ class TransformersEngine:
         """
         if not requests:
             return
+        rewards = [(i, r) for i, r in enumerate(requests) if r.reward]
+        if rewards:
+            yield from self._rewards(rewards)
+            if len(rewards) == len(requests):
+                return
         if any(is_constrained(r) for r in requests):
             import_xgrammar()  # a missing package fails before the model is loaded
         self.load()
 
         prepared: list[_Prepared] = []
+        scored: list[_Prepared] = []
         failed: list[tuple[int, Response]] = []
         for i, request in enumerate(requests):
+            if request.reward:
+                continue
             try:
                 ids = self._encode(request)
             except Exception as exc:
                 failed.append((i, _error(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
+                continue
+            if request.logprobs:  # a prefill over the choices' tokens, no decoding: no grammar needed
+                scored.append(_Prepared(i, request, ids))
                 continue
             try:
                 grammar = self._grammar(request)
@@ -636,8 +654,17 @@ class TransformersEngine:
             prepared.append(_Prepared(i, request, ids, grammar))
         if failed:
             yield failed
-        prepared.sort(key=lambda p: len(p.ids), reverse=True)
         size = self.spec.batch_size
+        scored.sort(key=lambda p: len(p.ids), reverse=True)
+        for start in range(0, len(scored), size):
+            batch = scored[start : start + size]
+            try:
+                responses = self._score_batch(batch)
+            except Exception as exc:
+                message = f"The log-probability batch failed in transformers: {type(exc).__name__}: {exc}"
+                responses = [_error(message) for _ in batch]
+            yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
+        prepared.sort(key=lambda p: len(p.ids), reverse=True)
         for start in range(0, len(prepared), size):
             batch = prepared[start : start + size]
             try:
@@ -672,6 +699,163 @@ class TransformersEngine:
             vocab_size = getattr(config.get_text_config(), "vocab_size", None) or len(self._tokenizer)
             self._grammars = GrammarCache(self._tokenizer, vocab_size, self._eos_ids)
         return self._grammars.compile(request)
+
+    # -- reward models
+
+    def load_reward(self) -> None:
+        """Load the spec's model as a sequence-classification reward model (one output label).
+
+        A trained :class:`~lazyllm.RewardModel` handle loads its base with the trained
+        LoRA adapter and score head (or its full weights); a folder or hub id loads as
+        is and must have one label.
+
+        Raises
+        ------
+        EngineError
+            The handle is not trained yet or was not trained as a reward model, or the
+            model has more than one output label.
+        """
+        if self._reward is not None:
+            return
+        from transformers import AutoModelForSequenceClassification
+
+        from lazyllm.planner.train import TrainedModel, trained_dir
+
+        spec = self.spec
+        threads = spec.num_threads or _env_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        device = _pick_device(spec.device)
+        try:
+            if isinstance(spec, TrainedModel):
+                if spec.spec.method != "reward":
+                    raise EngineError(f"{spec.display_name} was trained with {spec.spec.method}, not as a reward model.")
+                out = trained_dir(spec, self.workspace)
+                if not (out / "COMPLETE").is_file():
+                    raise EngineError(f"{spec.display_name} is not trained yet in {self.workspace}.")
+                if (out / "adapter_config.json").is_file():
+                    from peft import PeftModel
+
+                    base = AutoModelForSequenceClassification.from_pretrained(
+                        resolve_model_dir(spec.base, self.workspace), num_labels=1, dtype=torch.float32,
+                        local_files_only=True)
+                    model = PeftModel.from_pretrained(base, out).merge_and_unload()
+                else:
+                    model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1,
+                                                                               local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+            else:
+                folder = resolve_model_dir(spec, self.workspace)
+                model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=_DTYPES[spec.dtype],
+                                                                           local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"transformers could not load {spec.display_name} as a reward model "
+                              f"(AutoModelForSequenceClassification): {type(exc).__name__}: {exc}.") from exc
+        if model.config.num_labels != 1:
+            raise EngineError(f"{spec.display_name} has {model.config.num_labels} output labels; a reward model "
+                              "has one (a scalar score). Use a reward model, or train one with RewardModel.")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.to(device).eval()
+        self._reward = (model, tokenizer, device)
+
+    def _rewards(self, indexed: Sequence[tuple[int, Request]]) -> Iterator[list[tuple[int, Response]]]:
+        """Score reward requests in right-padded batches of ``spec.batch_size`` (one forward pass each)."""
+        self.load_reward()
+        model, tokenizer, device = self._reward  # type: ignore[misc]
+        encoded: list[tuple[int, list[int]]] = []
+        failed: list[tuple[int, Response]] = []
+        for i, request in indexed:
+            try:
+                if request.messages and getattr(tokenizer, "chat_template", None):
+                    chat = [{"role": m.role, "content": m.content} for m in request.messages]
+                    text = tokenizer.apply_chat_template(chat, tokenize=False)
+                    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                else:
+                    ids = tokenizer(request.prompt if request.prompt is not None
+                                    else "\n\n".join(m.content for m in request.messages))["input_ids"]
+                encoded.append((i, list(ids)))
+            except Exception as exc:
+                failed.append((i, _error(f"Could not build the reward model's input: {type(exc).__name__}: {exc}")))
+        if failed:
+            yield failed
+        encoded.sort(key=lambda e: len(e[1]), reverse=True)
+        size = self.spec.batch_size
+        for start in range(0, len(encoded), size):
+            batch = encoded[start : start + size]
+            try:
+                width = max(len(ids) for _, ids in batch)
+                input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, (_, ids) in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    mask[row, : len(ids)] = 1
+                with torch.inference_mode():
+                    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                scores = logits[:, 0].float().cpu().tolist()
+                yield [(i, Response(text=repr(float(v)), input_tokens=len(ids), output_tokens=0, score=float(v)))
+                       for (i, ids), v in zip(batch, scores, strict=True)]
+            except Exception as exc:
+                yield [(i, _error(f"The reward batch failed in transformers: {type(exc).__name__}: {exc}"))
+                       for i, _ in batch]
+
+    def _choice_ids(self, choice: str) -> tuple[int, ...]:
+        ids = tuple(self._tokenizer(choice, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ValueError(f"the choice {choice!r} encodes to no tokens")
+        return ids
+
+    def _score_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
+        """Log-probabilities of each request's choices (``Request.logprobs``) from one forward pass.
+
+        Each request becomes one sequence per path of :func:`~lazyllm.backends.logprobs.prefix_paths`
+        (the prompt alone when every choice is one token; prompt + ``1`` for the
+        scores 1-10 on a digit-splitting tokenizer), left-padded into one batch;
+        only the last ``longest path + 1`` positions go through the LM head. The
+        next-token log-softmax at those positions gives every choice's log-probability
+        (:func:`~lazyllm.backends.logprobs.choice_logprobs`). Text: the most probable choice.
+        """
+        seqs: list[tuple[int, tuple[int, ...], list[int]]] = []
+        per_request: list[list[tuple[int, ...]]] = []
+        for b, p in enumerate(batch):
+            choices = [self._choice_ids(c) for c in p.request.choices or ()]
+            per_request.append(choices)
+            for path in prefix_paths(choices) or [()]:
+                seqs.append((b, path, p.ids + list(path)))
+        width = max(len(ids) for _, _, ids in seqs)
+        keep = max(len(path) for _, path, _ in seqs) + 1
+        input_ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, (_, _, ids) in enumerate(seqs):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self._model(input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device),
+                              position_ids=position_ids.to(self._device), logits_to_keep=keep, use_cache=False)
+        logp = torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1).cpu()
+        where: list[dict[tuple[int, ...], tuple[int, int]]] = [{} for _ in batch]
+        for row, (b, path, _) in enumerate(seqs):
+            for j in range(len(path) + 1):  # the distribution after prompt + path[:j]
+                where[b].setdefault(tuple(path[:j]), (row, keep - 1 - (len(path) - j)))
+        responses = []
+        for b, p in enumerate(batch):
+            table = where[b]
+
+            def next_logprob(prefix: tuple[int, ...], token: int, table: dict = table) -> float:
+                row, pos = table[prefix]
+                return float(logp[row, pos, token])
+
+            lps = tuple(choice_logprobs(per_request[b], next_logprob))
+            choices = p.request.choices or ()
+            best = max(range(len(choices)), key=lambda i: (lps[i], -i))
+            responses.append(Response(text=choices[best], input_tokens=len(p.ids), output_tokens=0,
+                                      finish_reason="stop", choice_logprobs=lps))
+        return responses
 
     def _run_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
         requests = [p.request for p in batch]

@@ -23,6 +23,16 @@ top_p, max_tokens, stop, ``n=1``; the planner sends one request per sample index
 in the OpenAI engine (one of the choices, JSON matching the schema), else the row is
 an error.
 
+Log-probabilities
+-----------------
+A ``Request(logprobs=True)`` is not decoded: the worker sends the prompt followed by
+each choice that no other choice extends (``"2"``..``"9"``, ``"10"`` for the scores
+1-10 on SmolLM2's digit-splitting tokenizer) with ``prompt_logprobs=0`` and one
+generated token, and reads the log-probability of each choice token; vLLM's prefix
+cache shares the prompt's prefill between them. The engine combines them as the
+transformers engine does (:func:`lazyllm.backends.logprobs.choice_logprobs`), so the
+two engines give the same distribution up to floating-point rounding.
+
 Seeds
 -----
 A sampled request carries ``SamplingParams(seed=request.seed())`` (the base seed and
@@ -49,6 +59,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .answers import check_constraint
 from .errors import EngineError, MissingDependencyError
+from .logprobs import choice_logprobs
 from .protocols import Request, Response
 
 if TYPE_CHECKING:
@@ -338,12 +349,32 @@ def _payload(request: Request) -> dict[str, Any]:
                    "seed": None if p.greedy else request.seed()},
         "choices": list(request.choices) if request.choices is not None else None,
         "json_schema": request.json_schema,
+        "logprobs": request.logprobs,
     }
+
+
+def _scored_response(request: Request, raw: dict[str, Any]) -> Response:
+    """The choice log-probabilities of a ``Request(logprobs=True)`` from the worker's paths."""
+    table: dict[tuple[tuple[int, ...], int], float] = {}
+    for path, steps in raw["paths"]:
+        for j, (token, logprob) in enumerate(zip(path, steps)):
+            table[(tuple(path[:j]), int(token))] = float(logprob)
+    choices = [tuple(int(t) for t in c) for c in raw["choice_tokens"]]
+    try:
+        lps = tuple(choice_logprobs(choices, lambda prefix, token: table[(prefix, token)]))
+    except (KeyError, ValueError) as exc:
+        return _error(f"vLLM returned incomplete choice log-probabilities ({type(exc).__name__}: {exc}).")
+    labels = request.choices or ()
+    best = max(range(len(labels)), key=lambda i: (lps[i], -i))
+    return Response(text=labels[best], input_tokens=int(raw["input_tokens"]), output_tokens=0, finish_reason="stop",
+                    choice_logprobs=lps)
 
 
 def _response(request: Request, raw: dict[str, Any]) -> Response:
     if raw.get("error"):
         return _error(raw["error"])
+    if request.logprobs:
+        return _scored_response(request, raw)
     counts = {"input_tokens": int(raw["input_tokens"]), "output_tokens": int(raw["output_tokens"])}
     text, finish = raw["text"], raw["finish_reason"]
     if request.choices is None and request.json_schema is None:

@@ -13,9 +13,13 @@ Commands
 ``{"op": "generate", "requests": [...]}``
     Each request: ``messages`` (list of ``{"role", "content"}``) or ``prompt``;
     ``params`` (``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed`` or null);
-    ``choices`` or ``json_schema`` (text) or neither. Answer ``{"ok": true, "results": [...]}``
-    with, per request, ``{"text", "input_tokens", "output_tokens", "finish_reason"}`` or
-    ``{"error": "..."}``.
+    ``choices`` or ``json_schema`` (text) or neither; ``logprobs`` (with ``choices``).
+    Answer ``{"ok": true, "results": [...]}`` with, per request, ``{"text",
+    "input_tokens", "output_tokens", "finish_reason"}`` or ``{"error": "..."}``. A
+    ``logprobs`` request is not decoded: its result has ``"choice_tokens"`` (the
+    token ids of each choice) and ``"paths"`` (``[token ids, per-token logprobs]``
+    of each choice that no other choice extends, read as ``prompt_logprobs`` of the
+    prompt followed by that choice) and ``"text": null``.
 ``{"op": "close"}``
     Answer ``{"ok": true}`` and exit.
 
@@ -84,7 +88,17 @@ class Worker:
         chats: list[int] = []
         prompts: list[int] = []
         params: dict[int, Any] = {}
+        scored = [i for i, r in enumerate(requests) if r.get("logprobs")]
+        if scored:
+            try:
+                for i, result in zip(scored, self._choice_paths([requests[i] for i in scored]), strict=True):
+                    results[i] = result
+            except Exception as exc:  # noqa: BLE001 - fails these rows only
+                for i in scored:
+                    results[i] = {"error": f"vLLM could not score the choices: {type(exc).__name__}: {exc}"}
         for i, request in enumerate(requests):
+            if request.get("logprobs"):
+                continue
             try:
                 params[i] = self._params(request)
             except Exception as exc:  # noqa: BLE001 - a bad constraint fails its row only
@@ -102,6 +116,42 @@ class Worker:
             for i, output in zip(prompts, outputs, strict=True):
                 results[i] = _result(output)
         return {"results": results}
+
+
+    def _choice_paths(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per request, the log-probability of each token of each maximal choice after the prompt:
+        one prompt per maximal choice (prompt + choice tokens), ``prompt_logprobs=0``, one
+        generated token (discarded); vLLM's prefix cache shares the prompt's prefill."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = self.llm.get_tokenizer()
+        prompts: list[Any] = []
+        owners: list[tuple[int, list[int], int]] = []
+        out: list[dict[str, Any]] = []
+        for k, request in enumerate(requests):
+            if request.get("messages"):
+                text = tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
+                ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                ids = list(tokenizer(request.get("prompt") or "")["input_ids"])
+            choices = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in request["choices"]]
+            maximal = []
+            for c in choices:
+                if c and c not in maximal and not any(len(d) > len(c) and d[: len(c)] == c for d in choices):
+                    maximal.append(c)
+            for m in maximal:
+                prompts.append(TokensPrompt(prompt_token_ids=ids + m))
+                owners.append((k, m, len(ids)))
+            out.append({"text": None, "input_tokens": len(ids), "output_tokens": 0, "finish_reason": "stop",
+                        "choice_tokens": choices, "paths": []})
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        for (k, m, n), output in zip(owners, outputs, strict=True):
+            logprobs = output.prompt_logprobs
+            steps = [float(logprobs[n + j][t].logprob) for j, t in enumerate(m)]
+            out[k]["paths"].append([m, steps])
+        return out
 
 
 def _result(output: Any) -> dict[str, Any]:

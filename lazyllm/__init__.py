@@ -13,6 +13,7 @@ from . import errors
 from . import prompts
 from .frame import Frame, LLMPredicate, collect_all, concat, llm_predicate, sql
 from .io import from_arrow, from_dicts, from_hf, from_pandas, from_polars, read_csv, read_ndjson, read_parquet
+from .preferences import WinRate, best_of_n_pairs, kto_rows, win_rate
 from .models import VLLM, ModelSpec, OpenAI, TestModel, Transformers, default_model
 from .training import DPO, KTO, ORPO, SFT, LoRA, RewardModel, SimPO, TrainSpec
 
@@ -24,4 +25,5 @@ __all__ = [
     "ModelSpec", "Transformers", "OpenAI", "VLLM", "TestModel", "default_model", "DEFAULT_MODEL",
     "Workspace", "errors", "RayExecutor",
     "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardModel", "LoRA", "TrainSpec",
+    "best_of_n_pairs", "kto_rows", "win_rate", "WinRate",
 ]

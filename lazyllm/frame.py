@@ -327,24 +327,34 @@ class Frame:
         reference: str | None = None,
         scale: tuple[int, int] = (1, 10),
         rationale: bool = False,
+        method: str = "argmax",
         temperature: float = 0.0,
         seed: int = 0,
         max_tokens: int | None = None,
         error_column: str | None = None,
         overwrite: bool = False,
     ) -> "Frame":
-        """Grade each row with an LLM judge: an integer score in ``scale`` (single-answer grading).
+        """Grade each row with an LLM judge: a score in ``scale`` (single-answer grading).
 
-        The answer is constrained to the integers of the scale (with ``rationale``,
-        to JSON holding a short rationale and the score), never free text parsed by
-        a regex. The default prompts are MT-Bench's single-answer grading prompts
-        (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena"),
-        see :mod:`lazyllm.prompts`; with ``reference`` the reference-guided one.
+        ``method="argmax"`` (default): the answer is constrained to the integers of
+        the scale (with ``rationale``, to JSON holding a short rationale and the
+        score), never free text parsed by a regex: the judge's most probable score.
+        ``method="expected"``: the expectation of the score under the judge's
+        distribution over the scale's tokens (G-Eval: Liu et al. 2023, "G-Eval: NLG
+        Evaluation using GPT-4 with Better Human Alignment"), which keeps what a
+        small judge knows when its argmax is the same for every row; the
+        distribution is kept in ``f"{column}_probs"``. The default prompts are
+        MT-Bench's single-answer grading prompts (Zheng et al. 2023, "Judging
+        LLM-as-a-Judge with MT-Bench and Chatbot Arena"), see :mod:`lazyllm.prompts`;
+        with ``reference`` the reference-guided one.
 
         Parameters
         ----------
         column : str
-            Output column (Int64); ``f"{column}_rationale"`` (String) too with ``rationale``.
+            Output column: Int64 (argmax) or Float64 in ``[lo, hi]`` (expected);
+            ``f"{column}_rationale"`` (String) too with ``rationale``;
+            ``f"{column}_probs"`` (List(Float64), ``hi - lo + 1`` probabilities,
+            score ``lo`` first, summing to 1) with ``method="expected"``.
         question, answer, reference : str, optional
             Columns shown to the judge as ``{{ question }}``, ``{{ answer }}`` and
             ``{{ reference }}`` (the default prompt needs question and answer).
@@ -353,19 +363,39 @@ class Frame:
             The default system prompt states the scale.
         scale : (int, int)
             Lowest and highest score.
+        method : {"argmax", "expected"}
+            The constrained most probable score, or the probability-weighted one.
+            ``"expected"`` needs an engine that returns log-probabilities
+            (transformers, vLLM, OpenAI-compatible servers with ``logprobs``) and
+            takes no ``rationale``.
         max_tokens : int, optional
             Default 4 (a score) or 256 (rationale and score).
 
         Raises
         ------
         PlanError
-            The default prompt without ``question``/``answer`` columns, or a bad scale.
+            The default prompt without ``question``/``answer`` columns, a bad scale
+            or method, or ``method="expected"`` with ``rationale``.
         ColumnNotFoundError
             A mapped column or a template variable is not in the frame.
+        PlanError
+            ``method="expected"`` on an OpenAI-compatible model whose provider gives
+            no log-probabilities (when the plan is built, before any call).
 
         Notes
         -----
-        Cost: 1 LLM call per row (cached like any request).
+        Cost: 1 LLM call per row (cached like any request); with
+        ``method="expected"`` the call is a prefill (plus one token for a scale with
+        two-digit scores on a digit-splitting tokenizer), no sampling loop.
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> judge = lazyllm.TestModel(distributions=(("Paris", (("8", 0.5), ("10", 0.5))),))
+        >>> f = lazyllm.from_dicts([{"q": "Capital of France?", "a": "Paris"}])
+        >>> df = f.judge("score", judge, question="q", answer="a", method="expected").collect(progress=False)
+        >>> df["score"].to_list(), df["score_probs"].to_list()[0][7:]
+        ([9.0], [0.5, 0.0, 0.5])
         """
         from . import prompts
 
@@ -383,7 +413,8 @@ class Frame:
         node = N.Judge(children=(self._node,), column=V.column_name("judge", "column", column),
                        model=as_model_spec(model), prompt=prompt, system=system,
                        sampling=sampling, aliases=_aliases(question=question, answer=answer, reference=reference),
-                       scale=(lo, hi), rationale=bool(rationale), error_column=error_column or "")
+                       scale=(int(lo), int(hi)), rationale=bool(rationale), method=method,
+                       error_column=error_column or "")
         V.check_node("judge", self.columns, node, overwrite)
         return self._wrap(node)
 
@@ -398,6 +429,8 @@ class Frame:
         prompt: str | None = None,
         system: str | None = None,
         swap: bool = True,
+        method: str = "calibrated",
+        tie_margin: float | None = None,
         temperature: float = 0.0,
         seed: int = 0,
         max_tokens: int = 4,
@@ -406,11 +439,16 @@ class Frame:
     ) -> "Frame":
         """Compare two answers per row: ``column`` is ``"a"``, ``"b"`` or ``"tie"``.
 
-        Position bias is mitigated by default: each pair is judged in both orders
-        (a first, then b first) and only a consistent verdict counts; an
-        inconsistent one becomes ``"tie"`` (Zheng et al. 2023, MT-Bench / Chatbot
-        Arena). The verdict is constrained to MT-Bench's letters "A", "B", "C" (tie).
-        ``f"{column}_verdicts"`` keeps the raw letter of each order.
+        Each pair is judged in both orders (a first, then b first) and the verdict
+        is one of MT-Bench's letters "A", "B", "C" (tie). Position bias is removed
+        by default with balanced position calibration (Wang et al. 2023, "Large
+        Language Models are not Fair Evaluators"): the judge's probability of
+        preferring each answer is averaged over the two positions it was shown in,
+        and ``margin = p_a - p_b`` (in [-1, 1]) decides: ``"a"`` above
+        ``tie_margin``, ``"b"`` below ``-tie_margin``, else ``"tie"``.
+        ``method="strict"`` keeps the older rule: the constrained letter of each
+        order, and only a verdict both orders agree on counts (Zheng et al. 2023,
+        MT-Bench / Chatbot Arena).
 
         Parameters
         ----------
@@ -420,10 +458,48 @@ class Frame:
             Column shown as ``{{ question }}`` (needed by the default prompt).
         swap : bool
             Judge both orders (default). False: one call per row, no bias check.
+        method : {"calibrated", "strict"}
+            Probability-averaged verdicts (default; needs an engine that returns
+            log-probabilities), or both-orders agreement of argmax letters.
+        tie_margin : float, optional
+            Calibrated verdicts within ``[-tie_margin, tie_margin]`` are ties;
+            default 0.1 (:data:`lazyllm.planner.nodes.TIE_MARGIN`): a pair is only
+            decided when the averaged preference differs by more than 10
+            percentage points. Threshold ``f"{column}_margin"`` yourself for a
+            stricter cut. Ignored by ``"strict"``.
+
+        Returns
+        -------
+        Frame
+            Input rows plus ``column`` (String), ``f"{column}_margin"`` (Float64,
+            positive favours ``a``), ``f"{column}_verdicts"`` (List(String): the
+            most probable letter of each order) and the error column.
+
+        Raises
+        ------
+        PlanError
+            Bad method or tie_margin, the default prompt without ``question``, or
+            ``method="calibrated"`` on an OpenAI-compatible model whose provider
+            gives no log-probabilities (when the plan is built, before any call).
 
         Notes
         -----
-        Cost: 2 LLM calls per row (1 with ``swap=False``).
+        Cost: 2 LLM calls per row (1 with ``swap=False``); calibrated calls are a
+        prefill each, no sampling loop.
+
+        Examples
+        --------
+        A judge that prefers whatever it sees first, a bit less when it is worse:
+
+        >>> import lazyllm
+        >>> biased = lazyllm.TestModel(distributions=(
+        ...     ("A's Answer]\\ngood", (("A", 0.9), ("B", 0.1))),
+        ...     ("A's Answer]\\nbad", (("A", 0.6), ("B", 0.4))),
+        ... ))
+        >>> f = lazyllm.from_dicts([{"q": "2+2?", "x": "good", "y": "bad"}])
+        >>> df = f.judge_pairwise("w", biased, a="x", b="y", question="q").collect(progress=False)
+        >>> df["w"][0], round(df["w_margin"][0], 2), df["w_verdicts"][0].to_list()
+        ('a', 0.3, ['A', 'A'])
         """
         from . import prompts
 
@@ -436,9 +512,87 @@ class Frame:
         sampling = V.sampling("judge_pairwise", temperature=temperature, max_tokens=max_tokens, seed=seed)
         node = N.PairwiseJudge(children=(self._node,), column=column, model=as_model_spec(model), prompt=prompt,
                                system=prompts.PAIRWISE_SYSTEM if system is None else system, sampling=sampling,
-                               aliases=_aliases(question=question), a=a, b=b, swap=bool(swap),
+                               aliases=_aliases(question=question), a=a, b=b, swap=bool(swap), method=method,
+                               tie_margin=float(N.TIE_MARGIN if tie_margin is None else tie_margin),
                                error_column=error_column or "")
         V.check_node("judge_pairwise", self.columns, node, overwrite)
+        return self._wrap(node)
+
+    def reward(
+        self,
+        column: str,
+        reward_model: Any,
+        *,
+        response: str,
+        question: str | None = None,
+        prompt: str | None = None,
+        system: str | None = None,
+        error_column: str | None = None,
+    ) -> "Frame":
+        """Score each row with a sequence-classification reward model (a Float64 column).
+
+        The reward model reads the conversation ``[system], user: prompt, assistant:
+        response`` with its chat template and returns one scalar (higher is better):
+        the Bradley-Terry reward of InstructGPT (Ouyang et al. 2022, "Training language
+        models to follow instructions with human feedback"), the format TRL's
+        ``RewardTrainer`` trains on. Use it to rank samples for best-of-n
+        (:func:`lazyllm.best_of_n_pairs`).
+
+        Parameters
+        ----------
+        column : str
+            Output column (Float64; null with a message in the error column on failure).
+        reward_model : RewardModel handle, model spec or str
+            ``frame.train(lazyllm.RewardModel(...))`` (trained first, lazily, cached by
+            fingerprint), or a reward model folder or hub id with one output label
+            (``"path/to/rm"`` or ``lazyllm.Transformers("path/to/rm")``), run on the
+            transformers engine.
+        response : str
+            Column holding the answer to score (the assistant's turn).
+        question : str, optional
+            Column shown as ``{{ question }}`` by the default user turn ``"{{ question }}"``.
+        prompt, system : str, optional
+            Jinja2 templates of the user turn and of a system turn, over the row's columns.
+
+        Returns
+        -------
+        Frame
+            Every input row plus ``column`` and the error column.
+
+        Raises
+        ------
+        PlanError
+            No ``question`` and no ``prompt``; a trained handle that is not a
+            :class:`lazyllm.RewardModel`; a model the transformers engine cannot run
+            (an OpenAI or vLLM spec). Raised here, before any model is loaded.
+        ColumnNotFoundError
+            ``response``, ``question`` or a template variable is not in the frame.
+
+        Notes
+        -----
+        Cost: 1 forward pass of the reward model per row, batched (``batch_size`` of
+        the spec), cached per request like any LLM call; no generation.
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> rm = lazyllm.TestModel(name="rm", rewards=(("Paris", 2.0), ("capital", 0.5)))
+        >>> f = lazyllm.from_dicts([{"q": "Capital of France?", "a": "Paris"}, {"q": "Capital of France?", "a": "Lyon"}])
+        >>> f.reward("r", rm, question="q", response="a").collect(progress=False)["r"].to_list()
+        [2.0, 0.0]
+        """
+        from lazyllm.planner.train import TrainedModel
+
+        if prompt is None:
+            if question is None:
+                raise PlanError("reward() needs question='<column>' (the user turn) or prompt='<template>'.")
+            prompt = "{{ question }}"
+        spec = as_model_spec(reward_model)
+        if isinstance(spec, TrainedModel) and spec.spec.method != "reward":
+            raise PlanError(f"reward() needs a reward model; {spec.display_name} was trained with "
+                            f"{type(spec.spec).__name__}. Train one with frame.train(lazyllm.RewardModel(...)).")
+        node = N.Reward(children=(self._node,), column=column, model=spec, prompt=prompt, system=system,
+                        aliases=_aliases(question=question), response=response, error_column=error_column or "")
         return self._wrap(node)
 
     def sql(self, query: str) -> "Frame":

@@ -181,6 +181,14 @@ class TestModel(ModelSpec):
         Distinguishes test models in fingerprints.
     rules : tuple of (needle, answer)
         Scripted answers.
+    distributions : tuple of (needle, ((choice, probability), ...))
+        Scripted distributions over choices, for requests that ask for
+        log-probabilities (``judge(method="expected")``, calibrated pairwise
+        verdicts): the first whose needle occurs in the request gives each choice
+        ``log(probability)`` (choices it does not list get ``-inf``).
+    rewards : tuple of (needle, score)
+        Scripted reward-model scores (``Frame.reward``): a reward request gets the
+        sum of the scores of every needle that occurs in it (0.0 when none does).
     delay : float
         Seconds to sleep per engine batch (to test interrupts). Performance only.
     batch_size : int
@@ -204,12 +212,21 @@ class TestModel(ModelSpec):
 
     name: str = "echo"
     rules: tuple[tuple[str, str], ...] = ()
+    distributions: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    rewards: tuple[tuple[str, float], ...] = ()
     fail_on: tuple[str, ...] = ()
     raise_on: tuple[str, ...] = ()
     exit_on: tuple[str, ...] = ()
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)
+
+    def identity(self) -> dict[str, Any]:
+        out = ModelSpec.identity(self)
+        for name in ("distributions", "rewards"):  # added later: specs without them keep their fingerprints
+            if not out[name]:
+                del out[name]
+        return out
 
     @property
     def display_name(self) -> str:
@@ -295,6 +312,7 @@ def as_model_spec(model: Any) -> ModelSpec:
 
 _GUIDED = ("auto", "openai", "vllm")
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+_NO_LOGPROBS_PREFIXES = ("o1", "o3", "o4", "gpt-5")  # OpenAI models that refuse logprobs
 
 
 def _register_credentials(api_key: str | None, base_url: str) -> None:
@@ -361,6 +379,12 @@ class OpenAI(ModelSpec):
         server's ``x-ratelimit-remaining-*`` headers reach 0; see
         :class:`lazyllm.backends.ratelimit.RateLimiter`. None: no limit beyond
         ``concurrency`` and the backoff on 429. Performance only.
+    logprobs : bool, optional
+        Whether the server returns log-probabilities (needed by
+        ``judge(method="expected")`` and calibrated pairwise verdicts); default:
+        known from the model (see :meth:`supports_logprobs`). A plan that needs
+        them on a model without them fails when it is built. Not fingerprinted: it
+        allows or refuses a plan, never changes an answer.
 
     Examples
     --------
@@ -398,6 +422,16 @@ class OpenAI(ModelSpec):
     guided_legacy_fields: bool = performance_only(False)
     requests_per_minute: float | None = performance_only(None)
     tokens_per_minute: float | None = performance_only(None)
+    logprobs: bool | None = performance_only(None)
+
+    def supports_logprobs(self) -> bool:
+        """Whether the server returns ``logprobs``/``top_logprobs`` for this model: ``logprobs``
+        when set, else False for OpenAI's reasoning models (o1, o3, o4, gpt-5 families on
+        api.openai.com, which refuse them) and True otherwise (vLLM, llama.cpp, SGLang)."""
+        if self.logprobs is not None:
+            return bool(self.logprobs)
+        host = self.base_url.split("//", 1)[-1].split("/", 1)[0]
+        return not (host.endswith("api.openai.com") and self.model.lower().startswith(_NO_LOGPROBS_PREFIXES))
 
     def __post_init__(self) -> None:
         for name in ("requests_per_minute", "tokens_per_minute"):

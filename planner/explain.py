@@ -28,6 +28,7 @@ from .nodes import (
     LLMNode,
     PairwiseJudge,
     PlanNode,
+    Reward,
     Rename,
     SQL,
     Sample,
@@ -185,13 +186,22 @@ def _(node: Generate) -> tuple[str, list[str]]:
 @describe.register
 def _(node: Judge) -> tuple[str, list[str]]:
     extra = f"scale={node.scale[0]}..{node.scale[1]}" + (" · with rationale" if node.rationale else "")
+    if node.method == "expected":
+        extra += " · expected score (G-Eval)"
     return f"JUDGE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
 
 
 @describe.register
 def _(node: PairwiseJudge) -> tuple[str, list[str]]:
-    extra = f"{node.a} vs {node.b} · " + ("both orders (position-bias check)" if node.swap else "one order")
+    extra = f"{node.a} vs {node.b} · " + ("both orders" if node.swap else "one order")
+    extra += (f" · calibrated (tie within ±{node.tie_margin:g})" if node.method == "calibrated"
+              else " · strict (position-bias check)")
     return f"JUDGE_PAIRWISE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
+
+
+@describe.register
+def _(node: Reward) -> tuple[str, list[str]]:
+    return f"REWARD {node.column} ← {node.model.display_name}", _llm_lines(node, f"scores response {node.response!r}")
 
 
 @describe.register

@@ -53,7 +53,7 @@ import sqlglot
 from sqlglot import exp
 
 from lazyllm.backends.answers import parse_answer
-from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError
+from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError, TemplateError
 from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
 from .fingerprint import hash_canonical
@@ -84,6 +84,7 @@ __all__ = [
     "Judge",
     "PairwiseJudge",
     "LLMFilter",
+    "Reward",
     "json_schema_dtype",
     "walk",
     "wave_chain",
@@ -1238,39 +1239,86 @@ class Generate(LLMNode):
         return {self.column: value}, ("; ".join(errors) if errors else None)
 
 
+#: Judge methods: the constrained argmax score, or the expectation under the judge's distribution (G-Eval).
+JUDGE_METHODS = ("argmax", "expected")
+
+
+def _choice_probs(response: Response, n: int) -> list[float] | None:
+    """The response's distribution over its request's ``n`` choices (normalised), or None."""
+    from lazyllm.backends.logprobs import normalize
+
+    lps = response.choice_logprobs
+    if lps is None or len(lps) != n:
+        return None
+    return normalize(lps)
+
+
+def _check_logprobs(model: ModelSpec, what: str, instead: str) -> None:
+    if not model.supports_logprobs():
+        raise PlanError(f"{what} needs log-probabilities, which {model.display_name} does not give. "
+                        f"Use {instead}, or a model that returns logprobs (transformers, vLLM, a vLLM server).")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Judge(LLMNode):
-    """Single-answer grading: an integer score in ``scale`` per row (MT-Bench style).
+    """Single-answer grading: a score in ``scale`` per row (MT-Bench style).
 
-    The answer is constrained to the integers of the scale (or, with ``rationale``,
-    to JSON ``{"rationale": str, "score": int}``), so no free text is parsed by
-    guesswork. Output: ``column`` (Int64), ``f"{column}_rationale"`` (String) when
-    ``rationale`` is set, and the error column.
+    ``method="argmax"``: the answer is constrained to the integers of the scale (or,
+    with ``rationale``, to JSON ``{"rationale": str, "score": int}``), so no free
+    text is parsed by guesswork; ``column`` is Int64.
+
+    ``method="expected"``: the score is the expectation of the judge's distribution
+    over the scale's tokens, ``sum_s s * P(s)`` (G-Eval: Liu et al. 2023, "G-Eval:
+    NLG Evaluation using GPT-4 with Better Human Alignment"), from one request with
+    ``logprobs`` (a prefill, no sampling loop); ``column`` is Float64 and
+    ``f"{column}_probs"`` (List(Float64), ``hi - lo + 1`` values, score ``lo`` first,
+    summing to 1) keeps the distribution.
+
+    Output: ``column``, ``f"{column}_rationale"`` (String) when ``rationale`` is set,
+    ``f"{column}_probs"`` with ``method="expected"``, and the error column.
     """
 
     scale: tuple[int, int] = (1, 10)
     rationale: bool = False
+    method: str = "argmax"
 
     def validate(self) -> None:
         lo, hi = self.scale
         if not (isinstance(lo, int) and isinstance(hi, int)) or lo >= hi or hi - lo > 100:
             raise PlanError(f"judge(scale=...) must be two ints (low, high) with low < high, got {self.scale!r}.")
+        if self.method not in JUDGE_METHODS:
+            raise PlanError(f"judge(method={self.method!r}) is not a judge method; choose one of {list(JUDGE_METHODS)}.")
+        if self.method == "expected" and self.rationale:
+            raise PlanError("judge(method='expected') reads the distribution of the score token, so it takes no "
+                            "rationale: use rationale=False, or method='argmax' with a rationale.")
         LLMNode.validate(self)
+        if self.method == "expected":
+            _check_logprobs(self.model, "judge(method='expected')", "method='argmax'")
 
     @property
     def rationale_column(self) -> str:
         return f"{self.column}_rationale"
 
+    @property
+    def probs_column(self) -> str:
+        return f"{self.column}_probs"
+
     def output_schema(self) -> dict[str, pl.DataType]:
+        if self.method == "expected":
+            return {self.column: pl.Float64(), self.probs_column: pl.List(pl.Float64())}
         out: dict[str, pl.DataType] = {self.column: pl.Int64()}
         if self.rationale:
             out[self.rationale_column] = pl.String()
         return out
 
+    def scores(self) -> tuple[int, ...]:
+        lo, hi = self.scale
+        return tuple(range(lo, hi + 1))
+
     def constraint(self) -> tuple[tuple[str, ...] | None, str | None]:
         lo, hi = self.scale
         if not self.rationale:
-            return tuple(str(v) for v in range(lo, hi + 1)), None
+            return tuple(str(v) for v in self.scores()), None
         schema = {
             "type": "object",
             "properties": {"rationale": {"type": "string", "maxLength": 600},
@@ -1283,7 +1331,7 @@ class Judge(LLMNode):
     def requests_for(self, row: dict[str, Any]) -> list[Request]:
         choices, schema = self.constraint()
         return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=choices,
-                        json_schema=schema)]
+                        json_schema=schema, logprobs=self.method == "expected")]
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
         out: dict[str, Any] = {c: None for c in self.output_schema()}
@@ -1291,6 +1339,14 @@ class Judge(LLMNode):
         if r.error is not None or r.text is None:
             return out, r.error or "no text"
         lo, hi = self.scale
+        if self.method == "expected":
+            probs = _choice_probs(r, hi - lo + 1)
+            if probs is None:
+                return out, (f"the engine returned no probability for any score in [{lo}, {hi}] "
+                             "(log-probabilities missing or all -inf)")
+            out[self.column] = float(sum(s * p for s, p in zip(self.scores(), probs)))
+            out[self.probs_column] = probs
+            return out, None
         text = r.text.strip()
         try:
             if self.rationale:
@@ -1309,6 +1365,10 @@ class Judge(LLMNode):
 
 #: MT-Bench's verdict letters: "A", "B", and "C" for a tie.
 VERDICTS = ("A", "B", "C")
+#: Pairwise methods: balanced position calibration over probabilities, or strict both-orders agreement.
+PAIRWISE_METHODS = ("calibrated", "strict")
+#: Default tie margin of calibrated pairwise verdicts (see :class:`PairwiseJudge`).
+TIE_MARGIN = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -1316,22 +1376,46 @@ class PairwiseJudge(LLMNode):
     """Pairwise comparison of columns ``a`` and ``b``: ``column`` is "a", "b" or "tie".
 
     The template reads the two answers as ``{{ answer_a }}`` and ``{{ answer_b }}``
-    (the order shown to the judge). With ``swap`` (default), each pair is judged in
-    both orders and only a consistent verdict counts; an inconsistent one is a tie
-    (position-bias mitigation of Zheng et al. 2023, "Judging LLM-as-a-Judge with
-    MT-Bench and Chatbot Arena"). Cost: 2 LLM calls per row (1 without ``swap``).
-    Output: ``column``, ``f"{column}_verdicts"`` (List(String): the raw verdict
-    letter of each order, "A"/"B"/"C") and the error column.
+    (the order shown to the judge); the verdict is one of MT-Bench's letters "A",
+    "B", "C" (tie). With ``swap`` (default) each pair is judged in both orders.
+
+    ``method="calibrated"`` (default): each order returns the judge's probabilities
+    of the three letters; the preference for each answer is averaged over the two
+    positions it was shown in (balanced position calibration: Wang et al. 2023,
+    "Large Language Models are not Fair Evaluators"):
+    ``p_a = (P_ab(A) + P_ba(B)) / 2`` and ``p_b = (P_ab(B) + P_ba(A)) / 2``. The
+    margin is ``p_a - p_b`` in [-1, 1]; the verdict is "a" when it exceeds
+    ``tie_margin``, "b" when it is below ``-tie_margin``, else "tie". A judge that
+    always prefers the first position gets margin 0 from that bias alone.
+
+    ``method="strict"``: the most probable letter of each order (constrained
+    decoding); only a verdict both orders agree on counts, otherwise a tie
+    (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena").
+    The margin is the share of orders preferring a minus the share preferring b.
+
+    Cost: 2 LLM calls per row (1 without ``swap``); calibrated calls are a prefill
+    each (no sampling loop). Output: ``column``, ``f"{column}_margin"`` (Float64),
+    ``f"{column}_verdicts"`` (List(String): the most probable letter of each order)
+    and the error column.
     """
 
     bound_vars: ClassVar[frozenset[str]] = frozenset({"answer_a", "answer_b"})
     a: str
     b: str
     swap: bool = True
+    method: str = "calibrated"
+    tie_margin: float = TIE_MARGIN
 
     def validate(self) -> None:
+        if self.method not in PAIRWISE_METHODS:
+            raise PlanError(f"judge_pairwise(method={self.method!r}) is not a pairwise method; "
+                            f"choose one of {list(PAIRWISE_METHODS)}.")
+        if not isinstance(self.tie_margin, (int, float)) or not 0 <= self.tie_margin < 1:
+            raise PlanError(f"judge_pairwise(tie_margin=...) must be a number in [0, 1), got {self.tie_margin!r}.")
         check_columns([self.a, self.b], self.child.columns, where="judge_pairwise()")
         LLMNode.validate(self)
+        if self.method == "calibrated":
+            _check_logprobs(self.model, "judge_pairwise(method='calibrated')", "method='strict'")
 
     def columns_read(self) -> frozenset[str]:
         return LLMNode.columns_read(self) | {self.a, self.b}
@@ -1340,15 +1424,20 @@ class PairwiseJudge(LLMNode):
     def verdicts_column(self) -> str:
         return f"{self.column}_verdicts"
 
+    @property
+    def margin_column(self) -> str:
+        return f"{self.column}_margin"
+
     def output_schema(self) -> dict[str, pl.DataType]:
-        return {self.column: pl.String(), self.verdicts_column: pl.List(pl.String())}
+        return {self.column: pl.String(), self.margin_column: pl.Float64(),
+                self.verdicts_column: pl.List(pl.String())}
 
     def requests_for(self, row: dict[str, Any]) -> list[Request]:
         ctx = self.context(row)
         orders = [(self.a, self.b), (self.b, self.a)] if self.swap else [(self.a, self.b)]
         return [
             Request(messages=self.messages({**ctx, "answer_a": row[first], "answer_b": row[second]}),
-                    params=self.sampling, choices=VERDICTS)
+                    params=self.sampling, choices=VERDICTS, logprobs=self.method == "calibrated")
             for first, second in orders
         ]
 
@@ -1356,14 +1445,27 @@ class PairwiseJudge(LLMNode):
         errors = _errors(responses, several=len(responses) > 1)
         letters = [(r.text or "").strip() if r.error is None else None for r in responses]
         bad = [t for t in letters if t is not None and t not in VERDICTS]
+        empty = {self.column: None, self.margin_column: None, self.verdicts_column: letters}
         if errors or bad:
             msg = "; ".join(errors + [f"verdict {t!r} is not one of {list(VERDICTS)}" for t in bad])
-            return {self.column: None, self.verdicts_column: letters}, msg
-        first = {"A": "a", "B": "b", "C": "tie"}[letters[0]]  # type: ignore[index]
-        if len(letters) == 1:
-            return {self.column: first, self.verdicts_column: letters}, None
-        second = {"A": "b", "B": "a", "C": "tie"}[letters[1]]  # type: ignore[index]  # order was swapped
-        return {self.column: first if first == second else "tie", self.verdicts_column: letters}, None
+            return empty, msg
+        if self.method == "calibrated":
+            probs = [_choice_probs(r, len(VERDICTS)) for r in responses]
+            if any(p is None for p in probs):
+                return empty, "the engine returned no verdict probabilities (log-probabilities missing or all -inf)"
+            p_a = [probs[0][0]] + ([probs[1][1]] if len(probs) > 1 else [])  # type: ignore[index]
+            p_b = [probs[0][1]] + ([probs[1][0]] if len(probs) > 1 else [])  # type: ignore[index]
+            margin = sum(p_a) / len(p_a) - sum(p_b) / len(p_b)
+        else:
+            votes = [{"A": 1, "B": -1, "C": 0}[t] for t in letters]  # type: ignore[index]
+            if len(votes) > 1:
+                votes[1] = -votes[1]  # the second order was swapped
+            margin = sum(votes) / len(votes)
+        if self.method == "strict":
+            verdict = "a" if margin == 1 else "b" if margin == -1 else "tie"
+        else:
+            verdict = "a" if margin > self.tie_margin else "b" if margin < -self.tie_margin else "tie"
+        return {self.column: verdict, self.margin_column: float(margin), self.verdicts_column: letters}, None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -1401,3 +1503,45 @@ class LLMFilter(LLMNode):
         if answer not in ("yes", "no"):
             return {self.column: False}, f"answer {r.text[:100]!r} is not 'yes' or 'no'"
         return {self.column: answer == "yes"}, None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Reward(LLMNode):
+    """Score each row with a sequence-classification reward model: ``column`` (Float64).
+
+    The conversation scored is the optional ``system`` turn, the user turn rendered
+    from ``prompt``, and column ``response`` as the assistant's turn (the format
+    TRL's ``RewardTrainer`` trains on). Nothing is generated: one forward pass of the
+    reward model per row. Cost: 1 request per row (cached like any LLM call).
+    Output: ``column`` and the error column.
+    """
+
+    response: str
+
+    def validate(self) -> None:
+        check_columns([self.response], self.child.columns, where="reward(response=...)")
+        if self.model.provider not in ("transformers", "test"):
+            raise PlanError(f"reward() runs a sequence-classification model on the transformers engine; "
+                            f"{self.model.display_name} cannot. Pass a trained RewardModel handle, a reward model "
+                            "folder or hub id, or lazyllm.Transformers(<reward model>).")
+        LLMNode.validate(self)
+
+    def columns_read(self) -> frozenset[str]:
+        return LLMNode.columns_read(self) | {self.response}
+
+    def output_schema(self) -> dict[str, pl.DataType]:
+        return {self.column: pl.Float64()}
+
+    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+        ctx = self.context(row)
+        answer = row[self.response]
+        if answer is None:
+            raise TemplateError(f"reward(): the response column {self.response!r} is null in this row")
+        messages = (*self.messages(ctx), Message("assistant", str(answer)))
+        return [Request(messages=messages, params=self.sampling, reward=True)]
+
+    def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
+        r = responses[0]
+        if r.error is not None or r.score is None:
+            return {self.column: None}, r.error or "the engine returned no reward score"
+        return {self.column: float(r.score)}, None

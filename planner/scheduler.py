@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -102,7 +103,7 @@ def _deps(chain: Sequence[LLMNode], i: int) -> list[int]:
 
 class _ChainRun:
     def __init__(self, chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> None:
-        from .executor import NodeStats, model_fingerprint
+        from .executor import NodeStats
 
         self.chain, self.df, self.ctx = chain, df, ctx
         self.cache = ctx.workspace.cache
@@ -112,7 +113,7 @@ class _ChainRun:
             st = _NodeState(
                 node=node,
                 stats=NodeStats(node.fingerprint, node.kind, node.column, node.model.display_name, rows_in=0),
-                model_fp=model_fingerprint(node.model),
+                model_fp=_cache_model_fingerprint(node.model, ctx),
                 deps=_deps(chain, i),
                 rows=rows,
             )
@@ -430,6 +431,22 @@ class _ChainRun:
                          tokens=st.stats.output_tokens)
 
 
+def _cache_model_fingerprint(model: Any, ctx: "_Context") -> str:
+    """The model part of the cache keys of a node's requests. A trained model is keyed by
+    its content (plan, training rows, base content: :func:`~lazyllm.planner.train.content_fingerprint`),
+    so its cached generations never outlive its weights: it is trained (or its cached training
+    checked against the current rows) before the lookups. A dry run predicts with the training
+    on disk, or the plan fingerprint when there is none."""
+    from .executor import model_fingerprint
+    from .train import TrainedModel, content_fingerprint, ensure_trained
+
+    if not isinstance(model, TrainedModel):
+        return model_fingerprint(model)
+    if not ctx.dry_run:
+        ensure_trained(model, ctx)
+    return content_fingerprint(model, ctx.workspace.path) or model_fingerprint(model)
+
+
 def _what(node: LLMNode) -> str:
     return "llm filter" if node.filters_rows else f"{node.kind.lower()} {node.column!r}"
 
@@ -437,18 +454,23 @@ def _what(node: LLMNode) -> str:
 def _placeholder(node: LLMNode, key: bytes) -> Response:
     """A dry run's stand-in for an answer not computed yet: optimistic, so that estimates
     downstream are upper bounds (an LLM filter keeps the row, a judge gives the top score)."""
-    from .nodes import Generate, Judge, PairwiseJudge
+    from .nodes import Generate, Judge, PairwiseJudge, Reward
 
     text = f"{UNCOMPUTED}{key.hex()[:12]}"  # distinct per request, like real answers
+    logprobs: tuple[float, ...] | None = None
     if node.filters_rows:
         text = "yes"
     elif isinstance(node, Judge):
         text = json.dumps({"rationale": UNCOMPUTED, "score": node.scale[1]}) if node.rationale else str(node.scale[1])
+        logprobs = tuple(0.0 if s == node.scale[1] else -math.inf for s in node.scores())
     elif isinstance(node, PairwiseJudge):
         text = "C"
+        logprobs = (-math.inf, -math.inf, 0.0)
     elif isinstance(node, Generate) and node.choices:
         text = node.choices[0]
-    return Response(text=text, finish_reason="dry-run")
+    elif isinstance(node, Reward):
+        return Response(text="0.0", finish_reason="dry-run", score=0.0)
+    return Response(text=text, finish_reason="dry-run", choice_logprobs=logprobs)
 
 
 def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> list[pl.DataFrame]:

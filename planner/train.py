@@ -7,6 +7,15 @@ LLM node that uses the handle as its model being collected (the executor trains
 first, in the same collect, sharing its subplans). A finished training is kept in
 ``<workspace>/models/trained/<fingerprint>/`` with a ``COMPLETE`` marker, so a rerun
 does not retrain; an interrupted one resumes from its last checkpoint.
+
+The plan fingerprint says what the training data *should* be; the rows that reach
+the trainer can still differ between runs (an upstream LLM call that failed last
+time and succeeds now). So a finished training also records the fingerprint of its
+rows, and of its base model's content when the base is itself trained
+(``LINEAGE.json``). :func:`ensure_trained` collects the data subplan every time
+(served from the cache on a warm rerun) and retrains when the rows or the base
+changed; :func:`content_fingerprint` (plan + rows + base content) is what keys the
+cached generations of a trained model, so they never outlive its weights.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +41,9 @@ from .nodes import PlanNode
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-__all__ = ["TrainedModel", "trained_dir", "ensure_trained", "is_trained"]
+__all__ = ["TrainedModel", "trained_dir", "ensure_trained", "is_trained", "content_fingerprint"]
+
+LINEAGE_FILE = "LINEAGE.json"
 
 log = logging.getLogger("lazyllm")
 
@@ -130,19 +142,30 @@ def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
     """
     from .executor import _evaluate
 
+    from lazyllm.backends.trainers import data_fingerprint
+
     out = trained_dir(model, ctx.workspace.path)
     marker = out / "COMPLETE"
-    if marker.is_file():
-        ctx.say(f"train {model.display_name}: cached in {out}")
-        return json.loads(marker.read_text())
+    base_content = None
     if isinstance(model.base, TrainedModel):  # a model trained from a trained model: train that first
         ensure_trained(model.base, ctx)
+        base_content = content_fingerprint(model.base, ctx.workspace.path)
     df = _evaluate(model.data, ctx).collect()
     rows = model.spec.standardize(df)
     if not rows:
         raise PlanError(f"train {model.display_name}: the training data has no usable rows "
                         f"(after dropping nulls in {model.spec.columns()}). Check the upstream filters.")
     train_rows, eval_rows = _split(rows, model.spec.validation, model.spec.seed)
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        lineage = out / LINEAGE_FILE
+        recorded_base = json.loads(lineage.read_text()).get("base_content") if lineage.is_file() else None
+        if done.get("rows_fingerprint") == data_fingerprint(train_rows) and recorded_base == base_content:
+            ctx.say(f"train {model.display_name}: cached in {out}")
+            return done
+        ctx.say(f"train {model.display_name}: the training rows or the base model changed since {out} was "
+                "trained; training again")
+        shutil.rmtree(out)
     from lazyllm.backends.transformers import resolve_model_dir
 
     base_dir = resolve_model_dir(model.base, ctx.workspace.path)
@@ -161,11 +184,28 @@ def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
     ctx.say(f"train {model.display_name}: {len(train_rows)} rows"
             + (f" (+{len(eval_rows)} validation)" if eval_rows else "") + f" -> {out}")
     result = train(job)
+    (out / LINEAGE_FILE).write_text(json.dumps({"base_content": base_content}) + "\n")
     metrics = dict(result.metrics)
     metrics.update({"fingerprint": model.fingerprint, "data_fingerprint": model.data.fingerprint,
                     "adapter": result.adapter, "resumed_from": result.resumed_from})
     ctx.say(f"train {model.display_name}: done · final loss {metrics.get('final_train_loss')}")
     return metrics
+
+
+def content_fingerprint(model: TrainedModel, workspace: Path) -> str | None:
+    """Fingerprint of what a finished training produced: the plan fingerprint, the rows
+    that reached the trainer and, for a model trained from a trained model, the base's
+    content fingerprint. None when ``model`` is not trained in ``workspace``."""
+    marker = trained_dir(model, workspace) / "COMPLETE"
+    if not marker.is_file():
+        return None
+    base = None
+    if isinstance(model.base, TrainedModel):
+        base = content_fingerprint(model.base, workspace)
+        if base is None:
+            return None
+    rows = json.loads(marker.read_text()).get("rows_fingerprint")
+    return hash_canonical({"model": model.fingerprint, "rows": rows, "base": base})
 
 
 def job_options_of(spec: Any) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 Reads the docstrings of a fixed, sorted set of 64 standard-library functions (real
 text present on every machine), asks the model for a question a programmer would
-ask about each, answers it from the documentation, judges each answer against its
-docstring (score 1-10, reference-guided MT-Bench prompt), keeps the answers scored
-at or above a threshold, and builds a preference frame for DPO the way
-self-rewarding language models do (two sampled answers per kept question, a
-pairwise judgement in both orders, ``prompt``/``chosen``/``rejected`` columns).
-Finally it fine-tunes the model with LoRA (SFT) on the kept pairs and answers a few
-held-out questions with the trained adapter. Everything is written to parquet, with
-data cards, and a DuckDB SQL summary of the kept data is printed. Run it with ``lazyllm demo`` or ``python -m lazyllm.examples.docs_to_qa``.
+ask about each, answers it from the documentation, and judges each answer against
+its docstring (reference-guided MT-Bench prompt) by its expected score on 1-10
+under the judge's distribution (G-Eval), keeping the answers at or above a
+threshold. It builds preference pairs the way self-rewarding language models do
+(the greedy answer and a sampled one per function, a pairwise judgement in both
+orders, averaged over positions: ``prompt``/``chosen``/``rejected``/``margin``),
+fine-tunes the model with LoRA (SFT on the kept answers, then DPO on the pairs,
+three quarters of the functions), and ends with a win-rate report of the tuned
+model against the base on the held-out quarter (bootstrap interval and a
+length-controlled rate). Everything is written to parquet, with data cards, and a
+DuckDB SQL summary of the kept data is printed. Run it with ``lazyllm demo`` or
+``python -m lazyllm.examples.docs_to_qa``.
 
 A second run is served from the workspace's cache in seconds (no model is loaded).
 """
@@ -28,7 +32,7 @@ import polars as pl
 
 import lazyllm
 
-__all__ = ["FUNCTIONS", "load_docs", "build", "main", "DocsQA", "THRESHOLD"]
+__all__ = ["FUNCTIONS", "load_docs", "build", "main", "DocsQA", "THRESHOLD", "win_rate_report"]
 
 #: 64 standard-library functions, sorted by qualified name.
 FUNCTIONS: tuple[str, ...] = tuple(sorted((
@@ -51,7 +55,8 @@ QUESTION_PROMPT = (
     "Read this documentation of `{{ name }}`:\n\n{{ doc }}\n\n"
     'Write a question about `{{ name }}` that starts with "How" or "What".'
 )
-THRESHOLD = 7
+#: Keep answers whose expected judge score (1-10) is at least this.
+THRESHOLD = 7.0
 
 SUMMARY_SQL = (
     "SELECT module, count(*) AS kept, round(avg(score), 2) AS mean_score, min(score) AS min_score "
@@ -92,11 +97,11 @@ def load_docs(limit: int = 64, max_chars: int = 700) -> pl.DataFrame:
 class DocsQA:
     """The lazy frames of the main job (nothing has run)."""
 
-    qa: lazyllm.Frame  # every function: question, answer, judge score
-    kept: lazyllm.Frame  # answers scored >= the threshold
-    preferences: lazyllm.Frame  # (prompt, chosen, rejected) pairs for DPO
-    heldout: lazyllm.Frame | None  # held-out kept questions answered by the base and the LoRA-tuned model
-    tuned: object  # the lazy trained-model handle (SFT with LoRA on the other kept pairs), or None
+    qa: lazyllm.Frame  # every function: question, answer, expected judge score and its distribution
+    kept: lazyllm.Frame  # answers scored >= the threshold (SFT data)
+    preferences: lazyllm.Frame  # (prompt, chosen, rejected, margin) pairs by the calibrated pairwise judge
+    heldout: lazyllm.Frame | None  # held-out questions: base vs tuned answers, judged in both orders
+    tuned: object  # the lazy trained-model handle (SFT then DPO, LoRA), or None
 
     def frames(self) -> dict[str, lazyllm.Frame]:
         out = {"qa": self.qa, "kept": self.kept, "preferences": self.preferences}
@@ -109,16 +114,27 @@ def build(
     limit: int = 64,
     model: Any = None,
     question_tokens: int = 48,
-    answer_tokens: int = 96,
-    sample_tokens: int = 48,
-    threshold: int = THRESHOLD,
+    answer_tokens: int = 64,
+    sample_tokens: int = 64,
+    threshold: float = THRESHOLD,
     train_steps: int | None = 10,
+    dpo_steps: int | None = 8,
+    heldout_tokens: int = 48,
+    tie_margin: float | None = None,
 ) -> DocsQA:
-    """The lazy plan: docs -> question -> answer -> judge -> filter, and preference pairs.
+    """The lazy plan: docs -> question -> answer -> judge -> filter; preference pairs; SFT -> DPO; win rate.
 
-    Preference pairs follow Self-Rewarding Language Models (Yuan et al. 2024): two
-    answers sampled with different seeds (``n=2``: sample 0 and 1), a pairwise judge
-    of the same model in both orders, and the consistent winner as ``chosen``.
+    - The judge's score is the expected score under its distribution over 1-10
+      (G-Eval), so the small model's scores spread and the threshold keeps a subset.
+    - Preference pairs: per function, the greedy answer and one answer sampled at
+      temperature 0.8, judged by the same model in both orders with balanced
+      position calibration (Wang et al. 2023); pairs outside the tie margin become
+      ``prompt``/``chosen``/``rejected`` rows (the judge-as-reward loop of
+      Self-Rewarding Language Models, Yuan et al. 2024).
+    - A quarter of the functions is held out. The model is fine-tuned with LoRA:
+      SFT on the kept (question, answer) pairs of the others, then DPO on their
+      preference pairs. Its closed-book answers to the held-out questions are
+      judged against the base model's, in both orders, for the win-rate report.
     """
     model = model or lazyllm.default_model()
     docs = lazyllm.from_polars(load_docs(limit), label="stdlib docstrings")
@@ -126,40 +142,65 @@ def build(
         docs.generate("question", model, system=QUESTION_SYSTEM, prompt=QUESTION_PROMPT,
                       max_tokens=question_tokens, stop=["\n"])
         .generate("answer", model, prompt=ANSWER_PROMPT, max_tokens=answer_tokens)
-        .judge("score", model, question="question", answer="answer", reference="doc")
-        .select("name", "module", "doc", "question", "answer", "score", "question_error", "answer_error", "score_error")
+        .judge("score", model, question="question", answer="answer", reference="doc", method="expected")
+        .select("name", "module", "doc", "question", "answer", "score", "score_probs", "question_error",
+                "answer_error", "score_error")
     )
     kept = qa.filter(pl.col("score") >= threshold)
     preferences = (
-        kept.generate("samples", model, prompt=ANSWER_PROMPT, n=2, temperature=0.8, top_p=0.95, seed=1,
-                      max_tokens=sample_tokens)
-        .with_columns(answer_1=pl.col("samples").list.get(0), answer_2=pl.col("samples").list.get(1))
-        .filter(pl.col("answer_1").is_not_null(), pl.col("answer_2").is_not_null(), pl.col("answer_1") != pl.col("answer_2"))
-        .judge_pairwise("winner", model, a="answer_1", b="answer_2", question="question")
+        qa.filter(pl.col("answer").is_not_null())
+        .generate("sample", model, prompt=ANSWER_PROMPT, temperature=0.8, top_p=0.95, seed=1,
+                  max_tokens=sample_tokens)
+        .filter(pl.col("sample").is_not_null(), pl.col("sample") != pl.col("answer"))
+        .judge_pairwise("winner", model, a="answer", b="sample", question="question", tie_margin=tie_margin)
         .filter(pl.col("winner").is_in(["a", "b"]))
         .select(
             "name",
             pl.col("question").alias("prompt"),
-            pl.when(pl.col("winner") == "a").then(pl.col("answer_1")).otherwise(pl.col("answer_2")).alias("chosen"),
-            pl.when(pl.col("winner") == "a").then(pl.col("answer_2")).otherwise(pl.col("answer_1")).alias("rejected"),
+            pl.when(pl.col("winner") == "a").then(pl.col("answer")).otherwise(pl.col("sample")).alias("chosen"),
+            pl.when(pl.col("winner") == "a").then(pl.col("sample")).otherwise(pl.col("answer")).alias("rejected"),
+            pl.col("winner_margin").abs().alias("margin"),
         )
     )
     if model.provider not in ("transformers", "vllm"):  # fine-tuning runs transformers on the same weights
         return DocsQA(qa, kept, preferences, None, None)
-    # fine-tune the model with LoRA on the kept pairs (question -> kept answer; short sequences keep it
-    # quick on a CPU), then answer held-out kept questions with the trained adapter. Trained on first
+    # hold out a quarter of the functions; fine-tune on the rest: SFT on the kept (question -> answer)
+    # pairs (short sequences keep it quick on a CPU), then DPO on their preference pairs. Trained on first
     # use, cached by fingerprint: a rerun does not retrain.
-    parts = kept.split({"train": 0.9, "heldout": 0.1}, seed=0)
-    tuned = parts["train"].train(lazyllm.SFT(
-        base=model, prompt="question", response="answer", lora=lazyllm.LoRA(r=8, alpha=16), epochs=1,
+    parts = qa.split({"train": 0.75, "heldout": 0.25}, seed=0)
+    lora = lazyllm.LoRA(r=8, alpha=16)
+    sft = parts["train"].filter(pl.col("score") >= threshold).train(lazyllm.SFT(
+        base=model, prompt="question", response="answer", lora=lora, epochs=1,
         max_steps=train_steps, batch_size=4, learning_rate=5e-4, max_length=192, seed=0,
     ))
+    train_pairs = preferences.join(parts["heldout"].select("name"), on="name", how="anti")
+    tuned = train_pairs.train(lazyllm.DPO(
+        base=sft, prompt="prompt", chosen="chosen", rejected="rejected", beta=0.1, lora=lora, epochs=1,
+        max_steps=dpo_steps, batch_size=4, learning_rate=5e-4, max_length=192, seed=0,
+    ))
+    # did training help? closed-book answers of the base and the tuned model to the held-out questions,
+    # judged in both orders with position calibration (a = tuned, b = base)
     heldout = (
         parts["heldout"]
-        .generate("tuned_answer", tuned, prompt="{{ question }}", max_tokens=answer_tokens)
-        .select("name", "question", pl.col("answer").alias("base_answer"), "tuned_answer", "tuned_answer_error")
+        .generate("base_answer", model, prompt="{{ question }}", max_tokens=heldout_tokens)
+        .generate("tuned_answer", tuned, prompt="{{ question }}", max_tokens=heldout_tokens)
+        .judge_pairwise("verdict", model, a="tuned_answer", b="base_answer", question="question")
+        .select("name", "question", "base_answer", "tuned_answer", "verdict", "verdict_margin",
+                "base_answer_error", "tuned_answer_error", "verdict_error")
     )
     return DocsQA(qa, kept, preferences, heldout, tuned)
+
+
+def win_rate_report(heldout: pl.DataFrame) -> lazyllm.WinRate:
+    """The tuned model's win rate against the base on the held-out questions (calibrated
+    pairwise preferences; bootstrap 95% interval; length-controlled by answer characters)."""
+    df = heldout.with_columns(
+        preference=(1 + pl.col("verdict_margin")) / 2,
+        tuned_chars=pl.col("tuned_answer").str.len_chars(),
+        base_chars=pl.col("base_answer").str.len_chars(),
+    )
+    return lazyllm.win_rate(df, preference="preference", candidate_length="tuned_chars",
+                            baseline_length="base_chars", verdict="verdict")
 
 
 def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
@@ -167,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
     parser.add_argument("--limit", type=int, default=64, help="number of functions (default 64)")
     parser.add_argument("--out", default="lazyllm_output", help="output folder for the parquet files")
     parser.add_argument("--workspace", default=None, help="workspace folder (default LAZYLLM_HOME or ./.lazyllm)")
-    parser.add_argument("--threshold", type=int, default=THRESHOLD, help=f"keep scores >= this (default {THRESHOLD})")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help=f"keep scores >= this (default {THRESHOLD})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -192,13 +233,23 @@ def main(argv: list[str] | None = None) -> dict[str, pl.DataFrame]:
         print(kept.select("name", "question", "answer", "score").head(5))
         print(prefs.select("prompt", "chosen", "rejected").head(3))
     errors = qa.filter(pl.any_horizontal(pl.col("^.*_error$").is_not_null())).height
-    print(f"{qa.height} questions answered ({errors} with errors), score distribution "
-          f"{dict(sorted(qa['score'].value_counts().iter_rows()))}")
-    print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs")
+    scores = qa["score"].drop_nulls()
+    hist = dict(sorted(scores.floor().cast(pl.Int64).value_counts().iter_rows()))
+    print(f"{qa.height} questions answered ({errors} with errors); expected judge scores: min {scores.min():.2f}, "
+          f"median {scores.median():.2f}, max {scores.max():.2f}, {scores.n_unique()} distinct; "
+          f"by integer part {hist}")
+    print(f"{kept.height} kept with score >= {args.threshold}; {prefs.height} preference pairs "
+          f"(calibrated pairwise judge, |margin| > tie margin)")
     if "heldout" in results:
         with pl.Config(tbl_rows=6, fmt_str_lengths=90, tbl_width_chars=170):
-            print("Held-out questions, base vs LoRA-tuned answers:")
-            print(results["heldout"].select("question", "base_answer", "tuned_answer"))
+            print("Held-out questions, base vs tuned (SFT then DPO, LoRA) answers:")
+            print(results["heldout"].select("question", "base_answer", "tuned_answer", "verdict"))
+        report = win_rate_report(results["heldout"])
+        print(f"Tuned vs base on {report.n} held-out questions: {report}")
+        results["win_rate"] = pl.DataFrame([{
+            "win_rate": report.win_rate, "ci_low": report.ci[0], "ci_high": report.ci[1],
+            "lc_win_rate": report.lc_win_rate, "lc_ci_low": report.lc_ci[0], "lc_ci_high": report.lc_ci[1],
+            "wins": report.wins, "ties": report.ties, "losses": report.losses, "n": report.n}])
     summary = job.kept.sql(SUMMARY_SQL).collect(workspace=args.workspace, progress=False)  # served from cache
     with pl.Config(tbl_rows=40, tbl_width_chars=120):
         print("DuckDB summary of the kept data:\n" + SUMMARY_SQL)

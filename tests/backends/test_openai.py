@@ -19,6 +19,7 @@ from __future__ import annotations
 import doctest
 import email.parser
 import json
+import math
 import os
 import re
 import signal
@@ -45,7 +46,12 @@ import lazyllm  # noqa: E402
 from lazyllm.backends import answers as answers_module  # noqa: E402
 from lazyllm.backends import prices as prices_module  # noqa: E402
 from lazyllm.backends.errors import EngineError, LazyLLMError, PlanError  # noqa: E402
-from lazyllm.backends.openai_api import CHOICE_WRAPPER_TOKENS, OpenAIEngine, batch_record_path  # noqa: E402
+from lazyllm.backends.openai_api import (  # noqa: E402
+    CHOICE_WRAPPER_TOKENS,
+    OpenAIEngine,
+    _logprob_response,
+    batch_record_path,
+)
 from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams  # noqa: E402
 from lazyllm.backends.registry import engine_factory  # noqa: E402
 from lazyllm.models import OpenAI, Transformers  # noqa: E402
@@ -510,6 +516,37 @@ def test_answers_are_checked_against_their_constraint(tmp_path):
     assert engine._response(ask("q"), None, "content_filter", usage, None).finish_reason == "error"
 
 
+def test_logprob_requests_are_greedy_unconstrained_with_top_logprobs(tmp_path):
+    engine = OpenAIEngine(OpenAI("m", base_url="http://127.0.0.1:9/v1"), workspace=tmp_path)
+    scored = Request(messages=(Message("user", "rate"),), choices=("1", "2", "10"), logprobs=True,
+                     params=SamplingParams(temperature=0.7, max_tokens=4, seed=3))
+    endpoint, body, extra = engine._body(scored, "vllm")
+    assert endpoint == "chat" and extra == {} and "response_format" not in body and "seed" not in body
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["temperature"] == 0.0
+    _, raw, _ = engine._body(Request(prompt="rate", choices=("1", "2"), logprobs=True), None)
+    assert raw["logprobs"] == 20
+    top = lambda **kv: [{"token": k, "logprob": math.log(v)} for k, v in kv.items()]  # noqa: E731
+    result = {"content": [{"token": "1", "logprob": math.log(0.6), "top_logprobs": top(**{"1": 0.6, "2": 0.2})},
+                          {"token": "0", "logprob": math.log(0.25), "top_logprobs": top(**{"0": 0.25, ".": 0.2})}]}
+    r = _logprob_response(scored, result, "chat", {"prompt_tokens": 5, "completion_tokens": 2})
+    assert [round(math.exp(v), 3) for v in r.choice_logprobs] == [0.45, 0.2, 0.15] and r.text == "1"
+    missing = _logprob_response(scored, {"content": []}, "chat", {})
+    assert missing.finish_reason == "error" and "no log-probabilities" in missing.error
+
+
+def test_a_model_without_logprobs_is_refused_when_the_plan_is_built(tmp_path):
+    frame = lazyllm.from_dicts([{"q": "x", "a": "y", "b": "z"}])
+    reasoning = OpenAI("o3-mini", api_key="sk-x")
+    assert not reasoning.supports_logprobs() and OpenAI("gpt-4o-mini").supports_logprobs()
+    assert not OpenAI("smollm2", base_url="http://127.0.0.1:9/v1", logprobs=False).supports_logprobs()
+    with pytest.raises(PlanError, match="needs log-probabilities.*method='argmax'"):
+        frame.judge("s", reasoning, question="q", answer="a", method="expected")
+    with pytest.raises(PlanError, match="method='strict'"):
+        frame.judge_pairwise("w", reasoning, a="a", b="b", question="q")
+    frame.judge_pairwise("w", reasoning, a="a", b="b", question="q", method="strict")  # no logprobs needed
+    assert reasoning.identity() == OpenAI("o3-mini", logprobs=False).identity()  # not fingerprinted
+
+
 # --------------------------------------------------------------------------- faults, against a stub or vLLM
 
 
@@ -816,3 +853,22 @@ def test_rate_limits_are_checked_when_the_spec_is_made():
         OpenAI("m", base_url="http://127.0.0.1:1/v1", tokens_per_minute="lots")
     spec = OpenAI("m", base_url="http://127.0.0.1:1/v1", requests_per_minute=60, tokens_per_minute=1000)
     assert model_fingerprint(spec) == model_fingerprint(OpenAI("m", base_url="http://127.0.0.1:1/v1"))
+
+
+@pytest.mark.server
+def test_vllm_server_logprobs_give_expected_scores_like_the_transformers_engine(vllm_server, model_workspace):
+    """judge(method="expected") through the OpenAI-compatible API of a real vLLM server: the
+    distribution over single-token scores matches the transformers engine's."""
+    rows = [{"q": "What is 2 + 2?", "a": "2 + 2 equals 4."}, {"q": "What is 2 + 2?", "a": "Bananas are yellow."}]
+    spec = OpenAI("smollm2", base_url=vllm_server)
+    served = (lazyllm.from_dicts(rows).judge("s", spec, question="q", answer="a", method="expected", scale=(1, 5))
+              .collect(workspace=model_workspace, progress=False))
+    local = (lazyllm.from_dicts(rows).judge("s", Transformers(), question="q", answer="a", method="expected",
+                                            scale=(1, 5)).collect(workspace=model_workspace, progress=False))
+    assert served["s_error"].is_null().all() and served["s"].is_between(1, 5).all()
+    for a, b in zip(served["s_probs"].to_list(), local["s_probs"].to_list()):
+        assert a == pytest.approx(b, abs=0.02)
+    verdict = (lazyllm.from_dicts([{"q": "What is 2 + 2?", "x": "4", "y": "Bananas."}])
+               .judge_pairwise("w", spec, a="x", b="y", question="q").collect(workspace=model_workspace,
+                                                                               progress=False))
+    assert verdict["w_error"].is_null().all() and verdict["w_margin"].is_between(-1, 1).all()

@@ -284,3 +284,30 @@ def test_close_frees_the_model_and_a_later_generate_reloads(workspace, converted
     eng.close()  # idempotent
     assert "Paris" in run(eng, [ask(FRANCE, max_tokens=12)])[0].text
     eng.close()
+
+
+@pytest.mark.model
+def test_choice_logprobs_match_full_sequence_probabilities(engine):
+    """One prefill (+ the token "1") gives each score's probability; checked against
+    separate forward passes of the prompt and of the prompt followed by "1"."""
+    import math
+
+    import torch
+
+    scores = tuple(str(s) for s in range(1, 11))
+    request = Request(messages=(Message("system", "Rate the answer from 1 to 10."),
+                                Message("user", f"{MATH}\nAnswer: 4")), choices=scores, logprobs=True)
+    response = run(engine, [request])[0]
+    assert response.error is None and len(response.choice_logprobs) == 10
+    probs = [math.exp(v) for v in response.choice_logprobs]
+    assert response.text == scores[max(range(10), key=probs.__getitem__)]
+    ids = engine._encode(request)
+    one, zero = engine._choice_ids("1")[0], engine._choice_ids("0")[0]
+    with torch.inference_mode():
+        first = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0, -1].float(), -1).exp()
+        after_one = torch.log_softmax(engine.model(torch.tensor([ids + [one]])).logits[0, -1].float(), -1).exp()
+    p10 = float(first[one] * after_one[zero])
+    assert probs[9] == pytest.approx(p10, rel=1e-3)
+    assert probs[0] == pytest.approx(float(first[one]) - p10, rel=1e-3)
+    assert probs[1] == pytest.approx(float(first[engine._choice_ids("2")[0]]), rel=1e-3)
+    assert 0 < sum(probs) <= 1 + 1e-6

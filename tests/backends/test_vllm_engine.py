@@ -158,3 +158,30 @@ def test_a_frame_runs_on_vllm_and_the_engine_is_released_after_the_collect(model
     assert "Paris" in out["answer"][0] and set(out["label"].to_list()) <= {"yes", "no"}
     assert len(engines) == 1 and not engines[0].loaded  # closed by the executor: memory released
     assert engines[0].log_path is not None and engines[0].log_path.exists()
+
+
+@pytest.mark.server
+def test_choice_logprobs_match_the_transformers_engine(engine, model_workspace):
+    """Request(logprobs=True) on vLLM: the same distribution over the scores 1-10 (two-digit "10"
+    included) and over MT-Bench's verdict letters as the transformers engine, up to rounding."""
+    import math
+
+    from lazyllm.backends.transformers import TransformersEngine
+    from lazyllm.models import Transformers
+
+    scores = tuple(str(s) for s in range(1, 11))
+    requests = [
+        Request(messages=(Message("system", "Rate the answer from 1 to 10."), Message("user", "2+2?\nAnswer: 4")),
+                choices=scores, logprobs=True),
+        Request(messages=(Message("user", "Which is better, A or B? A: Paris. B: Bananas."),),
+                choices=("A", "B", "C"), logprobs=True),
+    ]
+    served = run(engine, requests)
+    with TransformersEngine(Transformers(dtype="float32"), workspace=model_workspace.path) as local:
+        offline = run(local, requests)
+    for k in range(len(requests)):
+        a, b = served[k], offline[k]
+        assert a.error is None and len(a.choice_logprobs) == len(requests[k].choices)
+        pa = [math.exp(v) for v in a.choice_logprobs]
+        pb = [math.exp(v) for v in b.choice_logprobs]
+        assert pa == pytest.approx(pb, abs=0.01) and a.input_tokens == b.input_tokens

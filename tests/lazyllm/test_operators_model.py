@@ -61,3 +61,25 @@ def test_llm_filter_and_choices_on_the_real_model(model, model_workspace):
     kept = lazyllm.from_dicts(ROWS).filter(lazyllm.llm_predicate(model, "Is this a question? {{ q }}"))
     out = kept.collect(workspace=model_workspace, progress=False)
     assert out.height <= len(ROWS) and out.columns == ["q", "good", "bad"]
+
+
+def test_expected_scores_lie_inside_the_scale_and_differ(model, model_workspace):
+    frame = lazyllm.from_dicts(ROWS).judge("score", model, question="q", answer="good", method="expected")
+    df = frame.collect(workspace=model_workspace, progress=False)
+    assert df.schema["score"] == pl.Float64 and df["score_error"].is_null().all()
+    assert df["score"].is_between(1, 10).all() and df["score"].n_unique() == len(ROWS)
+    for probs in df["score_probs"].to_list():
+        assert len(probs) == 10 and sum(probs) == pytest.approx(1.0) and min(probs) >= 0
+
+
+def test_calibrated_pairwise_margin_is_antisymmetric_in_the_columns(model, model_workspace):
+    base = lazyllm.from_dicts(ROWS)
+    ab = base.judge_pairwise("w", model, a="good", b="bad", question="q").collect(workspace=model_workspace,
+                                                                                  progress=False)
+    ba = base.judge_pairwise("w", model, a="bad", b="good", question="q").collect(workspace=model_workspace,
+                                                                                  progress=False)
+    assert ab["w_error"].is_null().all() and ab["w_margin"].is_between(-1, 1).all()
+    # swapping the columns swaps the two orders: the calibrated margin changes sign exactly
+    assert ba["w_margin"].to_list() == pytest.approx([-m for m in ab["w_margin"].to_list()], abs=1e-4)
+    flip = {"a": "b", "b": "a", "tie": "tie"}
+    assert ba["w"].to_list() == [flip[v] for v in ab["w"].to_list()]

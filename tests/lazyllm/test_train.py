@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 import lazyllm
 from lazyllm.errors import ColumnNotFoundError, PlanError
+import lazyllm.backends.protocols
 from lazyllm.planner.train import TrainedModel, is_trained
 
 FACTS = [
@@ -62,3 +64,76 @@ def test_trained_adapter_changes_generations_and_is_not_retrained(model_workspac
     again = questions.generate("a", tuned, prompt="{{ question }}", max_tokens=16).collect(
         workspace=model_workspace, progress=False)["a"][0]
     assert again.startswith(after[:5])
+
+
+def test_changed_training_rows_retrain_and_key_the_cache(ws, counters, monkeypatch):
+    """The trained model is keyed by the rows that reached the trainer: an upstream request that
+    failed in the first run and succeeds in the second changes the rows, so the model retrains,
+    and its content fingerprint (which keys its cached generations) changes."""
+    import json
+
+    from lazyllm.backends import testing, trainers
+    from lazyllm.planner.train import content_fingerprint
+
+    trained: list[int] = []
+
+    def fake_train(job):
+        trained.append(len(job.train))
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        (job.output_dir / "COMPLETE").write_text(json.dumps({"rows_fingerprint": trainers.data_fingerprint(job.train)}))
+        return trainers.TrainResult(output_dir=job.output_dir, adapter=True, metrics={}, resumed_from=None)
+
+    monkeypatch.setattr(trainers, "train", fake_train)
+    from lazyllm.backends import transformers as tf_engine
+
+    monkeypatch.setattr(tf_engine, "resolve_model_dir", lambda spec, workspace: ws.path)  # no weights needed
+    flaky = {"fail": True}
+    respond = testing.DeterministicEngine.respond
+
+    def sometimes_failing(self, request):
+        if flaky["fail"] and "Zorbania's currency" in testing.render(request):
+            return lazyllm.backends.protocols.Response(text=None, finish_reason="error", error="transient")
+        return respond(self, request)
+
+    monkeypatch.setattr(testing.DeterministicEngine, "respond", sometimes_failing)
+    answers = lazyllm.from_dicts(FACTS).generate("reply", lazyllm.TestModel(), prompt="{{ question }}")
+    handle = answers.train(lazyllm.SFT(base="smollm2-135m-instruct", prompt="question", response="reply"))
+    dpo = answers.with_columns(chosen=pl.col("reply"), rejected=pl.col("answer")).train(
+        lazyllm.DPO(base=handle, prompt="question"))
+    dpo.fit(workspace=ws, progress=False)
+    assert trained == [3, 3]  # the failed row is dropped; SFT, then DPO on top of it
+    first = content_fingerprint(dpo, ws.path)
+    dpo.fit(workspace=ws, progress=False)
+    assert trained == [3, 3]  # same rows: cached
+    flaky["fail"] = False  # the upstream request succeeds this time: 4 rows reach both trainers
+    dpo.fit(workspace=ws, progress=False)
+    assert trained == [3, 3, 4, 4]
+    assert content_fingerprint(dpo, ws.path) not in (None, first)
+
+
+PREFS = [
+    {"question": f["question"], "chosen": f["answer"], "rejected": "I do not know."} for f in FACTS
+]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("method", ["orpo", "simpo", "kto"])
+def test_preference_specs_train_through_frame_train_and_generate_downstream(method, model_workspace, monkeypatch):
+    """ORPO, SimPO and KTO: a few LoRA steps through Frame.train, then the handle generates."""
+    from lazyllm.preferences import kto_rows
+
+    monkeypatch.setenv("LAZYLLM_NUM_THREADS", "2")
+    common = dict(base=lazyllm.Transformers(batch_size=8), lora=lazyllm.LoRA(r=4, alpha=8), max_steps=2,
+                  batch_size=2, learning_rate=1e-3, max_length=64, seed=0)
+    pairs = lazyllm.from_dicts(PREFS)
+    if method == "kto":
+        unpaired = lazyllm.from_polars(kto_rows(pl.DataFrame(PREFS), prompt="question"))
+        handle = unpaired.train(lazyllm.KTO(prompt="prompt", completion="completion", label="label", **common))
+    else:
+        spec = lazyllm.ORPO if method == "orpo" else lazyllm.SimPO
+        handle = pairs.train(spec(prompt="question", **common))
+    out = (lazyllm.from_dicts([{"question": FACTS[0]["question"]}])
+           .generate("a", handle, prompt="{{ question }}", max_tokens=8)
+           .collect(workspace=model_workspace, progress=False))
+    assert is_trained(handle, model_workspace.path) and handle.spec.method == method
+    assert out["a_error"].is_null().all() and len(out["a"][0]) > 0
