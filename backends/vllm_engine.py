@@ -33,6 +33,18 @@ cache shares the prompt's prefill between them. The engine combines them as the
 transformers engine does (:func:`lazyllm.backends.logprobs.choice_logprobs`), so the
 two engines give the same distribution up to floating-point rounding.
 
+Hardware settings
+-----------------
+The spec's performance settings default to ``"auto"``, resolved when the engine loads
+from the machine (:func:`lazyllm.backends.hardware.detect_machine`) and the model's
+``config.json`` by :func:`resolve_settings`: on CUDA GPUs, CUDA graphs
+(``enforce_eager=False``), ``gpu_memory_utilization=0.9`` and tensor parallelism over
+every GPU present as far as the attention heads divide; on CPU, eager mode, 1 GiB of KV
+cache and no chunked prefill (see Seeds). Prefix caching is on everywhere (every stage
+of a chain shares its system prompt and template head). None of these enters a
+fingerprint. A bfloat16 model on a CPU without native bfloat16 (AVX512-BF16 or
+AMX-BF16) logs a warning: vLLM emulates it there, several times slower than float32.
+
 Seeds
 -----
 A sampled request carries ``SamplingParams(seed=request.seed())`` (the base seed and
@@ -49,11 +61,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -65,7 +79,11 @@ from .protocols import Request, Response
 if TYPE_CHECKING:
     from lazyllm.models import VLLM
 
-__all__ = ["VLLMEngine", "find_vllm_python", "model_path"]
+    from .hardware import Machine
+
+__all__ = ["VLLMEngine", "VLLMSettings", "find_vllm_python", "model_path", "resolve_settings"]
+
+log = logging.getLogger("lazyllm")
 
 _WORKER = Path(__file__).with_name("vllm_worker.py")
 _REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout (editable install)
@@ -121,6 +139,100 @@ def model_path(spec: VLLM, workspace: Path) -> str:
     return str(resolve_model_dir(Transformers(spec.model, revision=spec.revision), workspace))
 
 
+@dataclass(frozen=True)
+class VLLMSettings:
+    """The performance settings a :class:`VLLMEngine` runs with, "auto" values resolved.
+
+    ``notes`` says, one line per setting that was "auto", what was chosen and why.
+    """
+
+    on_cpu: bool
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    kv_cache_space_gib: int
+    enable_prefix_caching: bool
+    notes: tuple[str, ...] = ()
+
+
+#: Fraction of GPU memory vLLM takes when "auto": its own default, leaving room for CUDA graphs' pools.
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+def _tensor_parallel(gpus: int, config: Mapping[str, Any] | None) -> int:
+    """The largest tensor-parallel size <= ``gpus`` that the model's heads allow."""
+    heads = (config or {}).get("num_attention_heads")
+    kv = (config or {}).get("num_key_value_heads") or heads
+    for tp in range(max(gpus, 1), 0, -1):
+        if heads is None:
+            if tp & (tp - 1) == 0:  # no config: a power of two
+                return tp
+            continue
+        if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+            return tp
+    return 1
+
+
+def resolve_settings(spec: VLLM, machine: Machine, config: Mapping[str, Any] | None = None) -> VLLMSettings:
+    """Resolve the spec's "auto" performance settings for ``machine``.
+
+    Parameters
+    ----------
+    spec : lazyllm.models.VLLM
+        Explicit values are kept as given.
+    machine : lazyllm.backends.hardware.Machine
+        CPU flags and the CUDA devices present.
+    config : mapping, optional
+        The model's ``config.json`` (``num_attention_heads``, ``num_key_value_heads``):
+        tensor parallelism must divide the heads.
+
+    Returns
+    -------
+    VLLMSettings
+
+    Examples
+    --------
+    >>> from lazyllm.models import VLLM
+    >>> from lazyllm.backends.hardware import Machine
+    >>> cpu = Machine(cpu_model="x", vendor="x", flags=frozenset(), cores=2)
+    >>> s = resolve_settings(VLLM(), cpu)
+    >>> s.on_cpu, s.enforce_eager, s.tensor_parallel_size, s.enable_prefix_caching
+    (True, True, 1, True)
+    >>> gpus = Machine(cpu_model="x", vendor="x", flags=frozenset(), cores=32, cuda=(("H100", (9, 0)),) * 8)
+    >>> s = resolve_settings(VLLM(), gpus, {"num_attention_heads": 32, "num_key_value_heads": 8})
+    >>> s.on_cpu, s.enforce_eager, s.tensor_parallel_size, s.gpu_memory_utilization
+    (False, False, 8, 0.9)
+    """
+    on_cpu = spec.device == "cpu" or (spec.device == "auto" and not machine.cuda)
+    where = "CPU" if on_cpu else f"{len(machine.cuda) or 'the'} CUDA GPU(s)"
+    notes: list[str] = []
+
+    def pick(name: str, value: Any, why: str) -> Any:
+        given = getattr(spec, name)
+        if given != "auto":
+            return given
+        notes.append(f"{name}={value} ({why})")
+        return value
+
+    tp = pick("tensor_parallel_size", 1 if on_cpu else _tensor_parallel(len(machine.cuda), config),
+              "CPU" if on_cpu else f"{where}, attention heads {(config or {}).get('num_attention_heads', '?')}")
+    gmu = pick("gpu_memory_utilization", 0.5 if on_cpu else GPU_MEMORY_UTILIZATION, where)
+    eager = pick("enforce_eager", on_cpu, "CPU: no graph compilation" if on_cpu else "CUDA graphs on GPU")
+    kv = pick("kv_cache_space_gib", 1, "CPU KV cache" if on_cpu else "unused on GPU")
+    prefix = pick("enable_prefix_caching", True, "chains share system prompts and template heads")
+    return VLLMSettings(on_cpu=on_cpu, tensor_parallel_size=int(tp), gpu_memory_utilization=float(gmu),
+                        enforce_eager=bool(eager), kv_cache_space_gib=int(kv), enable_prefix_caching=bool(prefix),
+                        notes=tuple(notes))
+
+
+def _model_config(model: str) -> dict[str, Any] | None:
+    path = Path(model) / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 class VLLMEngine:
     """Run requests on ``vllm.LLM`` in a worker process (see the module docstring).
 
@@ -145,6 +257,8 @@ class VLLMEngine:
         self._log: IO[bytes] | None = None
         self.log_path: Path | None = None
         self._lock = threading.Lock()
+        self._machine: Machine | None = None
+        self._settings: VLLMSettings | None = None
 
     # -- lifecycle
 
@@ -152,13 +266,26 @@ class VLLMEngine:
     def loaded(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def settings(self, model: str | None = None) -> VLLMSettings:
+        """The resolved performance settings (machine detected once per engine; ``model``:
+        the resolved model folder, whose ``config.json`` bounds tensor parallelism)."""
+        if self._settings is None or model is not None:
+            from .hardware import detect_machine
+
+            if self._machine is None:
+                self._machine = detect_machine()
+            self._settings = resolve_settings(self.spec, self._machine, _model_config(model) if model else None)
+        return self._settings
+
     def llm_kwargs(self, model: str) -> dict[str, Any]:
         """The keyword arguments of ``vllm.LLM`` for this spec and a resolved model path."""
         spec = self.spec
+        s = self.settings(model)
         kwargs: dict[str, Any] = {
             "model": model, "dtype": spec.dtype, "seed": 0,
-            "tensor_parallel_size": spec.tensor_parallel_size, "pipeline_parallel_size": spec.pipeline_parallel_size,
-            "gpu_memory_utilization": spec.gpu_memory_utilization, "enforce_eager": spec.enforce_eager,
+            "tensor_parallel_size": s.tensor_parallel_size, "pipeline_parallel_size": spec.pipeline_parallel_size,
+            "gpu_memory_utilization": s.gpu_memory_utilization, "enforce_eager": s.enforce_eager,
+            "enable_prefix_caching": s.enable_prefix_caching,
         }
         if spec.revision and not os.path.isdir(model):
             kwargs["revision"] = spec.revision
@@ -168,21 +295,20 @@ class VLLMEngine:
             kwargs["quantization"] = spec.quantization
         if spec.lora_path is not None:
             kwargs.update(enable_lora=True, max_lora_rank=spec.max_lora_rank)
-        if self._on_cpu():
+        if s.on_cpu:
             kwargs["enable_chunked_prefill"] = False  # see "Seeds" in the module docstring
             if spec.max_model_len is not None:
                 kwargs["max_num_batched_tokens"] = max(spec.max_model_len, 2048)
         return kwargs
 
-    def _on_cpu(self) -> bool:
-        if self.spec.device != "auto":
-            return self.spec.device == "cpu"
-        try:
-            import torch
-
-            return not torch.cuda.is_available()
-        except ImportError:  # pragma: no cover - torch is a dependency
-            return True
+    def _warn_bf16(self) -> None:
+        machine = self._machine
+        if self.spec.dtype == "bfloat16" and self.settings().on_cpu and machine is not None \
+                and not machine.native_bf16:
+            log.warning("vLLM runs %s in bfloat16 on a CPU without native bfloat16 (no avx512_bf16 or amx_bf16 "
+                        "flag: %s): it is emulated there, several times slower than float32. Pass "
+                        "dtype='float32' for speed (a different model as far as the cache is concerned).",
+                        self.spec.display_name, machine.cpu_model)
 
     def load(self) -> None:
         """Start the worker and load the model (no-op when loaded).
@@ -207,11 +333,16 @@ class VLLMEngine:
                                             "that has vllm (or VLLM(python=...)).", name="vllm")
                 raise error
             model = model_path(self.spec, self.workspace)
+            llm = self.llm_kwargs(model)
+            settings = self.settings()
+            if settings.notes:
+                log.info("%s: %s", self.spec.display_name, "; ".join(settings.notes))
+            self._warn_bf16()
             logs = self.workspace / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
-            if self._on_cpu():
-                env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.spec.kv_cache_space_gib))
+            if settings.on_cpu:
+                env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_space_gib))
                 env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             self.log_path = logs / f"vllm-worker-{os.getpid()}-{id(self):x}.log"
             self._log = open(self.log_path, "ab")
@@ -221,7 +352,7 @@ class VLLMEngine:
             )
             lora = {"name": "lazyllm-lora", "path": self.spec.lora_path} if self.spec.lora_path else None
             try:
-                self._ask({"op": "load", "llm": self.llm_kwargs(model), "lora": lora})
+                self._ask({"op": "load", "llm": llm, "lora": lora})
             except EngineError as exc:
                 self.close()
                 raise EngineError(f"vLLM could not load the model {self.spec.model!r} ({model}): {exc} "

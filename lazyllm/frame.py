@@ -709,6 +709,14 @@ class Frame:
         """
         return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, **collect_kwargs)[0]
 
+    def sink_hub(self, repo_id: str, *, rows_per_shard: int = 100_000, **kwargs: Any) -> str:
+        """Stream the result to a Hugging Face dataset repo, one commit per partition, with a
+        progress card and resume after a crash (see :func:`lazyllm.hub.sink_hub`); returns
+        the URL of the final commit."""
+        from .hub import sink_hub
+
+        return sink_hub(self, repo_id, rows_per_shard=rows_per_shard, **kwargs)
+
     def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
         """Collect and write a parquet file; returns the collected DataFrame."""
         df = self.collect(**collect_kwargs)

@@ -521,20 +521,28 @@ class VLLM(ModelSpec):
     max_model_len : int, optional
         Context length (prompt + output tokens); vLLM's default is the model's.
         Performance only (a request that does not fit fails as an error row).
-    tensor_parallel_size, pipeline_parallel_size : int
-        GPUs to split the model across. Performance only.
-    gpu_memory_utilization : float
-        Fraction of accelerator memory (on CPU: of memory node 0) vLLM may use.
+    tensor_parallel_size : int or "auto"
+        GPUs to split the model across. "auto" (default): every CUDA GPU present, as far
+        as the model's attention heads divide (1 on CPU). Performance only.
+    pipeline_parallel_size : int
+        Pipeline stages across GPUs. Performance only.
+    gpu_memory_utilization : float or "auto"
+        Fraction of accelerator memory vLLM may use (weights, activations, KV cache).
+        "auto": 0.9 on GPUs, 0.5 on CPU (where the KV cache is ``kv_cache_space_gib``).
         Performance only.
-    enforce_eager : bool
-        Skip graph capture and compilation: about 30 s instead of 90-160 s to start
-        on CPU, and a quarter of the peak memory. Performance only.
-    kv_cache_space_gib : int
+    enforce_eager : bool or "auto"
+        Skip graph capture and compilation. "auto": False on GPUs (CUDA graphs: the
+        decode steps of small models run several times faster), True on CPU (about
+        30 s instead of 90-160 s to start, a quarter of the peak memory). Performance only.
+    kv_cache_space_gib : int or "auto"
         On CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) unless the environment
-        sets it. Performance only.
+        sets it. "auto": 1 GiB. Performance only.
+    enable_prefix_caching : bool or "auto"
+        Reuse the KV cache of shared prompt prefixes (a chain's system prompt and
+        template head). "auto": on. Performance only (same outputs).
     device : {"auto", "cpu", "cuda"}
-        Where vLLM runs, as far as the engine's CPU settings go ("auto": CUDA when
-        torch sees a GPU). Performance only.
+        Where vLLM runs, as far as the settings above go ("auto": CUDA when torch sees
+        a GPU). Performance only.
     batch_size : int
         Requests per worker call (vLLM batches them itself). Performance only.
     python : str, optional
@@ -559,11 +567,12 @@ class VLLM(ModelSpec):
     lora_path: str | None = None
     max_lora_rank: int = performance_only(16)
     max_model_len: int | None = performance_only(None)
-    tensor_parallel_size: int = performance_only(1)
+    tensor_parallel_size: int | str = performance_only("auto")
     pipeline_parallel_size: int = performance_only(1)
-    gpu_memory_utilization: float = performance_only(0.5)
-    enforce_eager: bool = performance_only(True)
-    kv_cache_space_gib: int = performance_only(1)
+    gpu_memory_utilization: float | str = performance_only("auto")
+    enforce_eager: bool | str = performance_only("auto")
+    kv_cache_space_gib: int | str = performance_only("auto")
+    enable_prefix_caching: bool | str = performance_only("auto")
     device: str = performance_only("auto")
     batch_size: int = performance_only(256)
     python: str | None = performance_only(None)
@@ -576,12 +585,19 @@ class VLLM(ModelSpec):
         for name in ("batch_size", "tensor_parallel_size", "pipeline_parallel_size", "kv_cache_space_gib",
                      "max_lora_rank"):
             value = getattr(self, name)
+            if value == "auto" and name in ("tensor_parallel_size", "kv_cache_space_gib"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise PlanError(f"{name} must be a positive int, got {value!r}.")
+                auto = " or 'auto'" if name in ("tensor_parallel_size", "kv_cache_space_gib") else ""
+                raise PlanError(f"{name} must be a positive int{auto}, got {value!r}.")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 16):
             raise PlanError(f"max_model_len must be an int >= 16 or None, got {self.max_model_len!r}.")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise PlanError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}.")
+        gmu = self.gpu_memory_utilization
+        if gmu != "auto" and (isinstance(gmu, (bool, str)) or not isinstance(gmu, (int, float)) or not 0 < gmu <= 1):
+            raise PlanError(f"gpu_memory_utilization must be 'auto' or a fraction in (0, 1], got {gmu!r}.")
+        for name in ("enforce_eager", "enable_prefix_caching"):
+            if getattr(self, name) != "auto" and not isinstance(getattr(self, name), bool):
+                raise PlanError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise PlanError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.lora_path is not None and not os.path.isdir(self.lora_path):

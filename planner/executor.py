@@ -21,7 +21,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +71,9 @@ class NodeStats:
     input_basis: str = ""  # "tokenizer" or "chars/4"
     output_basis: str = ""  # "max_tokens" (an upper bound) or "cached mean"
     est_cost: float | None = None  # USD, for priced API models
+    #: tokens -> requests, over the node's distinct requests (computed or served from the cache)
+    input_tokens_histogram: dict[int, int] = field(default_factory=dict)
+    output_tokens_histogram: dict[int, int] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -401,6 +404,8 @@ def sink_partitioned(
     progress: bool | None = None,
     optimize: bool = True,
     executor: Any = None,
+    skip: Container[int] = (),
+    on_shard: "Callable[[int, int, pl.DataFrame, Path, dict[str, NodeStats]], None] | None" = None,
 ) -> tuple[list[Path], RunResult]:
     """Run a row-by-row plan one input partition at a time and write each partition's
     result as ``part-00000.parquet``, ``part-00001.parquet``, ... in ``directory``.
@@ -410,6 +415,11 @@ def sink_partitioned(
     cache as usual, so a killed run resumes. With the Ray executor, parquet sources
     are read in partitions by Ray Data tasks on the cluster. Shards are written to a
     temporary name and renamed, so a shard file is always complete.
+
+    ``skip`` holds partition indices not to run (their shards exist elsewhere, e.g. on the
+    Hub): they are read but neither evaluated nor written. ``on_shard(index, rows_in, df,
+    path, stats)`` is called after each shard is written, with the run's cumulative stats
+    (keys: node fingerprints of the original plan).
 
     Returns the shard paths and the run's stats (``frames`` is empty: nothing is
     gathered).
@@ -448,6 +458,8 @@ def sink_partitioned(
     start = time.perf_counter()
     try:
         for i, part in enumerate(parts):
+            if i in skip:
+                continue
             ctx.memo = {}  # nothing of an earlier partition is kept
             df = _evaluate_slice(chain, part, f"partition {i}", ctx)
             path = out_dir / f"part-{i:05d}.parquet"
@@ -457,6 +469,8 @@ def sink_partitioned(
             shards.append(path)
             rows_out += df.height
             ctx.say(f"shard {path.name}: {part.height} rows in, {df.height} rows out")
+            if on_shard is not None:
+                on_shard(i, part.height, df, path, ctx.stats)
     finally:
         ctx.close()
     result = RunResult([], ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
@@ -499,6 +513,11 @@ def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wav
         total.output_basis = total.output_basis or got.output_basis
         if got.est_cost is not None:
             total.est_cost = (total.est_cost or 0.0) + got.est_cost
+
+        for f in ("input_tokens_histogram", "output_tokens_histogram"):
+            hist = getattr(total, f)
+            for tokens, n in getattr(got, f).items():
+                hist[tokens] = hist.get(tokens, 0) + n
 
 
 # ------------------------------------------------------------------------------------

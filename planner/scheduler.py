@@ -258,6 +258,12 @@ class _ChainRun:
             st.stats.cache_hits = len(st.keys & self.from_cache)
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
+            if not self.ctx.dry_run:
+                for key in st.keys:
+                    response = self.known.get(key)
+                    if response is not None:
+                        _count(st.stats.input_tokens_histogram, response.input_tokens)
+                        _count(st.stats.output_tokens_histogram, response.output_tokens)
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]
@@ -445,6 +451,10 @@ def _cache_model_fingerprint(model: Any, ctx: "_Context") -> str:
     if not ctx.dry_run:
         ensure_trained(model, ctx)
     return content_fingerprint(model, ctx.workspace.path) or model_fingerprint(model)
+
+
+def _count(histogram: dict[int, int], tokens: int) -> None:
+    histogram[tokens] = histogram.get(tokens, 0) + 1
 
 
 def _what(node: LLMNode) -> str:

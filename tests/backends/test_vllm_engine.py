@@ -19,7 +19,8 @@ import lazyllm
 from lazyllm.backends import registry, vllm_engine
 from lazyllm.backends.errors import LazyLLMError, MissingDependencyError, PlanError
 from lazyllm.backends.protocols import Engine, Message, Request, SamplingParams
-from lazyllm.backends.vllm_engine import VLLMEngine, find_vllm_python
+from lazyllm.backends.hardware import Machine
+from lazyllm.backends.vllm_engine import VLLMEngine, find_vllm_python, resolve_settings
 from lazyllm.models import VLLM
 from lazyllm.planner.executor import model_fingerprint
 
@@ -86,6 +87,78 @@ def test_llm_options_on_cpu(tmp_path):
     kwargs = VLLMEngine(spec, workspace=tmp_path).llm_kwargs("/models/x")
     assert kwargs["enable_chunked_prefill"] is False and kwargs["max_num_batched_tokens"] >= 1024
     assert kwargs["enable_lora"] is True and kwargs["quantization"] == "fp8" and kwargs["dtype"] == "float32"
+
+
+CPU = Machine(cpu_model="AMD EPYC 7B13", vendor="AuthenticAMD", flags=frozenset({"avx2", "fma"}), cores=2)
+SMOLLM2 = {"num_attention_heads": 9, "num_key_value_heads": 3}  # SmolLM2-135M's config.json
+
+
+def _gpus(n: int, name: str = "NVIDIA H100 80GB HBM3") -> Machine:
+    return Machine(cpu_model="Intel Xeon Platinum 8480+", vendor="GenuineIntel",
+                   flags=frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), cores=64,
+                   cuda=tuple((name, (9, 0)) for _ in range(n)))
+
+
+def test_auto_settings_on_a_cpu():
+    s = resolve_settings(VLLM(), CPU, SMOLLM2)
+    assert (s.on_cpu, s.enforce_eager, s.tensor_parallel_size, s.kv_cache_space_gib) == (True, True, 1, 1)
+    assert s.gpu_memory_utilization == 0.5 and s.enable_prefix_caching is True
+    assert any("enforce_eager=True" in n for n in s.notes)
+
+
+@pytest.mark.parametrize(("gpus", "config", "tp"), [
+    (1, SMOLLM2, 1),
+    (2, {"num_attention_heads": 32, "num_key_value_heads": 8}, 2),
+    (8, {"num_attention_heads": 32, "num_key_value_heads": 8}, 8),
+    (4, SMOLLM2, 3),  # 9 heads: the largest size <= 4 that divides them (3 KV heads, one per GPU)
+    (8, {"num_attention_heads": 14, "num_key_value_heads": 2}, 2),  # 7 divides the heads, not the 2 KV heads
+    (6, None, 4),  # no config: a power of two
+])
+def test_auto_settings_on_gpu_sets(gpus, config, tp):
+    s = resolve_settings(VLLM(), _gpus(gpus), config)
+    assert (s.on_cpu, s.enforce_eager, s.tensor_parallel_size) == (False, False, tp)
+    assert s.gpu_memory_utilization == 0.9 and s.enable_prefix_caching is True
+
+
+def test_explicit_settings_win_and_keep_the_fingerprint():
+    spec = VLLM(tensor_parallel_size=2, enforce_eager=True, gpu_memory_utilization=0.6, enable_prefix_caching=False)
+    s = resolve_settings(spec, _gpus(8), SMOLLM2)
+    assert (s.tensor_parallel_size, s.enforce_eager, s.gpu_memory_utilization, s.enable_prefix_caching) == \
+        (2, True, 0.6, False)
+    assert s.notes == ("kv_cache_space_gib=1 (unused on GPU)",)
+    assert model_fingerprint(spec) == model_fingerprint(VLLM())
+    assert resolve_settings(VLLM(device="cpu"), _gpus(2)).on_cpu  # device pins CPU settings
+    for bad in ({"enforce_eager": "yes"}, {"tensor_parallel_size": 0}, {"gpu_memory_utilization": "max"},
+                {"enable_prefix_caching": 1}, {"kv_cache_space_gib": "auto-ish"}):
+        with pytest.raises(PlanError, match=next(iter(bad))):
+            VLLM(**bad)
+
+
+def test_llm_kwargs_use_the_resolved_settings(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"num_attention_heads": 32, "num_key_value_heads": 8}))
+    eng = VLLMEngine(VLLM(), workspace=tmp_path)
+    eng._machine = _gpus(4)
+    kwargs = eng.llm_kwargs(str(tmp_path / "m"))
+    assert (kwargs["tensor_parallel_size"], kwargs["enforce_eager"], kwargs["gpu_memory_utilization"]) == (4, False, 0.9)
+    assert kwargs["enable_prefix_caching"] is True and "enable_chunked_prefill" not in kwargs
+
+
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns(tmp_path, caplog):
+    eng = VLLMEngine(VLLM(dtype="bfloat16"), workspace=tmp_path)
+    eng._machine = CPU
+    with caplog.at_level("WARNING", logger="lazyllm"):
+        eng._warn_bf16()
+    assert "without native bfloat16" in caplog.text and "dtype='float32'" in caplog.text
+    caplog.clear()
+    native = VLLMEngine(VLLM(dtype="bfloat16"), workspace=tmp_path)
+    native._machine = Machine(cpu_model="Xeon", vendor="GenuineIntel", flags=frozenset({"amx_bf16"}), cores=4)
+    with caplog.at_level("WARNING", logger="lazyllm"):
+        native._warn_bf16()
+        fp32 = VLLMEngine(VLLM(dtype="float32"), workspace=tmp_path)
+        fp32._machine = CPU
+        fp32._warn_bf16()
+    assert caplog.text == ""
 
 
 def test_missing_vllm_names_the_install_script(tmp_path, monkeypatch):

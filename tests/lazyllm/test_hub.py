@@ -10,6 +10,7 @@ the commit itself carries the bytes and the test can read the parquet shards bac
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import huggingface_hub
+import huggingface_hub.constants
 import polars as pl
 import pytest
 import yaml
@@ -115,6 +117,7 @@ class FakeHub(ThreadingHTTPServer):
         self.repos: dict[str, dict[str, bytes]] = {}  # "datasets/org/name" -> path -> bytes
         self.commits: list[dict] = []
         self.forbidden: set[str] = set()
+        self.fail_commits_after: int | None = None  # answer 500 to commits after this many
 
     @property
     def url(self) -> str:
@@ -142,8 +145,36 @@ class _Handler(BaseHTTPRequestHandler):
                                      "body": body})
         return path, body
 
+    def _resolve(self, path: str, *, body: bool) -> bool:
+        """``/<type>s/<org>/<name>/resolve/<rev>/<file>``: a file download (hf_hub_download)."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 6 or parts[3] != "resolve":
+            return False
+        data = self.server.repos.get("/".join(parts[:3]), {}).get("/".join(parts[5:]))
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return True
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", '"' + hashlib.sha1(data).hexdigest() + '"')
+        self.send_header("X-Repo-Commit", f"{len(self.server.commits):040x}")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+        return True
+
+    def do_HEAD(self) -> None:
+        path, _ = self._record()
+        if not self._resolve(path, body=False):
+            self._reply(404, {"error": "not found"})
+
     def do_GET(self) -> None:
         path, _ = self._record()
+        if self._resolve(path, body=True):
+            return
         parts = path.strip("/").split("/")  # api/<type>s/<org>/<name>/tree/<rev>
         if len(parts) >= 6 and parts[0] == "api" and parts[4] == "tree":
             files = self.server.repos.get("/".join(parts[1:4]), {})
@@ -171,6 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                for f in files]})
         if len(parts) == 6 and parts[4] == "commit":
+            if self.server.fail_commits_after is not None and len(self.server.commits) >= self.server.fail_commits_after:
+                return self._reply(500, {"error": "the Hub is down"})
             key = "/".join(parts[1:4])
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
             repo = self.server.repos.setdefault(key, {})
@@ -286,3 +319,144 @@ def test_publish_model_uploads_the_folder_and_its_card(tmp_path, hub):
     assert sorted(repo) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "lazyllm_card.json"]
     assert repo["adapter_model.safetensors"] == b"\x00weights"
     assert front_matter(repo["README.md"].decode())["tags"] == ["lazyllm", "trl", "sft"]
+
+
+# ------------------------------------------------------------------------------------
+# sink_hub: streaming shards, progress card, resume
+# ------------------------------------------------------------------------------------
+
+STATE = "lazyllm_stream_train.json"
+
+
+def _shard_commits(hub) -> list[list[str]]:
+    """Parquet files added by each commit, in commit order."""
+    return [sorted(p for p in _ops(c, "file") if p.endswith(".parquet")) for c in hub.commits]
+
+
+def _logged_requests(path) -> int:
+    if not path.exists():
+        return 0
+    return sum(json.loads(line)["n"] for line in path.read_text().splitlines() if line.strip())
+
+
+def test_sink_hub_commits_each_shard_then_a_final_card_with_token_statistics(ws, hub):
+    f = frame(7)
+    url = f.sink_hub("me/stream", rows_per_shard=3, token=TOKEN, endpoint=hub.url, workspace=ws, card_interval=0,
+                     title="Streamed")
+    expected = f.collect(workspace=ws)
+    assert url == f"{hub.url}/datasets/me/stream/commit/{4:040x}"
+    # one commit per partition, each with its shard, the state and (card_interval=0) the progress card
+    assert _shard_commits(hub) == [["data/train-00000.parquet"], ["data/train-00001.parquet"],
+                                   ["data/train-00002.parquet"], []]
+    for commit in hub.commits[:3]:
+        assert {STATE, "README.md", "lazyllm_card.json"} <= set(_ops(commit, "file"))
+    repo = hub.repos["datasets/me/stream"]
+    shards = [pl.read_parquet(io.BytesIO(repo[f"data/train-{i:05d}.parquet"])) for i in range(3)]
+    assert pl.concat(shards).equals(expected) and [s.height for s in shards] == [3, 3, 1]
+    # the first progress card: 3 of 7 input rows, an ETA
+    first = base64.b64decode(next(op["value"]["content"] for op in hub.commits[0]["operations"]
+                                  if op["key"] == "file" and op["value"]["path"] == "README.md")).decode()
+    assert "## Generation progress" in first and "| input rows done | 3 of 7 |" in first and "| ETA |" in first
+    # the final card: files, token statistics, the run's stats
+    readme = repo["README.md"].decode()
+    meta = front_matter(readme)
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": [f"data/train-{i:05d}.parquet"
+                                                                            for i in range(3)]}]
+    assert "## Streaming run" in readme and "## Token statistics" in readme and "## Generation progress" not in readme
+    card = json.loads(repo["lazyllm_card.json"])
+    assert card["rows"] == 7 and card["dataset"]["splits"]["train"]["rows"] == 7
+    stats = card["streaming"]["token_statistics"]["question"]
+    # TestModel: input tokens = words of the prompt, output tokens = words of the echo answer
+    prompts = [len(f"Ask about doc {i}".split()) for i in range(7)]
+    answers = [len(a.split()) for a in expected["question"]]
+    assert stats["count"] == 7 and stats["input_mean"] == round(sum(prompts) / 7, 2)
+    assert stats["output_p50"] == sorted(answers)[3] and stats["output_p95"] == max(answers)
+    assert card["streaming"]["progress"]["output_tokens"] == sum(answers)
+    assert card["streaming"]["run"]["nodes"][0]["calls"] == 7
+    state = json.loads(repo[STATE])
+    assert state["finished"] and sorted(state["shards"]) == ["0", "1", "2"] and state["fingerprint"] == f.fingerprint
+
+
+def test_sink_hub_throttles_card_updates(ws, hub):
+    frame(6).sink_hub("me/slow-card", rows_per_shard=2, token=TOKEN, endpoint=hub.url, workspace=ws,
+                      card_interval=3600)
+    with_card = ["README.md" in _ops(c, "file") for c in hub.commits]
+    assert with_card == [True, False, False, True]  # the first shard's commit, then only the final one
+
+
+def test_sink_hub_resumes_after_a_failed_upload_without_redoing_shards(tmp_path, hub):
+    from lazyllm import Workspace
+
+    log_path = tmp_path / "requests.jsonl"
+    model = lazyllm.TestModel(name="hub", log_path=str(log_path))  # same fingerprint as MODEL
+    docs = lazyllm.from_dicts([{"id": i, "doc": f"doc {i}"} for i in range(8)])
+    f = docs.generate("question", model, prompt="Ask about {{ doc }}")
+    hub.fail_commits_after = 1  # the Hub accepts the first shard, then fails
+    with pytest.raises(HubError, match="HTTP 500"):
+        f.sink_hub("me/resume", rows_per_shard=2, token=TOKEN, endpoint=hub.url,
+                   workspace=Workspace(tmp_path / "ws1"))
+    assert _shard_commits(hub) == [["data/train-00000.parquet"]]
+    first_run = _logged_requests(log_path)
+    assert 2 <= first_run <= 8
+    hub.fail_commits_after = None
+    # a fresh workspace (no cache): any partition run again would reach the engine
+    f.sink_hub("me/resume", rows_per_shard=2, token=TOKEN, endpoint=hub.url, workspace=Workspace(tmp_path / "ws2"))
+    assert _logged_requests(log_path) - first_run == 6  # partitions 1-3 only
+    uploads = [p for files in _shard_commits(hub) for p in files]
+    assert sorted(uploads) == [f"data/train-{i:05d}.parquet" for i in range(4)]  # each shard uploaded once
+    repo = hub.repos["datasets/me/resume"]
+    got = pl.concat([pl.read_parquet(io.BytesIO(repo[f"data/train-{i:05d}.parquet"])) for i in range(4)])
+    assert got.equals(f.collect(workspace=Workspace(tmp_path / "ws2")))
+    card = json.loads(repo["lazyllm_card.json"])
+    assert card["streaming"]["progress"]["runs"] == 2 and card["streaming"]["token_statistics"]["question"]["count"] == 8
+
+
+def test_sink_hub_resumes_after_kill_9(tmp_path, hub):
+    """A run killed with SIGKILL mid-way; the rerun (another workspace) makes only the missing shards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lazyllm import Workspace
+
+    log_path = tmp_path / "requests.jsonl"
+    script = f"""
+import lazyllm
+model = lazyllm.TestModel(name="hub", delay=1.0, batch_size=2, log_path={str(log_path)!r})
+docs = lazyllm.from_dicts([{{"id": i, "doc": f"doc {{i}}"}} for i in range(10)])
+f = docs.generate("question", model, prompt="Ask about {{{{ doc }}}}")
+f.sink_hub("me/killed", rows_per_shard=2, token={TOKEN!r}, endpoint={hub.url!r}, workspace={str(tmp_path / 'ws1')!r})
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "NO_PROXY": "127.0.0.1,localhost", "LAZYLLM_QUIET": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(hub.commits) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(hub.commits) >= 2, "the run did not commit two shards in time"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert "data/train-00004.parquet" not in hub.repos["datasets/me/killed"]  # killed before the end
+    done = len([p for p in hub.repos["datasets/me/killed"] if p.endswith(".parquet")])
+    first_run = _logged_requests(log_path)
+    model = lazyllm.TestModel(name="hub", batch_size=2, log_path=str(log_path))
+    docs = lazyllm.from_dicts([{"id": i, "doc": f"doc {i}"} for i in range(10)])
+    f = docs.generate("question", model, prompt="Ask about {{ doc }}")
+    f.sink_hub("me/killed", rows_per_shard=2, token=TOKEN, endpoint=hub.url, workspace=Workspace(tmp_path / "ws2"))
+    assert _logged_requests(log_path) - first_run == 10 - 2 * done
+    uploads = [p for files in _shard_commits(hub) for p in files]
+    assert sorted(uploads) == [f"data/train-{i:05d}.parquet" for i in range(5)]  # none uploaded twice
+
+
+def test_sink_hub_rejects_bad_arguments_before_any_hub_call(ws, hub, counters):
+    with pytest.raises(PlanError, match="rows_per_shard|max_shard_rows"):
+        frame(3).sink_hub("me/x", rows_per_shard=0, token=TOKEN, endpoint=hub.url, workspace=ws)
+    with pytest.raises(PlanError, match="card_interval"):
+        frame(3).sink_hub("me/x", card_interval=-1, token=TOKEN, endpoint=hub.url, workspace=ws)
+    with pytest.raises(PlanError, match="every row at once"):
+        frame(3).sort("id").sink_hub("me/x", token=TOKEN, endpoint=hub.url, workspace=ws)
+    assert hub.requests == [] and counters.CALLS == 0
