@@ -28,6 +28,8 @@ depend on a value not computed yet are counted as calls of their own.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import time
@@ -126,6 +128,10 @@ class _ChainRun:
         self.responses: dict[tuple[int, int], list[Response | None]] = {}
         self.queues: dict[str, dict[bytes, _Work]] = defaultdict(dict)  # model fp -> key -> work
         self.queued: dict[bytes, _Work] = {}
+        # per model: a heap of (node index, -prompt size, arrival, key) over the queue, so taking a
+        # batch costs O(batch log n) (stale entries, already taken, are skipped when popped)
+        self._order: dict[str, list[tuple[int, int, int, bytes]]] = defaultdict(list)
+        self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self.from_cache: set[bytes] = set()
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
@@ -236,8 +242,7 @@ class _ChainRun:
                 if work is None:
                     req, i, _ = first[key]
                     work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
-                    self.queues[self.states[i].model_fp][key] = work
-                    self.queued[key] = work
+                    self._enqueue(work)
                 work.slots.extend(slots)
             todo = next_todo
 
@@ -278,13 +283,23 @@ class _ChainRun:
             outputs.append(current)
         return outputs
 
+    def _enqueue(self, work: _Work) -> None:
+        fp = self.states[work.node_index].model_fp
+        self.queues[fp][work.key] = work
+        self.queued[work.key] = work
+        heapq.heappush(self._order[fp], (work.node_index, -work.size, next(self._arrivals), work.key))
+
     def _take(self, model_fp: str, n: int) -> list[_Work]:
-        q = self.queues[model_fp]
-        # upstream nodes first (their results unlock downstream requests), then longest prompts
-        keys = sorted(q, key=lambda k: (q[k].node_index, -q[k].size))[:n]
-        works = [q.pop(k) for k in keys]
-        for w in works:
-            del self.queued[w.key]
+        """Up to ``n`` queued works of one model: upstream nodes first (their results unlock
+        downstream requests), then the longest prompts, then in arrival order."""
+        q, order = self.queues[model_fp], self._order[model_fp]
+        works: list[_Work] = []
+        while order and len(works) < n:
+            key = heapq.heappop(order)[3]
+            work = q.pop(key, None)
+            if work is not None:  # else a stale entry: taken already
+                del self.queued[key]
+                works.append(work)
         return works
 
     def _count_calls(self, works: list[_Work]) -> None:
@@ -341,8 +356,7 @@ class _ChainRun:
                 del self.awaited[w.key]
         lapsed = [w for w in awaited if w.key not in found and w.key not in live]
         for w in lapsed:  # sent by this run after all
-            self.queues[self.states[w.node_index].model_fp][w.key] = w
-            self.queued[w.key] = w
+            self._enqueue(w)
         served = self._serve_cached([w for w in awaited if w.key in found])
         if not served and not lapsed:
             time.sleep(_AWAIT_POLL)
