@@ -95,7 +95,7 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> tuple[lazyllm.Frame, bool]
     if kind == "explode":
         return frame.with_columns(tags=pl.concat_list(pl.col("id"), pl.col("id") + 100)).explode("tags"), False
     if kind == "join":
-        how = ["inner", "left", "semi", "anti"][k % 4]
+        how = ["inner", "left", "semi", "anti", "right", "full"][k % 6]
         return frame.join(LABELS, on="id", how=how), False
     if kind == "concat":
         return frame.concat(frame), False

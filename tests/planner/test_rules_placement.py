@@ -402,3 +402,15 @@ def test_projection_merge_blocked_by_computed_or_renamed_columns():
     assert "Generate" in kinds(optimize(frame.plan).plan)  # the lower select computes (renames) q
     frame = gen(rows(6)).select("id", "q").select(pl.col("id") + 1)
     assert kinds(optimize(frame.plan).plan)[:2] == ["Select", "Select"]
+
+
+def test_predicate_into_the_kept_side_of_a_right_join(ws, counters):
+    left = lazyllm.from_dicts([{"id": i, "grp": i % 2} for i in range(8)])
+    right = gen(rows(8)).select("id", "topic", "q")
+    frame = left.join(right, on="id", how="right").filter(pl.col("topic").str.ends_with("3"))
+    plan = optimize(frame.plan).plan
+    assert plan.kind == "Join" and "Filter" in kinds(plan.children[1])
+    assert counted(frame, ws, counters) == (1, 8)
+    blocked = left.join(right, on="id", how="right").filter(pl.col("grp") == 1)  # null-padded left side
+    assert optimize(blocked.plan).plan.kind == "Filter"
+    counted(blocked, ws, counters)
