@@ -414,3 +414,18 @@ def test_predicate_into_the_kept_side_of_a_right_join(ws, counters):
     blocked = left.join(right, on="id", how="right").filter(pl.col("grp") == 1)  # null-padded left side
     assert optimize(blocked.plan).plan.kind == "Filter"
     counted(blocked, ws, counters)
+
+
+def test_select_computations_move_below_the_llm(ws, counters):
+    frame = gen(rows(40)).select("id", "q", big=pl.col("len") >= 90).filter(pl.col("big"))
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["Select", "Generate"] and "Filter" in kinds(plan)[2:]
+    assert counted(frame, ws, counters) == (4, 40)
+
+
+def test_select_computations_blocked_on_llm_columns_and_aggregates(ws, counters):
+    frame = gen(rows(8)).select("id", n=pl.col("q").str.len_chars())
+    assert kinds(optimize(frame.plan).plan)[:2] == ["Select", "Generate"]
+    frame = gen(rows(8)).select("id", "q", m=pl.col("len").mean()).filter(pl.col("m") > 0)
+    assert kinds(optimize(frame.plan).plan)[:3] == ["Filter", "Select", "Generate"]
+    counted(frame, ws, counters)
