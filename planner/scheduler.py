@@ -202,7 +202,8 @@ class _ChainRun:
                 row = self.row_context(i, r)
                 nulls = st.node.null_inputs(row)
                 if nulls:  # never render None into a prompt: the row fails, naming the input
-                    next_todo.extend(self.fail_row(i, r, f"input column(s) {', '.join(map(repr, nulls))} null, so no request was sent "
+                    named = ", ".join(map(repr, nulls))
+                    next_todo.extend(self.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
                                                          "(handle it in the template with "
                                                          "{{ x | default('...') }} or {% if x %}, or filter the "
                                                          "row out)"))

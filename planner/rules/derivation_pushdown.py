@@ -7,7 +7,9 @@ cheap work goes below the expensive row-local map). A bare-column ``select`` abo
 the LLM node puts the columns back in their order.
 
 Also fires above a select of bare columns (the select then keeps the new columns too),
-so a chain of ``with_columns`` reaches the LLM node one after the other.
+so a chain of ``with_columns`` reaches the LLM node one after the other; and on a
+``select`` whose computed, elementwise columns read only input columns and take new
+names: they are computed below the LLM node and the select picks them by name.
 
 Fires on ``with_columns`` directly above an LLM node with one input
 (``is_llm``, ``row_by_row()``) when the expressions read none of the columns the LLM node
@@ -30,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from ..nodes import LLMNode, PlanNode, Select, WithColumns
+from ..nodes import LLMNode, PlanNode, Select, WithColumns, expr_columns, is_elementwise
 
 __all__ = ["rule"]
 
@@ -43,7 +45,28 @@ def _chain(node: PlanNode) -> list[PlanNode]:
     return out
 
 
+def _select_over_llm(node: Select, ctx: Any) -> PlanNode | None:
+    """A select computing columns from input columns above an LLM node: the computation
+    moves below it as a ``with_columns``, the select keeps picking the columns by name."""
+    below = node.child
+    computed = [e for e in node.exprs if not e.meta.is_column()]
+    if not computed or not below.is_llm or not below.row_by_row() or not is_elementwise(list(node.exprs)):
+        return None
+    base = below.children[0]
+    read = expr_columns(computed)
+    names = [e.meta.output_name() for e in computed]
+    taken = set(base.columns) | (below.columns_read() or frozenset()) | below.columns_written()
+    if read is None or read & below.columns_written() or not read <= set(base.columns) or set(names) & taken:
+        return None
+    lowered = below.with_children(WithColumns(children=(base,), exprs=tuple(computed)))
+    what = f"{below.kind.lower()} {below.column!r}" if isinstance(below, LLMNode) else below.kind.lower()
+    ctx.note(f"select's computed columns {', '.join(names)} moved below {what}")
+    return Select(children=(lowered,), exprs=tuple(pl.col(e.meta.output_name()) for e in node.exprs))
+
+
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:
+    if isinstance(node, Select):
+        return _select_over_llm(node, ctx)
     if not isinstance(node, WithColumns):
         return None
     below = node.child

@@ -95,7 +95,7 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> tuple[lazyllm.Frame, bool]
     if kind == "explode":
         return frame.with_columns(tags=pl.concat_list(pl.col("id"), pl.col("id") + 100)).explode("tags"), False
     if kind == "join":
-        how = ["inner", "left", "semi", "anti"][k % 4]
+        how = ["inner", "left", "semi", "anti", "right", "full"][k % 6]
         return frame.join(LABELS, on="id", how=how), False
     if kind == "concat":
         return frame.concat(frame), False
@@ -150,6 +150,7 @@ def run(steps, rows):
 @example(steps=[("llm_filter", 0), ("with_columns_agg", 0), ("head", 0)], rows=12)
 @example(steps=[("generate", 0), ("sort", 1), ("head", 3), ("drop", 0)], rows=9)
 @example(steps=[("judge", 0), ("join", 2), ("concat", 0), ("unique", 1), ("sql", 0)], rows=7)
+@example(steps=[("generate", 0), ("llm_filter", 0), ("sample", 1), ("unique", 0)], rows=12)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=ops, rows=st.integers(0, 12))
 def test_optimizing_never_changes_results_nor_adds_llm_calls(steps, rows):

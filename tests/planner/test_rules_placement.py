@@ -402,3 +402,30 @@ def test_projection_merge_blocked_by_computed_or_renamed_columns():
     assert "Generate" in kinds(optimize(frame.plan).plan)  # the lower select computes (renames) q
     frame = gen(rows(6)).select("id", "q").select(pl.col("id") + 1)
     assert kinds(optimize(frame.plan).plan)[:2] == ["Select", "Select"]
+
+
+def test_predicate_into_the_kept_side_of_a_right_join(ws, counters):
+    left = lazyllm.from_dicts([{"id": i, "grp": i % 2} for i in range(8)])
+    right = gen(rows(8)).select("id", "topic", "q")
+    frame = left.join(right, on="id", how="right").filter(pl.col("topic").str.ends_with("3"))
+    plan = optimize(frame.plan).plan
+    assert plan.kind == "Join" and "Filter" in kinds(plan.children[1])
+    assert counted(frame, ws, counters) == (1, 8)
+    blocked = left.join(right, on="id", how="right").filter(pl.col("grp") == 1)  # null-padded left side
+    assert optimize(blocked.plan).plan.kind == "Filter"
+    counted(blocked, ws, counters)
+
+
+def test_select_computations_move_below_the_llm(ws, counters):
+    frame = gen(rows(40)).select("id", "q", big=pl.col("len") >= 90).filter(pl.col("big"))
+    plan = optimize(frame.plan).plan
+    assert kinds(plan)[:2] == ["Select", "Generate"] and "Filter" in kinds(plan)[2:]
+    assert counted(frame, ws, counters) == (4, 40)
+
+
+def test_select_computations_blocked_on_llm_columns_and_aggregates(ws, counters):
+    frame = gen(rows(8)).select("id", n=pl.col("q").str.len_chars())
+    assert kinds(optimize(frame.plan).plan)[:2] == ["Select", "Generate"]
+    frame = gen(rows(8)).select("id", "q", m=pl.col("len").mean()).filter(pl.col("m") > 0)
+    assert kinds(optimize(frame.plan).plan)[:3] == ["Filter", "Select", "Generate"]
+    counted(frame, ws, counters)
