@@ -356,15 +356,6 @@ def bench_scaleout(args: argparse.Namespace) -> None:
     run(args)
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
-    "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
-    "scaleout": bench_scaleout,
-}
-#: Run by default (no names given): the quick ones. ``mainjob`` takes about 30 minutes and
-#: ``scaleout`` needs the ``ray`` extra; name them.
-DEFAULT_BENCHES = ("planner", "cache", "engines")
-
-
 def bench_shapes(args: argparse.Namespace) -> None:
     """Plan shapes: requests optimized vs unoptimized vs minimal (see benchmarks/plan_shapes.py)."""
     from .plan_shapes import bench_shapes as run
