@@ -25,6 +25,7 @@ MODEL = lazyllm.TestModel(
     name="prop",
     rules=(("judge: echo[0|greedy]: a 1", "8"), ("judge:", "3"), ("keep? t2", "yes"), ("keep? t5", "yes"),
            ("keep? t0", "yes"), ("keep? t1", "yes"), ("keep?", "no"), ("also? t1", "no"), ("also?", "yes")),
+    rewards=(("t1", 2.0), ("t3", -1.0), ("a t", 0.5)),
     batch_size=3,
 )
 
@@ -33,7 +34,7 @@ LABELS = lazyllm.from_dicts([{"id": i, "label": f"l{i % 3}"} for i in range(0, 1
 OPS = ["generate", "judge", "filter_input", "filter_llm", "filter_agg", "filter_window", "llm_filter",
        "llm_filter_2", "head", "sort", "sort_llm", "select", "select_all", "drop", "rename", "with_columns",
        "with_columns_agg", "unique", "sample", "explode", "join", "concat", "sql", "sql_filter", "select_computed",
-       "split", "judge_pairwise"]
+       "split", "judge_pairwise", "reward"]
 
 
 def _llm_cols(frame: lazyllm.Frame) -> list[str]:
@@ -109,6 +110,9 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> tuple[lazyllm.Frame, bool]
     if kind == "judge_pairwise" and len(text_cols) >= 2:
         return frame.judge_pairwise(f"w{i}", MODEL, a=text_cols[0], b=text_cols[-1], prompt="which? {{ answer_a }} "
                                     "{{ answer_b }}", swap=bool(k % 2)), False
+    if kind == "reward" and text_cols:  # a reward-model score (a Float64 column)
+        col = text_cols[k % len(text_cols)]
+        return frame.reward(f"g{i}", MODEL, response=col, prompt="rate {{ topic }}"), False
     if kind == "sql_filter":
         return frame.sql("SELECT id, topic FROM self WHERE id > 1"), True
     return frame, False
@@ -147,6 +151,7 @@ def run(steps, rows):
 @example(steps=[("generate", 0), ("llm_filter", 0), ("filter_agg", 0)], rows=10)
 @example(steps=[("generate", 0), ("filter_input", 1), ("filter_window", 0)], rows=12)
 @example(steps=[("generate", 0), ("filter_agg", 0), ("head", 2)], rows=12)
+@example(steps=[("reward", 0), ("filter_input", 1), ("sort_llm", 0), ("head", 2)], rows=9)
 @example(steps=[("llm_filter", 0), ("with_columns_agg", 0), ("head", 0)], rows=12)
 @example(steps=[("generate", 0), ("sort", 1), ("head", 3), ("drop", 0)], rows=9)
 @example(steps=[("judge", 0), ("join", 2), ("concat", 0), ("unique", 1), ("sql", 0)], rows=7)
@@ -161,7 +166,7 @@ def test_every_frame_operator_is_generated():
     # every Frame method that returns a Frame is drawn by the strategy: a new operator fails
     # here until the property test generates it
     not_operators = {"card", "collect", "columns", "explain", "fingerprint", "plan", "publish", "save_dataset",
-                     "schema", "sink_parquet", "train", "write_ndjson", "write_parquet", "limit"}
+                     "schema", "sink_hub", "sink_parquet", "train", "write_ndjson", "write_parquet", "limit"}
     methods = {m for m in dir(lazyllm.Frame) if not m.startswith("_")} - not_operators
     method_of = {"filter_input": "filter", "filter_llm": "filter", "filter_agg": "filter", "filter_window": "filter",
                  "llm_filter": "filter", "llm_filter_2": "filter", "sort_llm": "sort", "select_all": "select",
