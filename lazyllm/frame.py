@@ -74,7 +74,38 @@ def _names(items: Iterable[Any], what: str) -> tuple[str, ...]:
 
 
 class Frame:
-    """A lazy frame over a plan node. Build it with ``lazyllm.read_*`` / ``from_*``."""
+    """A lazy frame: an immutable handle over a logical plan (polars' ``LazyFrame`` idea,
+    with LLM operators).
+
+    Build one with a source (:func:`lazyllm.read_parquet`, :func:`lazyllm.from_polars`,
+    ...) and chain operators: each returns a new Frame and runs nothing. Relational
+    operators take polars expressions and are run by polars; LLM operators
+    (:meth:`generate`, :meth:`judge`, :meth:`judge_pairwise`, :meth:`reward`,
+    ``filter(llm_predicate(...))``) add columns computed by a model. :meth:`explain`
+    shows the optimized plan with its estimated LLM calls and tokens; :meth:`collect`
+    runs it and returns a ``polars.DataFrame``; :meth:`train` turns a frame into a lazy
+    trained model.
+
+    Parameters
+    ----------
+    node : lazyllm.planner.nodes.PlanNode
+        The plan (built by the sources and operators; users do not call this).
+
+    Notes
+    -----
+    Cost: building a frame validates the plan against the schema (columns a template
+    or expression reads must exist) and calls no model; a frame's fingerprint hashes
+    its sources' content once.
+
+    Examples
+    --------
+    >>> import polars as pl, lazyllm
+    >>> frame = lazyllm.from_dicts([{"q": "2+2?"}, {"q": "3+3?"}]).filter(pl.col("q") != "3+3?")
+    >>> frame.columns
+    ['q']
+    >>> frame.collect(progress=False).height
+    1
+    """
 
     __slots__ = ("_node",)
 
@@ -189,7 +220,9 @@ class Frame:
         )
 
     def concat(self, *others: "Frame", how: str = "vertical") -> "Frame":
-        """Append the rows of other frames (``polars.concat``)."""
+        """Append the rows of other frames: the same as ``lazyllm.concat([self, *others], how=how)``.
+
+        See :func:`lazyllm.concat` for the parameters and errors."""
         return concat([self, *others], how=how)
 
     def explode(self, columns: str | Sequence[str], *more: str) -> "Frame":
@@ -646,12 +679,27 @@ class Frame:
             ``LAZYLLM_RAY_ADDRESS``) or ``lazyllm.RayExecutor(address=..., replicas=...)``.
             Results and the cache are the same either way.
 
+        Returns
+        -------
+        polars.DataFrame
+            The frame's rows and columns (``frame.columns``, ``frame.schema``). A failed
+            LLM row holds a null and the reason in its ``<column>_error`` column.
+
         Raises
         ------
         EngineError
             A model could not be loaded. Batches already computed stay in the cache.
         MissingDependencyError
             ``executor="ray"`` without Ray installed (before anything runs).
+        WorkspaceError
+            ``workspace`` is not a usable folder (before anything runs).
+
+        Notes
+        -----
+        Cost: one LLM call per distinct request that is not in the cache (see
+        :meth:`explain` for the estimate before running); each engine batch is
+        committed to the cache as it returns, so an interruption loses at most the
+        batch in flight and a rerun resumes. A rerun of the same plan loads no model.
         """
         return _exec.collect(self._node, workspace=workspace, progress=progress, optimize=optimize,
                              executor=executor).frames[0]
@@ -663,10 +711,34 @@ class Frame:
         Parameters
         ----------
         optimized : bool
-            Show the optimized plan and the rules that fired, one line each (default),
-            or the logical plan as written (False).
+            Show the optimized plan and the rules that fired, one line each, with the
+            LLM calls of the optimized plan against the plan as written (default), or
+            the logical plan as written (False).
+        workspace : str, path or Workspace, optional
+            Whose cache predicts the cache hits (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
+        fingerprints : bool
+            Show each node's short fingerprint.
 
-        Reads the inputs and the cache: no model is loaded and no LLM is called.
+        Returns
+        -------
+        str
+            One line per plan node (root first); per LLM node: rows in, LLM calls to
+            make, predicted cache hits, estimated input tokens (the model's tokenizer
+            when it is on disk, else characters / 4) and output tokens, and the cost for
+            priced models.
+
+        Notes
+        -----
+        Cost: reads the inputs and looks every request up in the cache (a dry run):
+        no model is loaded and no LLM is called. Rows that wait on an upstream LLM
+        output are estimated (counted as uncertain).
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> frame = lazyllm.from_dicts([{"q": "2+2?"}]).generate("a", lazyllm.TestModel(), prompt="{{ q }}")
+        >>> print(frame.explain(fingerprints=False).splitlines()[0])
+        optimized plan
         """
         from lazyllm.planner.optimizer import optimize
 
@@ -795,7 +867,19 @@ def canonical_json_schema(schema: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class LLMPredicate:
-    """A yes/no question to an LLM, for :meth:`Frame.filter`. Build it with :func:`llm_predicate`."""
+    """A yes/no question to an LLM, for :meth:`Frame.filter`. Build it with :func:`llm_predicate`.
+
+    Parameters
+    ----------
+    model : ModelSpec
+        The model that answers.
+    prompt, system : str
+        Jinja2 templates of the user and system messages.
+    sampling : SamplingParams
+        Temperature, seed and ``max_tokens`` (2) of the request.
+    aliases : tuple of (variable, column)
+        Template variables read from differently named columns.
+    """
 
     model: ModelSpec
     prompt: str
@@ -821,7 +905,39 @@ def llm_predicate(model: Any, prompt: str, *, system: str | None = None, tempera
 
 
 def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
-    """Concatenate frames (``polars.concat`` semantics)."""
+    """Concatenate frames lazily (run by ``polars.concat``).
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        At least one; a single frame is returned as is.
+    how : {"vertical", "vertical_relaxed", "diagonal", "diagonal_relaxed", "horizontal"}
+        As in ``polars.concat``: ``"vertical"`` needs the same columns and dtypes,
+        ``"diagonal"`` fills missing columns with nulls.
+
+    Returns
+    -------
+    Frame
+        The rows of each frame in order (``"vertical"``/``"diagonal"``).
+
+    Raises
+    ------
+    PlanError
+        No frames, something that is not a Frame, or schemas that ``how`` cannot
+        combine (the message names the columns that differ).
+
+    Notes
+    -----
+    Cost: none until collected; a filter above the concat runs in each branch, below
+    their LLM nodes where it can (predicate pushdown).
+
+    Examples
+    --------
+    >>> import lazyllm
+    >>> a, b = lazyllm.from_dicts([{"x": 1}]), lazyllm.from_dicts([{"x": 2}])
+    >>> lazyllm.concat([a, b]).collect(progress=False)["x"].to_list()
+    [1, 2]
+    """
     frames = list(frames)
     if not frames or not all(isinstance(f, Frame) for f in frames):
         raise PlanError("concat() takes a non-empty list of lazyllm Frames.")
@@ -833,7 +949,38 @@ def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
 
 def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
                 progress: bool | None = None, executor: "str | Any | None" = None) -> list[pl.DataFrame]:
-    """Collect several frames in one run: a subplan they share runs once (``executor``: see
-    :meth:`Frame.collect`)."""
+    """Collect several frames in one run: a subplan they share runs once.
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        The frames to compute.
+    workspace, progress, executor
+        As for :meth:`Frame.collect`.
+
+    Returns
+    -------
+    list of polars.DataFrame
+        One result per frame, in order.
+
+    Raises
+    ------
+    EngineError, MissingDependencyError, WorkspaceError
+        As for :meth:`Frame.collect`.
+
+    Notes
+    -----
+    Cost: each distinct request is sent once across all frames (common subplans are
+    found by fingerprint and run once; requests of different LLM nodes to the same
+    model are batched together); cached ones are not sent at all.
+
+    Examples
+    --------
+    >>> import lazyllm
+    >>> base = lazyllm.from_dicts([{"q": "2+2?"}]).generate("a", lazyllm.TestModel(), prompt="{{ q }}")
+    >>> first, second = lazyllm.collect_all([base, base.select("a")], progress=False)
+    >>> first["a"].to_list() == second["a"].to_list()
+    True
+    """
     return _exec.collect_all([f.plan for f in frames], workspace=workspace, progress=progress,
                              executor=executor).frames
