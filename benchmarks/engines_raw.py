@@ -187,7 +187,7 @@ def bench_chain(args: argparse.Namespace) -> None:
     from .run import alternate, fresh_workspace, table, write_section
 
     spec = _spec(args)
-    rows = [{"topic": p} for p in prompts(args.prompts)]
+    rows = [{"topic": f"{TOPICS[i % len(TOPICS)]} (#{i})"} for i in range(args.prompts)]
     seed = 7
     frame = lazyllm.from_dicts(rows)
     for stage in CHAIN:
