@@ -256,6 +256,43 @@ def bench_engines(args: argparse.Namespace) -> None:
     write_section("Engines: transformers vs vLLM (CPU)", body, " ".join(sys.argv))
 
 
+def _gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _sized(args: argparse.Namespace, cpu: tuple[int, int], gpu: tuple[int, int]) -> argparse.Namespace:
+    """``args`` with ``prompts`` / ``max_tokens`` defaulted: a few minutes on a small CPU, 1,000+ prompts on a GPU."""
+    prompts, max_tokens = gpu if _gpu() else cpu
+    return argparse.Namespace(**{**vars(args), "prompts": args.prompts or prompts,
+                                 "max_tokens": args.max_tokens or max_tokens})
+
+
+def bench_vllm_raw(args: argparse.Namespace) -> None:
+    """lazyllm's vLLM engine vs one raw LLM.chat over all prompts (see benchmarks/engines_raw.py)."""
+    from .engines_raw import bench_vllm_raw as run
+
+    run(_sized(args, (128, 128), (1000, 256)))
+
+
+def bench_chain(args: argparse.Namespace) -> None:
+    """A three-stage chain as a lazyllm frame vs the raw vLLM engine stage by stage."""
+    from .engines_raw import bench_chain as run
+
+    run(_sized(args, (48, 0), (1000, 0)))
+
+
+def bench_openai_raw(args: argparse.Namespace) -> None:
+    """lazyllm's OpenAI engine vs the raw async openai client against a local vLLM server."""
+    from .engines_raw import bench_openai_raw as run
+
+    run(_sized(args, (96, 64), (1000, 256)))
+
+
 def bench_mainjob(args: argparse.Namespace) -> None:
     """The main job (question -> answer -> judge -> filter) with lazyllm, DataDreamer 0.46 and a
     hand-written transformers script: cold, warm, one prompt changed; same engine and fastest engine.
@@ -336,43 +373,6 @@ def _new_round(fn: Callable[[], dict[str, Any]], state: dict[str, Any]) -> Calla
         return fn()
 
     return go
-
-
-def _gpu() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def _sized(args: argparse.Namespace, cpu: tuple[int, int], gpu: tuple[int, int]) -> argparse.Namespace:
-    """``args`` with ``prompts`` / ``max_tokens`` defaulted: a few minutes on a small CPU, 1,000+ prompts on a GPU."""
-    prompts, max_tokens = gpu if _gpu() else cpu
-    return argparse.Namespace(**{**vars(args), "prompts": args.prompts or prompts,
-                                 "max_tokens": args.max_tokens or max_tokens})
-
-
-def bench_vllm_raw(args: argparse.Namespace) -> None:
-    """lazyllm's vLLM engine vs one raw LLM.chat over all prompts (see benchmarks/engines_raw.py)."""
-    from .engines_raw import bench_vllm_raw as run
-
-    run(_sized(args, (128, 128), (1000, 256)))
-
-
-def bench_chain(args: argparse.Namespace) -> None:
-    """A three-stage chain as a lazyllm frame vs the raw vLLM engine stage by stage."""
-    from .engines_raw import bench_chain as run
-
-    run(_sized(args, (48, 0), (1000, 0)))
-
-
-def bench_openai_raw(args: argparse.Namespace) -> None:
-    """lazyllm's OpenAI engine vs the raw async openai client against a local vLLM server."""
-    from .engines_raw import bench_openai_raw as run
-
-    run(_sized(args, (96, 64), (1000, 256)))
 
 
 def bench_scaleout(args: argparse.Namespace) -> None:
