@@ -15,8 +15,11 @@ and loads the model once (about 30 s for SmolLM2-135M on 2 CPU cores with
 ``enforce_eager``); :meth:`VLLMEngine.close` (called by the executor after the collect)
 ends the worker, which frees the accelerator for a trainer.
 
-Requests: chat messages go through ``LLM.chat`` (the model's chat template), raw
-prompts through ``LLM.generate``, each with its own ``SamplingParams`` (temperature,
+Streaming: the worker adds requests to vLLM's engine as they arrive (``LLM.enqueue_chat``
+for chat messages, with the model's chat template; ``LLM.enqueue`` for raw prompts) and
+runs ``LLMEngine.step()`` itself, answering each request in the step it finishes, so
+``generate()`` yields responses as they complete and requests of a later call join the
+running batch. Each request has its own ``SamplingParams`` (temperature,
 top_p, max_tokens, stop, ``n=1``; the planner sends one request per sample index).
 ``choices`` and ``json_schema`` use vLLM's structured outputs
 (``StructuredOutputsParams(choice=...)`` / ``(json=...)``); the answer is checked as
@@ -246,8 +249,8 @@ class VLLMEngine:
 
     Notes
     -----
-    Cost: one model load per engine (per collect), then one worker round trip per
-    ``generate()`` call; vLLM batches the requests of a call itself (continuous batching).
+    Cost: one model load per engine (per collect); requests stream to the worker and
+    answers stream back as they finish (vLLM's continuous batching).
     """
 
     def __init__(self, spec: VLLM, *, workspace: Path) -> None:
@@ -256,9 +259,10 @@ class VLLMEngine:
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[bytes] | None = None
         self.log_path: Path | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # load() closes the worker when loading fails
         self._machine: Machine | None = None
         self._settings: VLLMSettings | None = None
+        self._next_tag = 0  # requests are tagged uniquely per engine (answers of an abandoned call are ignored)
 
     # -- lifecycle
 
@@ -365,23 +369,35 @@ class VLLMEngine:
             return ""
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+    def _send(self, command: dict[str, Any]) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
+        if proc is None or proc.stdin is None:
             raise EngineError("The vLLM worker is not running.")
         try:
             proc.stdin.write(json.dumps(command) + "\n")
             proc.stdin.flush()
-            line = proc.stdout.readline()
         except (BrokenPipeError, OSError) as exc:
-            line = ""
-            cause = f"{type(exc).__name__}: {exc}"
-        else:
+            raise EngineError(f"The vLLM worker stopped ({type(exc).__name__}: {exc}, exit code {proc.poll()}). "
+                              f"Its log ({self.log_path}) ends with:\n{self._log_tail()}") from None
+
+    def _read(self) -> dict[str, Any]:
+        """The worker's next answer line (an ``ok: false`` answer is returned, not raised)."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            raise EngineError("The vLLM worker is not running.")
+        try:
+            line = proc.stdout.readline()
             cause = "it exited"
+        except (OSError, ValueError) as exc:
+            line, cause = "", f"{type(exc).__name__}: {exc}"
         if not line:
             raise EngineError(f"The vLLM worker stopped ({cause}, exit code {proc.poll()}). Its log "
                               f"({self.log_path}) ends with:\n{self._log_tail()}")
-        answer = json.loads(line)
+        return json.loads(line)
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        self._send(command)
+        answer = self._read()
         if not answer.get("ok"):
             raise EngineError(f"{answer.get('error')}. The worker's log ({self.log_path}) ends with:\n"
                               f"{self._log_tail(1000)}")
@@ -422,7 +438,11 @@ class VLLMEngine:
     # -- generation
 
     def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
-        """Run ``requests`` on vLLM; yield ``(index, Response)`` per chunk of ``spec.batch_size``.
+        """Run ``requests`` on vLLM; yield ``(index, Response)`` pairs as requests finish.
+
+        Every request is submitted at once (in lines of ``spec.batch_size``) and joins
+        vLLM's running batch; after each engine step, the requests that finished in it
+        are yielded together, so a long answer holds back no short one.
 
         Parameters
         ----------
@@ -433,38 +453,62 @@ class VLLMEngine:
         Yields
         ------
         list of (int, Response)
-            One list per chunk of at most ``spec.batch_size`` requests; every index once.
+            The requests that finished in one engine step, in completion order; every
+            index once over the whole iteration.
 
         Raises
         ------
         MissingDependencyError, ModelNotFoundError, EngineError
             The worker cannot start or load the model (raised by the first ``next()``).
-            A chunk that fails inside vLLM yields error responses, and the next chunk
-            starts a fresh worker (one more model load).
+            When vLLM fails as a whole, every unfinished request gets an error response
+            and the next call starts a fresh worker (one more model load).
 
         Notes
         -----
         Responses: ``text`` (unconstrained text stripped, stop strings cut),
         ``input_tokens`` (prompt tokens after the chat template), ``output_tokens``,
-        ``finish_reason`` ``"stop"`` or ``"length"``. Cost: one forward pass per
+        ``finish_reason`` ``"stop"`` or ``"length"``. A sampled request carries its own
+        seed, so its text does not depend on what else runs. Cost: one forward pass per
         generated token of the running batch (continuous batching).
         """
         if not requests:
             return
         self.load()
+        base, self._next_tag = self._next_tag, self._next_tag + len(requests)
+        pending = set(range(len(requests)))
         size = self.spec.batch_size
-        for start in range(0, len(requests), size):
-            chunk = list(enumerate(requests[start : start + size], start))
-            self.load()  # no-op unless a failed chunk closed the worker
+        try:
             try:
-                answer = self._ask({"op": "generate", "requests": [_payload(r) for _, r in chunk]})
-                responses = [_response(r, raw) for (_, r), raw in zip(chunk, answer["results"], strict=True)]
+                for start in range(0, len(requests), size):
+                    self._send({"op": "submit", "requests": [
+                        {"tag": base + i, **_payload(r)} for i, r in enumerate(requests[start : start + size], start)]})
+                while pending:
+                    answer = self._read()
+                    if not answer.get("ok"):
+                        failed = [t - base for t in answer.get("tags") or [] if t - base in pending]
+                        if not failed:  # about requests of an abandoned call
+                            continue
+                        pending -= set(failed)
+                        self.close()  # vLLM may be dead: a fresh worker for the next call
+                        error = f"The batch failed in vLLM: {answer.get('error')}"
+                        yield [(i, _error(error)) for i in failed] + [(i, _error(error)) for i in sorted(pending)]
+                        pending.clear()
+                        return
+                    done = [(t - base, raw) for t, raw in answer["results"] if t - base in pending]
+                    if done:
+                        pending -= {i for i, _ in done}
+                        yield [(i, _response(requests[i], raw)) for i, raw in done]
             except EngineError as exc:
-                # vLLM failed as a whole (its engine process may be dead): errors for this chunk,
-                # and a fresh worker for the next one
-                responses = [_error(f"The batch failed in vLLM: {exc}") for _ in chunk]
+                # the worker died: errors for what is in flight, and a fresh worker for the next call
                 self.close()
-            yield [(i, response) for (i, _), response in zip(chunk, responses, strict=True)]
+                failed, pending = sorted(pending), set()
+                yield [(i, _error(f"The batch failed in vLLM: {exc}")) for i in failed]
+        finally:
+            if pending and self.loaded:  # the caller gave up: stop the rest
+                try:
+                    self._send({"op": "abort", "tags": [base + i for i in pending]})
+                except EngineError:
+                    pass
 
 
 def _error(message: str) -> Response:

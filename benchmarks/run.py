@@ -6,6 +6,8 @@ Usage (from the repository root)::
 
     python -m benchmarks.run                  # the quick comparisons: planner, cache, engines
     python -m benchmarks.run planner cache    # some of them
+    python -m benchmarks.run vllm-raw chain openai-raw   # lazyllm's engines vs the raw engines
+    python -m benchmarks.run vllm-raw --prompts 1000 --max-tokens 256   # the GPU size
     python -m benchmarks.run planner --repeats 3 --model test
     python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 30 min)
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
@@ -259,6 +261,43 @@ def bench_engines(args: argparse.Namespace) -> None:
     write_section("Engines: transformers vs vLLM (CPU)", body, " ".join(sys.argv))
 
 
+def _gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _sized(args: argparse.Namespace, cpu: tuple[int, int], gpu: tuple[int, int]) -> argparse.Namespace:
+    """``args`` with ``prompts`` / ``max_tokens`` defaulted: a few minutes on a small CPU, 1,000+ prompts on a GPU."""
+    prompts, max_tokens = gpu if _gpu() else cpu
+    return argparse.Namespace(**{**vars(args), "prompts": args.prompts or prompts,
+                                 "max_tokens": args.max_tokens or max_tokens})
+
+
+def bench_vllm_raw(args: argparse.Namespace) -> None:
+    """lazyllm's vLLM engine vs one raw LLM.chat over all prompts (see benchmarks/engines_raw.py)."""
+    from .engines_raw import bench_vllm_raw as run
+
+    run(_sized(args, (128, 128), (1000, 256)))
+
+
+def bench_chain(args: argparse.Namespace) -> None:
+    """A three-stage chain as a lazyllm frame vs the raw vLLM engine stage by stage."""
+    from .engines_raw import bench_chain as run
+
+    run(_sized(args, (48, 0), (1000, 0)))
+
+
+def bench_openai_raw(args: argparse.Namespace) -> None:
+    """lazyllm's OpenAI engine vs the raw async openai client against a local vLLM server."""
+    from .engines_raw import bench_openai_raw as run
+
+    run(_sized(args, (96, 64), (1000, 256)))
+
+
 def bench_mainjob(args: argparse.Namespace) -> None:
     """The main job (question -> answer -> judge -> filter) with lazyllm, DataDreamer 0.46 and a
     hand-written transformers script: cold, warm, one prompt changed; same engine and fastest engine.
@@ -370,6 +409,8 @@ BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
 #: Run by default (no names given): the quick ones. ``mainjob`` takes about 30 minutes and
 #: ``scaleout`` needs the ``ray`` extra; name them.
 DEFAULT_BENCHES = ("planner", "cache", "engines")
+#: lazyllm's engines against the raw engines they drive (benchmarks/engines_raw.py): name them.
+BENCHES.update({"vllm-raw": bench_vllm_raw, "chain": bench_chain, "openai-raw": bench_openai_raw})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -383,9 +424,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="mainjob: torch CPU threads of every tool (default 1, as in the issue's reference figures)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="mainjob: weights dtype of every tool and engine (default float32)")
+                        help="mainjob, vllm-raw, chain, openai-raw: weights dtype of every tool and engine "
+                             "(default float32)")
     parser.add_argument("--quick", action="store_true", help="mainjob: 8 docstrings, one round (a smoke run)")
     parser.add_argument("--no-vllm", action="store_true", help="mainjob: skip lazyllm on the vLLM worker")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="vllm-raw, chain, openai-raw: prompts (rows); default a few minutes' worth here, "
+                             "1,000 on a GPU")
+    parser.add_argument("--max-tokens", type=int, default=None, help="vllm-raw, openai-raw: max tokens per answer")
+    parser.add_argument("--concurrency", type=int, default=32, help="openai-raw: requests in flight (default 32)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name in args.which or DEFAULT_BENCHES:

@@ -61,11 +61,11 @@ def shard_names(split: str, rows: int, max_shard_rows: int) -> list[str]:
     return [f"data/{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
 
 
-def _check(split: str, max_shard_rows: int) -> None:
+def _check(split: str, max_shard_rows: Any, name: str = "max_shard_rows") -> None:
     if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
         raise PlanError(f"split must be a name of letters, digits and underscores (e.g. 'train'), got {split!r}.")
-    if not isinstance(max_shard_rows, int) or max_shard_rows < 1:
-        raise PlanError(f"max_shard_rows must be a positive int (rows per parquet file), got {max_shard_rows!r}.")
+    if not isinstance(max_shard_rows, int) or isinstance(max_shard_rows, bool) or max_shard_rows < 1:
+        raise PlanError(f"{name} must be a positive int (rows per parquet file), got {max_shard_rows!r}.")
 
 
 def _collect(frame: "Frame", data: pl.DataFrame | None, workspace: Any, progress: bool | None) -> pl.DataFrame:
@@ -707,7 +707,7 @@ def sink_hub(
 
     if not isinstance(frame, Frame):
         raise PlanError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
-    _check(split, rows_per_shard if isinstance(rows_per_shard, int) else -1)
+    _check(split, rows_per_shard, "rows_per_shard")
     if isinstance(card_interval, bool) or not isinstance(card_interval, (int, float)) or card_interval < 0:
         raise PlanError(f"card_interval must be a number of seconds >= 0, got {card_interval!r}.")
     plan = _optimize(frame.plan).plan if optimize else frame.plan

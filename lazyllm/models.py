@@ -112,12 +112,12 @@ class Transformers(ModelSpec):
 
     def runtime_spec(self) -> ModelSpec:
         """The spec the engine runs: this one, or with ``engine="vllm"`` a :class:`VLLM` spec
-        of the same weights and dtype (GPU settings on CUDA, CPU settings elsewhere)."""
+        of the same weights and dtype (its settings resolved from the hardware at load)."""
         if self.engine != "vllm":
             return self
-        cuda = self.device.startswith("cuda")
-        return VLLM(self.model, revision=self.revision, dtype=self.dtype, device="cuda" if cuda else "cpu",
-                    enforce_eager=not cuda, gpu_memory_utilization=0.85 if cuda else 0.5)
+        # the vLLM spec's performance settings stay "auto": resolved from the hardware at load
+        return VLLM(self.model, revision=self.revision, dtype=self.dtype,
+                    device="cuda" if self.device.startswith("cuda") else "cpu")
 
     @property
     def display_name(self) -> str:

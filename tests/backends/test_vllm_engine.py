@@ -195,6 +195,27 @@ def test_seeded_samples_do_not_depend_on_the_batch(engine):
 
 
 @pytest.mark.server
+def test_responses_stream_as_they_finish(engine):
+    """A long answer does not hold back short ones: they come back in earlier parts."""
+    requests = [ask(ESSAY, max_tokens=160)] + [ask(f"Say the number {k}.", max_tokens=4) for k in range(6)]
+    parts = [list(part) for part in engine.generate(requests)]
+    order = [i for part in parts for i, _ in part]
+    assert sorted(order) == list(range(7)) and len(parts) >= 2
+    assert order[-1] == 0 and 0 not in [i for i, _ in parts[0]]
+    long = next(r for part in parts for i, r in part if i == 0)
+    assert long.output_tokens > 4 and long.error is None
+
+
+@pytest.mark.server
+def test_a_given_up_call_does_not_leak_into_the_next(engine):
+    gen = engine.generate([ask(ESSAY, max_tokens=64), ask(COLORS, max_tokens=64)])
+    next(gen)
+    gen.close()  # the caller gives up: the rest is aborted, its answers (if any) ignored
+    out = run(engine, [ask(FRANCE, max_tokens=24)])
+    assert list(out) == [0] and "Paris" in out[0].text
+
+
+@pytest.mark.server
 def test_stop_strings_and_constraints(engine):
     full = run(engine, [ask(ESSAY, max_tokens=24)])[0]
     stop = full.text.split()[4]
