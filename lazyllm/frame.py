@@ -355,6 +355,8 @@ class Frame:
             Lowest and highest score.
         max_tokens : int, optional
             Default 4 (a score) or 256 (rationale and score).
+        overwrite : bool
+            Replace output columns the frame already has (otherwise a PlanError).
 
         Raises
         ------
@@ -420,6 +422,13 @@ class Frame:
             Column shown as ``{{ question }}`` (needed by the default prompt).
         swap : bool
             Judge both orders (default). False: one call per row, no bias check.
+        overwrite : bool
+            Replace output columns the frame already has (otherwise a PlanError).
+
+        Raises
+        ------
+        PlanError
+            ``a == b`` (every verdict would be a tie), or an output column exists.
 
         Notes
         -----
