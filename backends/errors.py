@@ -30,6 +30,8 @@ __all__ = [
     "CacheError",
     "WorkspaceError",
     "ParameterError",
+    "HubError",
+    "PathNotFoundError",
 ]
 
 
@@ -93,15 +95,22 @@ class ModelNotFoundError(FileNotFoundError, LazyLLMError):
 
 
 class MissingDependencyError(ImportError, LazyLLMError):
-    """An optional dependency is not installed; the message names the extra."""
+    """An optional dependency is not installed; the message names the extra (or the command)
+    that installs it.
+
+    ``extra`` is the name of a pyproject extra (``"train"``), or a whole command when it
+    contains a space or a slash (``"bash scripts/install_vllm.sh"``).
+    """
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"{purpose} needs the package {package!r}, which is not installed. "
-            f"Install it with: pip install -e '.[{extra}]' (from the lazyllm checkout)."
-        )
+        if " " in extra or "/" in extra:
+            how = extra
+        else:
+            how = (f"bash scripts/install.sh {extra} (from the lazyllm checkout; it installs into .venv), "
+                   f"or pip install -e '.[{extra}]' in the environment that runs lazyllm")
+        super().__init__(f"{purpose} needs the package {package!r}, which is not installed. Install it with: {how}.")
 
 
 class EngineError(RuntimeError, LazyLLMError):
@@ -122,3 +131,11 @@ class ParameterError(PlanError, TypeError):
     Also a :class:`PlanError` (so a ``ValueError``) and a ``TypeError``: code that caught
     either before keeps working.
     """
+
+
+class HubError(RuntimeError, LazyLLMError):
+    """Publishing to or reading from the Hugging Face Hub failed (no token, no access, network)."""
+
+
+class PathNotFoundError(FileNotFoundError, LazyLLMError):
+    """A file or folder that a call reads (a dataset card, a model folder) does not exist."""

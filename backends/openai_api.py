@@ -19,6 +19,12 @@ planner sends one request per sample index), at most ``spec.concurrency`` at a t
   retries are turned off, so every attempt is counted in :attr:`OpenAIEngine.stats`.
   A request keeps its concurrency slot while it waits, which slows the whole engine
   down when the server says it is overloaded.
+- Rate limits: with ``spec.requests_per_minute`` / ``spec.tokens_per_minute``, each
+  attempt first takes one request and its estimated tokens (prompt characters / 4 plus
+  4 per message, plus ``max_tokens``) from a :class:`~lazyllm.backends.ratelimit.RateLimiter`;
+  the reported usage settles the estimate, and ``x-ratelimit-remaining-*`` headers at 0
+  pause every request until their reset. A request waiting for the limiter holds no
+  concurrency slot (one backing off after a failure does, as above).
 - Timeout: ``spec.timeout`` seconds per HTTP attempt.
 - Failures: a request that fails for good (other 4xx, retries exhausted, an answer
   that breaks its constraint) becomes an error response with the reason; it never
@@ -101,6 +107,7 @@ import openai
 from .answers import check_constraint
 from .errors import EngineError
 from .protocols import Request, Response
+from .ratelimit import RateLimiter
 from .redact import redact, redact_url, register_secret
 
 if TYPE_CHECKING:
@@ -182,6 +189,7 @@ class OpenAIEngine:
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._guided_lock: asyncio.Lock | None = None
+        self._limiter: RateLimiter | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle
@@ -221,6 +229,8 @@ class OpenAIEngine:
                 )
                 self._semaphore = asyncio.Semaphore(self.spec.concurrency)
                 self._guided_lock = asyncio.Lock()
+                limiter = RateLimiter(self.spec.requests_per_minute, self.spec.tokens_per_minute)
+                self._limiter = limiter if limiter.active else None
 
             asyncio.run_coroutine_threadsafe(setup(), loop).result()
             self._loop, self._thread = loop, thread
@@ -340,13 +350,17 @@ class OpenAIEngine:
         except ValueError as exc:
             return _error(str(exc))
         client = self._client
-        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        api = client.chat.completions if endpoint == "chat" else client.completions
+        create = api.with_raw_response.create if self._limiter is not None else api.create
+        estimate = _estimate_tokens(request, body) if self._limiter is not None else 0
         assert self._semaphore is not None
-        async with self._semaphore:
-            attempts = self.spec.max_retries + 1
-            for attempt in range(attempts):
+        attempts = self.spec.max_retries + 1
+        for attempt in range(attempts):
+            if self._limiter is not None:  # wait outside the concurrency slot
+                await self._limiter.acquire(estimate)
+            retry_after: float | None = None
+            async with self._semaphore:
                 self.stats["http_calls"] += 1
-                retry_after: float | None = None
                 try:
                     result = await create(**body, extra_body=extra or None, timeout=self.spec.timeout)
                 except openai.APITimeoutError:
@@ -356,6 +370,8 @@ class OpenAIEngine:
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     detail = f"HTTP {status}: {_status_message(exc)}"
+                    if self._limiter is not None:
+                        self._limiter.observe(getattr(exc.response, "headers", None))
                     if status in _FATAL_STATUSES:
                         raise _Fatal(redact(f"{detail} ({_FATAL_STATUSES[status]})")) from None
                     if status not in RETRY_STATUSES:
@@ -363,7 +379,14 @@ class OpenAIEngine:
                                       "(prompt length, parameters, schema) or the server's limits.")
                     reason, retry_after = str(status), _retry_after(exc)
                 else:
-                    return self._parse(request, result, endpoint, guided)
+                    if self._limiter is not None:
+                        self._limiter.observe(result.headers)
+                        result = result.parse()
+                    response = self._parse(request, result, endpoint, guided)
+                    if self._limiter is not None:
+                        usage = response.input_tokens + response.output_tokens
+                        self._limiter.settle(estimate, usage if usage > 0 else None)
+                    return response
                 if attempt + 1 == attempts:
                     return _error(f"The request failed after {attempts} attempts (last: {detail}). "
                                   "A rerun retries it (errors are not cached); raise max_retries or timeout, "
@@ -372,7 +395,7 @@ class OpenAIEngine:
                 delay = self._backoff(attempt, retry_after)
                 log.debug("retrying a request in %.2f s after %s (attempt %d of %d)", delay, reason,
                           attempt + 1, attempts)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the backoff keeps the slot: an overloaded server gets less
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -618,6 +641,16 @@ class OpenAIEngine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _estimate_tokens(request: Request, body: dict[str, Any]) -> int:
+    """Tokens a request counts against a tokens-per-minute limit before its usage is known:
+    about 4 characters per prompt token plus 4 per message, plus ``max_tokens``."""
+    if request.messages:
+        prompt = sum(len(m.content) // 4 + 4 for m in request.messages)
+    else:
+        prompt = len(request.prompt or "") // 4
+    return prompt + int(body.get("max_tokens") or body.get("max_completion_tokens") or request.params.max_tokens)
 
 
 def _choice_wrapper(choices: Sequence[str]) -> dict[str, Any]:

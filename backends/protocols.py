@@ -64,6 +64,12 @@ class ModelSpec:
         """USD per million (input, output) tokens for priced API models; None for local models."""
         return None
 
+    def runtime_spec(self) -> "ModelSpec":
+        """The spec an engine is built from: ``self`` unless a performance-only setting
+        hands the same model to another engine (``Transformers(engine="vllm")``). Its
+        ``provider`` picks the engine; fingerprints always use ``self``."""
+        return self
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:

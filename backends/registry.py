@@ -29,7 +29,8 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "vllm": ("lazyllm.backends.vllm_engine:VLLMEngine", "vllm"),
 }
 # third-party import name -> extra that installs it
-_EXTRA_FOR_MODULE = {"vllm": "vllm", "openai": "openai", "trl": "train", "peft": "train", "ray": "ray", "duckdb": "sql"}
+_EXTRA_FOR_MODULE = {"vllm": "vllm", "openai": "openai", "trl": "train", "peft": "train", "ray": "ray",
+                     "duckdb": "bash scripts/install.sh"}  # duckdb is a base dependency: reinstall
 
 _RUNTIME: dict[str, Callable[..., Any]] = {}
 

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyllm.backends.errors import MissingDependencyError, ModelNotFoundError, PlanError
+from lazyllm.backends.progress import stderr_is_terminal, training_progress_callback
 
 __all__ = [
     "METHODS",
@@ -600,6 +601,8 @@ def _run_trainer(job: TrainJob, plan: Any, fingerprint: str) -> TrainResult | No
     args = _config(job, plan, extra, eval_ds is not None)
     peft_config = _lora_config(job) if job.lora is not None else None
     trainer = _trainer(job.method, model, args, train_ds, eval_ds, tokenizer, peft_config)
+    if not os.environ.get("LAZYLLM_QUIET") and not stderr_is_terminal():  # a log: plain lines, not bars
+        trainer.add_callback(training_progress_callback(job.method))
     rows_used = len(trainer.train_dataset)
     if rows_used == 0:
         raise PlanError(f"No training row is left after tokenization: all {len(job.train)} rows are longer than "
@@ -733,7 +736,8 @@ def _config(job: TrainJob, plan: Any, extra: dict[str, Any], has_eval: bool) -> 
         "gradient_checkpointing": cuda and not plan.distributed,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
-        "disable_tqdm": bool(os.environ.get("LAZYLLM_QUIET")),
+        # tqdm's bars are noise in a log file: there a plain line per few seconds is printed instead
+        "disable_tqdm": bool(os.environ.get("LAZYLLM_QUIET")) or not stderr_is_terminal(),
     }
     if has_eval:
         kwargs["eval_steps"] = job.save_steps

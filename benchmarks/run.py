@@ -9,6 +9,7 @@ Usage (from the repository root)::
     python -m benchmarks.run planner --repeats 3 --model test
     python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 30 min)
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
+    python -m benchmarks.run demo             # the README main job, cold + warm, native vs AVX2 kernels
 
 Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
 the machine, date and command).
@@ -84,10 +85,14 @@ def _cell(values: list[Any] | None) -> str:
 
 
 def machine() -> str:
+    """The machine a figure was measured on: CPU model, the flags that matter, cores, versions."""
     import torch
 
-    return (f"{platform.node()} · {os.cpu_count()} CPUs · Python {platform.python_version()} · "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads) · polars {pl.__version__}")
+    from lazyllm.backends.hardware import detect_machine
+
+    return (f"{detect_machine().describe()} · torch CPU kernels {torch.backends.cpu.get_cpu_capability()} · "
+            f"Python {platform.python_version()} · torch {torch.__version__} ({torch.get_num_threads()} threads) · "
+            f"polars {pl.__version__}")
 
 
 def write_section(title: str, body: str, command: str) -> None:
@@ -336,6 +341,14 @@ def _new_round(fn: Callable[[], dict[str, Any]], state: dict[str, Any]) -> Calla
     return go
 
 
+def bench_demo(args: argparse.Namespace) -> None:
+    """The README's main job (``lazyllm demo``) cold and warm, with this CPU's kernels and
+    with AVX2-only kernels (see benchmarks/demo.py)."""
+    from .demo import bench_demo as run
+
+    run(args)
+
+
 def bench_scaleout(args: argparse.Namespace) -> None:
     """Single process vs the Ray executor with 2 replicas (see benchmarks/scaleout.py)."""
     from .scaleout import bench_scaleout as run
@@ -345,7 +358,7 @@ def bench_scaleout(args: argparse.Namespace) -> None:
 
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
-    "scaleout": bench_scaleout,
+    "scaleout": bench_scaleout, "demo": bench_demo,
 }
 #: Run by default (no names given): the quick ones. ``mainjob`` takes about 30 minutes and
 #: ``scaleout`` needs the ``ray`` extra; name them.

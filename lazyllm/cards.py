@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lazyllm.backends.catalog import MODEL_INFO, ModelInfo
-from lazyllm.backends.errors import PlanError
+from lazyllm.backends.errors import PathNotFoundError, PlanError
 from lazyllm.backends.protocols import ModelSpec
 from lazyllm.backends.redact import REDACTED, is_secret_name, redact, redact_url, scrub  # noqa: F401
 from lazyllm.planner import nodes as N
@@ -516,13 +516,13 @@ class DataCard:
 
         Raises
         ------
-        FileNotFoundError
-            No ``lazyllm_card.json`` there.
+        PathNotFoundError
+            No ``lazyllm_card.json`` there (a ``FileNotFoundError``).
         """
         p = Path(path)
         file = p / CARD_JSON if p.is_dir() else p
         if not file.is_file():
-            raise FileNotFoundError(f"No {CARD_JSON} in {p}: save a card with frame.save_dataset(dir) "
+            raise PathNotFoundError(f"No {CARD_JSON} in {p}: save a card with frame.save_dataset(dir) "
                                     "or card.save(dir).")
         return cls(json.loads(file.read_text(encoding="utf-8")))
 

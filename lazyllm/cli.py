@@ -7,6 +7,7 @@ Commands::
     lazyllm explain workflow.py                    print the plan of each frame; runs nothing
     lazyllm cache stats | clear | gc --older-than DAYS | verify | repair
     lazyllm card PATH                              a workspace's run logs, or a saved dataset's card
+    lazyllm doctor [--measure] [--json]            the machine, the engines, the default model's choice
 
 ``--workspace`` (or ``LAZYLLM_HOME``) picks the workspace everywhere.
 """
@@ -47,6 +48,21 @@ def demo(
 
     argv = ["--limit", str(limit), "--out", out] + (["--workspace", workspace] if workspace else [])
     docs_to_qa.main(argv + (["--quiet"] if quiet else []))
+
+
+@app.command()
+def doctor(
+    measure: bool = typer.Option(False, help="time each installed engine on the default model first "
+                                             "(about half a minute per engine), and keep the result"),
+    workspace: Optional[str] = typer.Option(None, help=_WORKSPACE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Print the machine (CPU model, flags that matter, cores, GPUs), the installed engines,
+    what was measured, and the default model's engine, device and dtype with the reasons."""
+    from lazyllm.doctor import diagnose, format_report
+
+    report = diagnose(workspace, measure=measure)
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
 
 
 # ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lazyllm.backends.errors import LazyLLMError, PlanError
+from lazyllm.backends.errors import HubError, PathNotFoundError, PlanError
 
 from .cards import CARD_JSON, CARD_README, DataCard, ModelCard, data_card
 
@@ -40,10 +40,6 @@ __all__ = ["save_dataset", "publish", "publish_model", "shard_names", "HubError"
 log = logging.getLogger("lazyllm")
 
 _SHARD = re.compile(r"data/(?P<split>\w+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
-
-
-class HubError(RuntimeError, LazyLLMError):
-    """Publishing to the Hugging Face Hub failed (no token, no access, network)."""
 
 
 def shard_names(split: str, rows: int, max_shard_rows: int) -> list[str]:
@@ -339,7 +335,7 @@ def publish_model(
 
     src = Path(directory)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src} is not a folder: pass the folder a trainer saved the model to.")
+        raise PathNotFoundError(f"{src} is not a folder: pass the folder a trainer saved the model to.")
     token = _token(token)
     api = HfApi(endpoint=endpoint, token=token)
     _hub_call("Creating the model repo", repo_id, api.create_repo, repo_id, repo_type="model", private=private,

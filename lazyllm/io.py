@@ -44,22 +44,156 @@ def _options(kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def read_parquet(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """Parquet file(s) (a path, a glob or a list); ``kwargs`` go to ``polars.scan_parquet``."""
+    """Read Parquet file(s) lazily into a Frame (read by polars ``scan_parquet``).
+
+    Parameters
+    ----------
+    source : str, path-like, or sequence of them
+        A file, a glob (``"docs/*.parquet"``, ``**`` recursive) or a list of both; globs
+        are expanded now, sorted.
+    **kwargs
+        Options of ``polars.scan_parquet`` (to read some columns, use ``.select()``:
+        projection pruning passes it to the scan). Part of the fingerprint.
+
+    Returns
+    -------
+    Frame
+        One row per record, in file order, files in the order given (globs sorted).
+
+    Raises
+    ------
+    PlanError
+        A glob matches no file, a path is a folder, or a file does not exist.
+
+    Notes
+    -----
+    Cost: Nothing is read now but the schema (polars reads the Parquet lazily at collect
+    time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
+    every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
+    its cache entries and a changed file gets new ones.
+
+    Examples
+    --------
+    >>> import polars as pl, tempfile, os, lazyllm
+    >>> path = os.path.join(tempfile.mkdtemp(), "docs.parquet")
+    >>> pl.DataFrame({"doc": ["a", "b"]}).write_parquet(path)
+    >>> lazyllm.read_parquet(path).collect(progress=False).height
+    2
+    """
     return Frame(N.FileSource(paths=_expand(source), format="parquet", options=_options(kwargs)))
 
 
 def read_csv(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """CSV file(s); ``kwargs`` go to ``polars.scan_csv``."""
+    """Read CSV file(s) lazily into a Frame (read by polars ``scan_csv``).
+
+    Parameters
+    ----------
+    source : str, path-like, or sequence of them
+        A file, a glob (``"docs/*.csv"``, ``**`` recursive) or a list of both; globs
+        are expanded now, sorted.
+    **kwargs
+        Options of ``polars.scan_csv`` (to read some columns, use ``.select()``:
+        projection pruning passes it to the scan), such as ``separator=``. Part of the fingerprint.
+
+    Returns
+    -------
+    Frame
+        One row per record, in file order, files in the order given (globs sorted).
+
+    Raises
+    ------
+    PlanError
+        A glob matches no file, a path is a folder, or a file does not exist.
+
+    Notes
+    -----
+    Cost: Nothing is read now but the schema (polars reads the CSV lazily at collect
+    time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
+    every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
+    its cache entries and a changed file gets new ones.
+
+    Examples
+    --------
+    >>> import polars as pl, tempfile, os, lazyllm
+    >>> path = os.path.join(tempfile.mkdtemp(), "docs.csv")
+    >>> pl.DataFrame({"doc": ["a", "b"]}).write_csv(path)
+    >>> lazyllm.read_csv(path).collect(progress=False).height
+    2
+    """
     return Frame(N.FileSource(paths=_expand(source), format="csv", options=_options(kwargs)))
 
 
 def read_ndjson(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """JSON-lines file(s); ``kwargs`` go to ``polars.scan_ndjson``."""
+    """Read JSON-lines file(s) lazily into a Frame (read by polars ``scan_ndjson``).
+
+    Parameters
+    ----------
+    source : str, path-like, or sequence of them
+        A file, a glob (``"docs/*.ndjson"``, ``**`` recursive) or a list of both; globs
+        are expanded now, sorted.
+    **kwargs
+        Options of ``polars.scan_ndjson`` (to read some columns, use ``.select()``:
+        projection pruning passes it to the scan). Part of the fingerprint.
+
+    Returns
+    -------
+    Frame
+        One row per record, in file order, files in the order given (globs sorted).
+
+    Raises
+    ------
+    PlanError
+        A glob matches no file, a path is a folder, or a file does not exist.
+
+    Notes
+    -----
+    Cost: Nothing is read now but the schema (polars reads the JSON-lines lazily at collect
+    time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
+    every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
+    its cache entries and a changed file gets new ones.
+
+    Examples
+    --------
+    >>> import polars as pl, tempfile, os, lazyllm
+    >>> path = os.path.join(tempfile.mkdtemp(), "docs.ndjson")
+    >>> pl.DataFrame({"doc": ["a", "b"]}).write_ndjson(path)
+    >>> lazyllm.read_ndjson(path).collect(progress=False).height
+    2
+    """
     return Frame(N.FileSource(paths=_expand(source), format="ndjson", options=_options(kwargs)))
 
 
 def from_polars(df: pl.DataFrame | pl.LazyFrame, *, label: str = "from_polars") -> Frame:
-    """A polars DataFrame (a LazyFrame is collected now: sources are fingerprinted by content)."""
+    """A Frame over an in-memory polars DataFrame.
+
+    Parameters
+    ----------
+    df : polars.DataFrame or polars.LazyFrame
+        The rows. A LazyFrame is collected now: sources are fingerprinted by content.
+    label : str
+        How ``explain()`` and data cards name the source. Not part of the fingerprint.
+
+    Returns
+    -------
+    Frame
+        The same rows and columns, in the same order.
+
+    Raises
+    ------
+    PlanError
+        ``df`` is not a polars DataFrame or LazyFrame.
+
+    Notes
+    -----
+    Cost: The first fingerprint hashes the frame's content once (its Arrow IPC bytes,
+    about 1 GB/s); the data is not copied.
+
+    Examples
+    --------
+    >>> import polars as pl, lazyllm
+    >>> lazyllm.from_polars(pl.DataFrame({"x": [1, 2]})).collect(progress=False)["x"].to_list()
+    [1, 2]
+    """
     if isinstance(df, pl.LazyFrame):
         df = df.collect()
     if not isinstance(df, pl.DataFrame):
@@ -69,12 +203,53 @@ def from_polars(df: pl.DataFrame | pl.LazyFrame, *, label: str = "from_polars") 
 
 
 def from_pandas(df: Any) -> Frame:
-    """A pandas DataFrame (converted through Arrow)."""
+    """A Frame over a pandas DataFrame (converted through Arrow by ``polars.from_pandas``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The rows; the index is dropped (``df.reset_index()`` first to keep it).
+
+    Returns
+    -------
+    Frame
+
+    Notes
+    -----
+    Cost: One conversion to Arrow now (zero-copy where the dtypes allow); fingerprinted by
+    content as :func:`from_polars`.
+
+    Examples
+    --------
+    >>> import pandas as pd, lazyllm
+    >>> lazyllm.from_pandas(pd.DataFrame({"x": [1, 2]})).collect(progress=False).shape
+    (2, 1)
+    """
     return from_polars(pl.from_pandas(df), label="from_pandas")
 
 
 def from_arrow(table: Any) -> Frame:
-    """A pyarrow Table or RecordBatch."""
+    """A Frame over a pyarrow Table or RecordBatch (zero-copy through ``polars.from_arrow``).
+
+    Parameters
+    ----------
+    table : pyarrow.Table or pyarrow.RecordBatch
+
+    Returns
+    -------
+    Frame
+
+    Raises
+    ------
+    PlanError
+        ``table`` is an Array or ChunkedArray (no column names).
+
+    Examples
+    --------
+    >>> import pyarrow as pa, lazyllm
+    >>> lazyllm.from_arrow(pa.table({"x": [1, 2, 3]})).collect(progress=False).height
+    3
+    """
     out = pl.from_arrow(table)
     if not isinstance(out, pl.DataFrame):
         raise PlanError("from_arrow() takes a pyarrow Table or RecordBatch, not an Array.")
@@ -82,7 +257,26 @@ def from_arrow(table: Any) -> Frame:
 
 
 def from_dicts(rows: Iterable[Mapping[str, Any]], *, schema: Any = None) -> Frame:
-    """A list of dicts, one per row."""
+    """A Frame over rows given as dicts (``polars.from_dicts``).
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        One mapping per row; keys are column names (a key missing in a row is null).
+    schema : optional
+        Column names and polars dtypes (``{"score": pl.Int64}``), as for
+        ``polars.from_dicts``; inferred from the rows otherwise.
+
+    Returns
+    -------
+    Frame
+
+    Examples
+    --------
+    >>> import lazyllm
+    >>> lazyllm.from_dicts([{"q": "a?"}, {"q": "b?"}]).collect(progress=False)["q"].to_list()
+    ['a?', 'b?']
+    """
     return from_polars(pl.from_dicts(list(rows), schema=schema), label="from_dicts")
 
 
@@ -106,16 +300,37 @@ def from_hf(
         Which split (required when the dataset has several).
     revision, name : str, optional
         Passed to ``load_dataset``.
+    **load_kwargs
+        Other options of ``datasets.load_dataset``.
+
+    Returns
+    -------
+    Frame
+        The split's rows (honouring ``select``/``shuffle`` index mappings).
 
     Raises
     ------
     PlanError
-        Several splits and none chosen (the message lists them).
+        Several splits and none chosen, an unknown split (the message lists them), a
+        streaming (iterable) dataset, or something that is not a dataset.
+    MissingDependencyError
+        ``datasets`` is not installed (a base dependency: reinstall).
+
+    Notes
+    -----
+    Cost: Loads (and, for a Hub id, downloads) the dataset now and copies the split into
+    Arrow; fingerprinted by content as :func:`from_polars`.
+
+    Examples
+    --------
+    >>> import datasets, lazyllm
+    >>> lazyllm.from_hf(datasets.Dataset.from_dict({"q": ["a?", "b?"]})).collect(progress=False).height
+    2
     """
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a base dependency
-        raise MissingDependencyError("datasets", "base", "from_hf()") from exc
+        raise MissingDependencyError("datasets", "bash scripts/install.sh", "from_hf()") from exc
 
     label = "from_hf"
     if isinstance(dataset, str):

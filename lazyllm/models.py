@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lazyllm.backends.catalog import DEFAULT_MODEL, alias_source
-from lazyllm.backends.errors import PlanError
+from lazyllm.backends.errors import MissingDependencyError, PlanError
 from lazyllm.backends.protocols import ModelSpec, performance_only
 from lazyllm.backends.redact import register_secret
 
@@ -62,6 +62,20 @@ class Transformers(ModelSpec):
     num_threads : int, optional
         torch CPU threads (default: ``LAZYLLM_NUM_THREADS`` or torch's default).
         On a shared 2-core machine, 1 thread can be faster than 2. Performance only.
+    engine : {"transformers", "vllm"}
+        Which engine runs these weights: transformers itself, or vLLM (a worker of
+        ``.venv-vllm``) on the same weights and dtype. Performance only: the model's
+        identity (fingerprints, cache) is the weights and dtype, so a workspace computed
+        with one engine is served from the cache when the other runs. Greedy texts are
+        identical on both in float32 (``benchmarks/RESULTS.md``); sampled texts come
+        from each engine's own sampler, so a request first computed on another engine
+        may read differently from what this one would sample (the cache keeps the first).
+        :func:`default_model` picks it per machine.
+
+    Examples
+    --------
+    >>> Transformers(engine="vllm").identity() == Transformers().identity()
+    True
     """
 
     provider = "transformers"
@@ -75,10 +89,16 @@ class Transformers(ModelSpec):
     device: str = performance_only("cpu")
     batch_size: int = performance_only(32)
     num_threads: int | None = performance_only(None)
+    engine: str = performance_only("transformers")
 
     def __post_init__(self) -> None:
         if not self.model:
             raise PlanError("Transformers(model=...) needs an alias, a local folder or a Hub id.")
+        if self.engine not in ("transformers", "vllm"):
+            raise PlanError(f"engine must be 'transformers' or 'vllm', got {self.engine!r}.")
+        if self.engine == "vllm" and (self.gguf_file is not None or not self.chat_template):
+            raise PlanError("engine='vllm' runs the model's chat template on an HF folder: it takes neither "
+                            "gguf_file nor chat_template=False. Use engine='transformers' for those.")
         if self.dtype not in _DTYPES:
             raise PlanError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -89,6 +109,15 @@ class Transformers(ModelSpec):
     @property
     def is_alias(self) -> bool:
         return alias_source(self.model) is not None
+
+    def runtime_spec(self) -> ModelSpec:
+        """The spec the engine runs: this one, or with ``engine="vllm"`` a :class:`VLLM` spec
+        of the same weights and dtype (GPU settings on CUDA, CPU settings elsewhere)."""
+        if self.engine != "vllm":
+            return self
+        cuda = self.device.startswith("cuda")
+        return VLLM(self.model, revision=self.revision, dtype=self.dtype, device="cuda" if cuda else "cpu",
+                    enforce_eager=not cuda, gpu_memory_utilization=0.85 if cuda else 0.5)
 
     @property
     def display_name(self) -> str:
@@ -190,42 +219,62 @@ class TestModel(ModelSpec):
 _DEFAULT_ENGINES = ("auto", "transformers", "vllm")
 
 
-def default_model(engine: str | None = None) -> ModelSpec:
-    """The embedded default model, SmolLM2-135M-Instruct, on the fastest engine installed.
+def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str] | None = None) -> Transformers:
+    """The embedded default model, SmolLM2-135M-Instruct in float32, on this machine's best engine.
+
+    The returned spec's identity (fingerprints, cache keys) is the same on every machine:
+    the packaged weights in float32. Only performance settings follow the hardware
+    (:func:`lazyllm.backends.hardware.choose_default_engine`): on a CUDA GPU, vLLM when
+    installed, else transformers on ``cuda``; on a CPU, transformers, unless
+    ``lazyllm doctor --measure`` measured vLLM faster on this machine (kept in the
+    workspace per machine). bfloat16 is never chosen: it changes the outputs, and CPUs
+    without native bfloat16 (AVX2-only ones) run it several times slower than float32.
+    ``lazyllm doctor`` prints the machine, what was detected and measured, and the choice.
 
     Parameters
     ----------
     engine : {"auto", "transformers", "vllm"}, optional
-        Default: ``LAZYLLM_DEFAULT_ENGINE``, else ``"auto"``: :class:`VLLM` (bfloat16,
-        eager) when vLLM is installed (``.venv-vllm`` from ``scripts/install_vllm.sh``,
-        or ``vllm`` importable; see :func:`lazyllm.backends.vllm_engine.find_vllm_python`),
-        else :class:`Transformers` (float32; ``LAZYLLM_NUM_THREADS`` sets its torch
-        thread count).
+        Default: ``LAZYLLM_DEFAULT_ENGINE``, else ``"auto"``. Pins the engine (a
+        performance setting: the identity does not change).
+    workspace : path, optional
+        Where a measurement for this machine is kept (default ``LAZYLLM_HOME`` or
+        ``./.lazyllm``).
 
-    The two engines are different models as far as the cache is concerned (different
-    fingerprints, different numerics): installing vLLM later makes a workflow that uses
-    the default model compute again. Pin the engine to keep one cache.
+    Returns
+    -------
+    Transformers
+        ``Transformers(DEFAULT_MODEL, dtype="float32", engine=..., device=...)``.
 
     Raises
     ------
     PlanError
-        An unknown engine name, or ``"vllm"`` without vLLM installed.
+        An unknown engine name.
+    MissingDependencyError
+        ``"vllm"`` pinned without vLLM installed.
 
-    Cost: ``"auto"`` runs one short ``python -c`` per candidate interpreter the first time.
+    Cost: ``"auto"`` reads ``/proc/cpuinfo``, asks torch for CUDA devices and runs one
+    short ``python -c`` per candidate vLLM interpreter, once per process.
     """
+    from lazyllm.backends.hardware import choose_default_engine, detect_machine, read_measurement
+    from lazyllm.backends.vllm_engine import find_vllm_python
+
     choice = engine or os.environ.get("LAZYLLM_DEFAULT_ENGINE") or "auto"
     if choice not in _DEFAULT_ENGINES:
         raise PlanError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")
+    machine = detect_machine()
+    device = "cuda" if machine.cuda else "cpu"
     if choice == "transformers":
-        return Transformers(DEFAULT_MODEL)
-    from lazyllm.backends.vllm_engine import find_vllm_python
-
-    if find_vllm_python() is not None:
-        return VLLM(DEFAULT_MODEL)
+        return Transformers(DEFAULT_MODEL, device=device)
+    has_vllm = find_vllm_python() is not None
     if choice == "vllm":
-        raise PlanError("The default engine is set to vLLM, but vLLM is not installed: run "
-                        "bash scripts/install_vllm.sh (or unset LAZYLLM_DEFAULT_ENGINE).")
-    return Transformers(DEFAULT_MODEL)
+        if not has_vllm:
+            raise MissingDependencyError("vllm", "bash scripts/install_vllm.sh", "The default engine 'vllm' "
+                                         "(LAZYLLM_DEFAULT_ENGINE)")
+        return Transformers(DEFAULT_MODEL, device=device, engine="vllm")
+    ws = workspace if workspace is not None else os.environ.get("LAZYLLM_HOME", ".lazyllm")
+    picked = choose_default_engine(machine, ("transformers", "vllm") if has_vllm else ("transformers",),
+                                   read_measurement(ws))
+    return Transformers(DEFAULT_MODEL, device=picked.device, engine=picked.engine)
 
 
 def as_model_spec(model: Any) -> ModelSpec:
@@ -305,6 +354,13 @@ class OpenAI(ModelSpec):
     guided_legacy_fields : bool
         With ``guided="vllm"``, also send ``guided_choice`` / ``guided_json`` (vLLM
         servers older than 0.10.2). Performance only.
+    requests_per_minute, tokens_per_minute : float, optional
+        The provider's rate limits for this key and model (RPM, TPM). The engine stays
+        under them with token buckets (a request counts as its estimated prompt tokens
+        plus ``max_tokens`` until the server's usage settles it) and pauses when the
+        server's ``x-ratelimit-remaining-*`` headers reach 0; see
+        :class:`lazyllm.backends.ratelimit.RateLimiter`. None: no limit beyond
+        ``concurrency`` and the backoff on 429. Performance only.
 
     Examples
     --------
@@ -340,8 +396,15 @@ class OpenAI(ModelSpec):
     batch: bool = performance_only(False)
     poll_interval: float = performance_only(30.0)
     guided_legacy_fields: bool = performance_only(False)
+    requests_per_minute: float | None = performance_only(None)
+    tokens_per_minute: float | None = performance_only(None)
 
     def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise PlanError(f"{name} must be a positive number (the provider's limit per minute) or None, "
+                                f"got {value!r}.")
         if not isinstance(self.model, str) or not self.model:
             raise PlanError("OpenAI(model=...) needs the model id the server knows, e.g. 'gpt-4o-mini'.")
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):

@@ -29,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from lazyllm.backends.progress import progress_interval
 from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 from lazyllm.backends.registry import engine_factory
 
@@ -121,22 +122,32 @@ class _Context:
 
             if isinstance(spec, TrainedModel):  # train first (cached by fingerprint)
                 ensure_trained(spec, self)
-            factory = engine_factory(spec.provider)  # also checks the provider before a cluster starts
+            run_spec = spec.runtime_spec()  # the engine that runs it (a performance setting)
+            factory = engine_factory(run_spec.provider)  # also checks the provider before a cluster starts
             if self.executor is not None:
                 from lazyllm.backends.distributed import ReplicaPool
 
-                self.engines[key] = ReplicaPool(spec, workspace=self.workspace.path, executor=self.executor)
+                self.engines[key] = ReplicaPool(run_spec, workspace=self.workspace.path, executor=self.executor)
                 self.say(f"{spec.display_name} · {self.engines[key].parallelism} Ray replicas")
             else:
-                self.engines[key] = factory(spec, workspace=self.workspace.path)
+                self.engines[key] = factory(run_spec, workspace=self.workspace.path)
         return self.engines[key]
 
     @contextmanager
     def progress_bars(self, labels: Sequence[str]) -> Iterator["_Bars"]:
-        """One rich progress bar per LLM node: rows done / rows, cache hits, output
-        tokens per second, elapsed time and ETA (nothing when progress is off)."""
+        """One progress display per LLM node: rows done / rows, cache hits, output tokens
+        per second, elapsed time and ETA (nothing when progress is off).
+
+        On a terminal these are rich progress bars. When stderr is not a terminal (a log
+        file, CI, ``nohup``), rich draws nothing, so a plain line per node is printed
+        instead, at most every ``LAZYLLM_PROGRESS_INTERVAL`` seconds (default 10) and once
+        when the node finishes.
+        """
         if not self.progress:
-            yield _Bars(None, [])
+            yield _Bars(None, [], list(labels))
+            return
+        if not self.console.is_terminal:
+            yield _Bars(None, [], list(labels), plain=self.console, interval=progress_interval())
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
@@ -145,7 +156,7 @@ class _Context:
                        TextColumn("{task.fields[hits]} cached"), TextColumn("{task.fields[rate]}"),
                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         with bar:
-            yield _Bars(bar, [bar.add_task(label, total=None, hits=0, rate="") for label in labels])
+            yield _Bars(bar, [bar.add_task(label, total=None, hits=0, rate="") for label in labels], list(labels))
 
     def token_counter(self, spec: ModelSpec) -> tuple[Callable[[Sequence[Message]], int], str]:
         """A prompt-token counter for ``spec``: the engine's tokenizer when it offers one
@@ -155,8 +166,9 @@ class _Context:
         if key not in self._counters:
             counter = None
             try:
-                hook = getattr(engine_factory(spec.provider), TOKEN_COUNTER_HOOK, None)
-                counter = hook(spec, workspace=self.workspace.path) if hook is not None else None
+                run_spec = spec.runtime_spec()
+                hook = getattr(engine_factory(run_spec.provider), TOKEN_COUNTER_HOOK, None)
+                counter = hook(run_spec, workspace=self.workspace.path) if hook is not None else None
             except Exception as exc:  # noqa: BLE001 - an estimate must never fail explain()
                 log.debug("no tokenizer for %s: %s", spec.display_name, exc)
             if counter is not None:
@@ -183,14 +195,45 @@ class _Context:
 
 
 class _Bars:
-    def __init__(self, progress: Any, tasks: list[Any]) -> None:
-        self.progress, self.tasks = progress, tasks
+    """Progress of the LLM nodes of one scheduler run: rich bars, plain log lines, or nothing."""
+
+    def __init__(self, progress: Any, tasks: list[Any], labels: list[str], *, plain: Any = None,
+                 interval: float = 10.0) -> None:
+        self.progress, self.tasks, self.labels = progress, tasks, labels
         self.start = time.perf_counter()
+        self.plain, self.interval = plain, interval
+        # per node: (time work started, rows done then, output tokens then), last line printed, finished
+        self._began: dict[int, tuple[float, int, int]] = {}
+        self._last: dict[int, float] = {}
+        self._finished: set[int] = set()
 
     def refresh(self, i: int, *, done: int, total: int, hits: int, tokens: int) -> None:
         if self.progress is not None:
             rate = tokens / max(time.perf_counter() - self.start, 1e-9)
             self.progress.update(self.tasks[i], completed=done, total=total, hits=hits, rate=f"{rate:.0f} tok/s")
+        if self.plain is None or i in self._finished or total == 0:
+            return
+        now = time.perf_counter()
+        if i not in self._began or self._began[i][1:] == (done, tokens):
+            # the node's clock starts at its last refresh without progress (not while it waits upstream)
+            self._began[i] = (now, done, tokens)
+            self._last[i] = now
+            if done < total:
+                return
+        finished = done >= total
+        if not finished and now - self._last[i] < self.interval:
+            return
+        self._last[i] = now
+        began, done0, tokens0 = self._began[i]
+        elapsed = max(now - began, 1e-9)
+        line = (f"{self.labels[i]}: {done}/{total} rows · {hits} cached · "
+                f"{(tokens - tokens0) / elapsed:.0f} output tok/s · {elapsed:.0f} s")
+        if finished:
+            self._finished.add(i)
+            line += " · done"
+        elif done > done0:
+            line += f" · ETA {(total - done) * elapsed / (done - done0):.0f} s"
+        self.plain.print(f"lazyllm {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _progress_enabled(progress: bool | None) -> bool:

@@ -700,7 +700,7 @@ class SQL(PlanNode):
         try:
             import duckdb
         except ImportError as exc:
-            raise MissingDependencyError("duckdb", "sql", "lazyllm.sql()") from exc
+            raise MissingDependencyError("duckdb", "bash scripts/install.sh", "lazyllm.sql()") from exc
         con = duckdb.connect()
         try:
             for name, df in zip(self.names, frames):

@@ -385,7 +385,7 @@ class _ChainRun:
                         ctx.say(f"{_what(st.node)} · {spec.display_name} · starts")
                 engine = ctx.engine(spec)
                 # a replica pool (Ray executor) takes one batch per replica at a time
-                per_batch = int(getattr(spec, "batch_size", 32) or 32)
+                per_batch = int(getattr(getattr(engine, "spec", spec), "batch_size", 32) or 32)
                 works = self._lease(self._take(current, per_batch * int(getattr(engine, "parallelism", 1) or 1)))
                 if not works:
                     continue

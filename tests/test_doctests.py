@@ -9,6 +9,10 @@ import pytest
 
 MODULES = [
     "lazyllm.frame",
+    "lazyllm.io",
+    "lazyllm.doctor",
+    "lazyllm.backends.hardware",
+    "lazyllm.backends.ratelimit",
     "lazyllm.models",
     "lazyllm.validation",
     "lazyllm.planner.templates",

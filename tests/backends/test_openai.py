@@ -751,3 +751,68 @@ def test_vllm_server_honours_choices_and_json_schema(vllm_server, tmp_path, guid
     assert out["person_error"].null_count() == 3
     assert all(isinstance(p["name"], str) for p in out["person"].to_list())
     assert isinstance(out.schema["person"], pl.Struct)
+
+
+# --------------------------------------------------------------------------- provider rate limits
+
+
+class RateLimit:
+    """A fault schedule that enforces a requests-per-second limit as the provider would:
+    a token bucket (``rate`` per second, holding ``burst`` requests), 429 past it. It
+    records when each request arrived and which were refused."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.capacity, self.level = rate, burst, burst
+        self.stamp = time.monotonic()
+        self.arrivals: list[float] = []
+        self.refused = 0
+
+    def __call__(self, row: int, attempt: int) -> str | None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.level < 1:
+            self.refused += 1
+            return "429"
+        self.level -= 1
+        self.arrivals.append(now)
+        return None
+
+
+def test_requests_per_minute_keep_a_limited_server_from_answering_429(upstream, tmp_path):
+    base_url, model = upstream
+    requests = [ask(f"Say one word about row {k}.", max_tokens=4) for k in range(30)]
+    # without a limit on the client, the server's limit (4 requests/s) answers 429s
+    limit = RateLimit(rate=4.0, burst=5.0)
+    proxy = FaultProxy(base_url, limit)
+    try:
+        spec = OpenAI(model, base_url=proxy.url, concurrency=8, max_retries=8, backoff=0.05, max_backoff=0.5)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            run(engine, requests)
+            assert limit.refused > 0 and engine.stats["retries"]["429"] > 0, "the proxy enforces its limit"
+    finally:
+        proxy.stop()
+    # with the limit set right (240 RPM = 4/s): no 429, and the steady throughput is the limit
+    limit = RateLimit(rate=4.0, burst=5.0)
+    proxy = FaultProxy(base_url, limit)
+    try:
+        spec = OpenAI(model, base_url=proxy.url, concurrency=8, requests_per_minute=240)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            limited = run(engine, requests)
+            assert engine._limiter is not None and engine._limiter.stats["waits"] > 0
+        assert limit.refused == 0 and proxy.requests == len(requests)
+        assert all(r.error is None and r.text for r in limited.values())
+        burst = 4  # the client's bucket holds one second's worth
+        steady = (len(limit.arrivals) - 1 - burst) / (limit.arrivals[-1] - limit.arrivals[burst])
+        assert steady == pytest.approx(4.0, rel=0.10), steady
+    finally:
+        proxy.stop()
+
+
+def test_rate_limits_are_checked_when_the_spec_is_made():
+    with pytest.raises(PlanError, match="requests_per_minute must be a positive number"):
+        OpenAI("m", base_url="http://127.0.0.1:1/v1", requests_per_minute=0)
+    with pytest.raises(PlanError, match="tokens_per_minute"):
+        OpenAI("m", base_url="http://127.0.0.1:1/v1", tokens_per_minute="lots")
+    spec = OpenAI("m", base_url="http://127.0.0.1:1/v1", requests_per_minute=60, tokens_per_minute=1000)
+    assert model_fingerprint(spec) == model_fingerprint(OpenAI("m", base_url="http://127.0.0.1:1/v1"))
