@@ -127,6 +127,8 @@ class HubError(RuntimeError, LazyLLMError):
 
 class PathNotFoundError(FileNotFoundError, LazyLLMError):
     """A file or folder that a call reads (a dataset card, a model folder) does not exist."""
+
+
 class WorkspaceError(OSError, LazyLLMError):
     """The workspace argument is not a usable folder (a file, or a folder that cannot be created)."""
 

@@ -334,8 +334,8 @@ class OpenAIEngine:
                         response = future.result()
                     except _Fatal as exc:
                         raise EngineError(
-                            f"The OpenAI-compatible server at {redact_url(self.spec.base_url)} refused the requests for model "
-                            f"{self.spec.model!r}: {exc}. Check the model id, base_url and API key "
+                            f"The OpenAI-compatible server at {redact_url(self.spec.base_url)} refused the requests "
+                            f"for model {self.spec.model!r}: {exc}. Check the model id, base_url and API key "
                             f"(OpenAI(api_key=...) or ${self.spec.api_key_env})."
                         ) from None
                     except Exception as exc:  # noqa: BLE001 - a bug in one row must not lose the others

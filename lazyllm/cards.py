@@ -55,7 +55,7 @@ import polars as pl
 from lazyllm.backends.catalog import MODEL_INFO, ModelInfo
 from lazyllm.backends.errors import PathNotFoundError, PlanError
 from lazyllm.backends.protocols import ModelSpec
-from lazyllm.backends.redact import REDACTED, is_secret_name, redact, redact_url, scrub
+from lazyllm.backends.redact import REDACTED, is_secret_name, redact, redact_url, scrub  # noqa: F401
 from lazyllm.planner import nodes as N
 from lazyllm.planner.workspace import Workspace, resolve_workspace
 

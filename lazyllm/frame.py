@@ -403,6 +403,8 @@ class Frame:
             takes no ``rationale``.
         max_tokens : int, optional
             Default 4 (a score) or 256 (rationale and score).
+        overwrite : bool
+            Replace output columns the frame already has (otherwise a PlanError).
 
         Raises
         ------
@@ -500,6 +502,8 @@ class Frame:
             decided when the averaged preference differs by more than 10
             percentage points. Threshold ``f"{column}_margin"`` yourself for a
             stricter cut. Ignored by ``"strict"``.
+        overwrite : bool
+            Replace output columns the frame already has (otherwise a PlanError).
 
         Returns
         -------
@@ -511,9 +515,10 @@ class Frame:
         Raises
         ------
         PlanError
-            Bad method or tie_margin, the default prompt without ``question``, or
+            Bad method or tie_margin, the default prompt without ``question``,
             ``method="calibrated"`` on an OpenAI-compatible model whose provider
-            gives no log-probabilities (when the plan is built, before any call).
+            gives no log-probabilities (when the plan is built, before any call),
+            ``a == b`` (every verdict would be a tie), or an output column exists.
 
         Notes
         -----

@@ -9,12 +9,14 @@ states what is allowed and ends with the fix:
   ``TypeError``): a value of the wrong type or out of range;
 - :class:`~lazyllm.errors.PlanError`: an invalid JSON Schema, an output column that
   already exists (unless ``overwrite=True``), a pairwise judge of a column against
-  itself, a split part that is empty by construction;
+  itself, a split part that is empty by construction, a prompt that reads a binary
+  or object column;
 - :class:`~lazyllm.errors.ModelNotFoundError`: a local model folder without config
   or tokenizer, or a folder path that does not exist.
 
 Degenerate inputs that may be intended only warn (:class:`EmptyInputWarning`): an
-in-memory source without rows, a split part that rounds to no rows.
+in-memory source without rows, a split part that rounds to no rows, a prompt that
+reads a column whose values are all missing.
 
 >>> sampling("generate", temperature=0.7, top_p=1, max_tokens=16, seed=0)
 SamplingParams(temperature=0.7, top_p=1.0, max_tokens=16, seed=0, stop=())
@@ -55,6 +57,7 @@ __all__ = [
     "check_source_rows",
     "check_split",
     "check_model_folder",
+    "check_template_types",
     "check_model_path",
 ]
 
@@ -198,10 +201,31 @@ def known_rows(node: Any) -> int | None:
 def check_node(op: str, existing: Sequence[str], node: Any, overwrite: bool) -> None:
     """The checks of an LLM node that need the built node: its output columns and its model's folder."""
     check_outputs(op, existing, node.columns_written(), overwrite)
+    check_template_types(op, node.child.schema(), node.columns_read())
     model = node.model
     if getattr(model, "provider", None) in ("transformers", "vllm") and not getattr(model, "is_alias", True):
         check_model_folder(model.model, getattr(model, "gguf_file", None))
         check_model_path(model.model)
+
+
+def check_template_types(op: str, schema: Mapping[str, Any], columns: Iterable[str]) -> None:
+    """A prompt must not read a column whose values render as nothing useful.
+
+    Binary and Python-object columns render as reprs of bytes or objects: an error.
+    A column of dtype Null (every value missing) renders as "None": a warning.
+    Lists and structs are fine (templates may loop over them).
+    """
+    import polars as pl
+
+    bad = sorted(c for c in columns if c in schema and isinstance(schema[c], (pl.Binary, pl.Object)))
+    if bad:
+        kinds = ", ".join(f"{c!r} ({schema[c]})" for c in bad)
+        raise PlanError(f"{op}(): the prompt reads {kinds}, which render as Python reprs, not text. Convert them "
+                        "first, e.g. .with_columns(pl.col(name).cast(pl.String)) or decode the bytes.")
+    empty = sorted(c for c in columns if c in schema and isinstance(schema[c], pl.Null))
+    if empty:
+        warnings.warn(f"{op}(): the prompt reads {empty}, whose values are all missing (dtype Null): every "
+                      "prompt will say 'None' there. Check the data.", EmptyInputWarning, stacklevel=4)
 
 
 def check_model_path(model: str) -> None:
@@ -264,7 +288,7 @@ def check_split(fractions: Mapping[str, Any], rows: int | None) -> tuple[tuple[s
         column_name("split", "part name", name)
         out.append((name, number("split", f"fractions[{name!r}]", frac, low=0.0, high=1.0, low_open=True,
                                  example="a fraction in (0, 1], e.g. 0.9 and 0.1")))
-    if rows is not None:
+    if rows is not None and abs(sum(f for _, f in out) - 1.0) <= 1e-9:  # else the plan node says what is wrong
         empty = [n for n, f in out if round(f * rows) == 0]
         if empty:
             warnings.warn(f"split(): part(s) {empty} get no rows out of {rows}; use larger fractions or more data.",

@@ -23,13 +23,14 @@ Classes covered:
 11. a local model folder without a tokenizer or without the named GGUF file
     (``ModelNotFoundError`` at the operator call, before loading);
 12. a model folder path that does not exist (``ModelNotFoundError``);
-13. a workspace argument that is not a usable folder (see ``tests/planner/test_workspace.py``).
+13. a prompt that reads a column of the wrong type: binary or Python objects (error),
+    all values missing (warning); lists and structs are allowed (templates loop over them);
+14. a workspace argument that is not a usable folder (see ``tests/planner/test_workspace.py``).
 
 Not rejected at the operator, on purpose: a Hub id that is not in the local cache while
 offline (a collect whose answers are all cached must run without the model; the engine
 raises ``ModelNotFoundError`` naming ``HF_HUB_OFFLINE`` when it first needs it, see
-``tests/backends/test_transformers.py``). Not covered yet: a column of a type a template
-cannot render usefully (binary, nested).
+``tests/backends/test_transformers.py``).
 """
 
 from __future__ import annotations
@@ -204,3 +205,15 @@ def test_a_model_folder_that_does_not_exist(docs, tmp_path, no_calls):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         docs.generate("out", lazyllm.Transformers(str(tmp_path / "no" / "such" / "model")), prompt="{{ doc }}")
     assert "out" in docs.generate("out", lazyllm.Transformers("some-org/some-model"), prompt="{{ doc }}").columns
+
+
+def test_a_prompt_that_reads_a_column_of_the_wrong_type(tmp_path, no_calls):
+    frame = lazyllm.from_polars(pl.DataFrame({"raw": [b"\x00\x01"], "items": [["a", "b"]], "gone": [None]}))
+    with pytest.raises(PlanError, match=r"reads 'raw' \(Binary\).*cast\(pl.String\)"):
+        frame.generate("out", MODEL, prompt="{{ raw }}")
+    with pytest.warns(EmptyInputWarning, match=r"\['gone'\].*all missing"):
+        frame.generate("out", MODEL, prompt="{{ gone }}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        looped = frame.generate("out", MODEL, prompt="{% for i in items %}{{ i }} {% endfor %}")
+    assert looped.columns[-2:] == ["out", "out_error"]

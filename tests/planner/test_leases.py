@@ -87,11 +87,13 @@ def test_concurrent_processes_compute_each_distinct_request_once(tmp_path, n):
     assert len(keys) == DISTINCT and set(keys.values()) == {1}  # each distinct request computed once
     outputs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(n)]
     assert all(o == outputs[0] for o in outputs) and len(outputs[0]) == ROWS
-    assert outputs[0][0] == ["echo[0|greedy]: Answer: question 0", "echo[0|greedy]: Check: echo[0|greedy]: Answer: question 0"]
+    first = "echo[0|greedy]: Answer: question 0"
+    assert outputs[0][0] == [first, f"echo[0|greedy]: Check: {first}"]
 
 
-def test_a_killed_process_loses_at_most_its_batch_in_flight(tmp_path):
-    procs, log, go = _start(tmp_path, 3, delay=0.2)
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_killed_process_loses_at_most_its_batch_in_flight(tmp_path, n):
+    procs, log, go = _start(tmp_path, n, delay=0.2)
     go.touch()
     victim = procs[0]
     deadline = time.monotonic() + 120
@@ -101,12 +103,12 @@ def test_a_killed_process_loses_at_most_its_batch_in_flight(tmp_path):
     os.kill(victim.pid, signal.SIGKILL)  # mid-collect: it holds leases on a batch in flight
     victim.wait()
     _finish(procs[1:])
-    assert [p.returncode for p in procs[1:]] == [0, 0]
+    assert [p.returncode for p in procs[1:]] == [0] * (n - 1)
     keys, _ = _computed(log)
     assert len(keys) == DISTINCT  # the survivors finished the victim's leased work
     assert sum(keys.values()) <= DISTINCT + BATCH  # at most the batch in flight was computed twice
-    outputs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in (1, 2)]
-    assert outputs[0] == outputs[1] and len(outputs[0]) == ROWS
+    outputs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(1, n)]
+    assert all(o == outputs[0] for o in outputs) and len(outputs[0]) == ROWS
 
     # a rerun computes nothing
     before = sum(keys.values())
