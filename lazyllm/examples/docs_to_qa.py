@@ -190,7 +190,8 @@ def build(
         parts["heldout"]
         .generate("base_answer", model, prompt="{{ question }}", max_tokens=heldout_tokens)
         .generate("tuned_answer", tuned, prompt="{{ question }}", max_tokens=heldout_tokens)
-        .judge_pairwise("verdict", model, a="tuned_answer", b="base_answer", question="question")
+        .judge_pairwise("verdict", model, a="tuned_answer", b="base_answer", question="question",
+                        tie_margin=tie_margin)
         .select("name", "question", "base_answer", "tuned_answer", "verdict", "verdict_margin",
                 "base_answer_error", "tuned_answer_error", "verdict_error")
     )
