@@ -55,8 +55,14 @@ QUESTION_PROMPT = (
     "Read this documentation of `{{ name }}`:\n\n{{ doc }}\n\n"
     'Write a question about `{{ name }}` that starts with "How" or "What".'
 )
-#: Keep answers whose expected judge score (1-10) is at least this.
-THRESHOLD = 7.0
+#: Keep answers whose expected judge score (1-10) is at least this. The 135M judge puts most of its
+#: score-token mass on low scores (much of "1" is the start of a numbered list, "1."): on the 64
+#: docstrings its expected scores span about 1.7-4.2, and 3.0 keeps the upper third.
+THRESHOLD = 3.0
+#: Tie margin of the main job's calibrated pairwise judge. Once position bias is averaged out, the
+#: 135M judge's preference between two answers is weak: on the 64 docstrings |margin| <= 0.06, so the
+#: library default (0.1) would call every pair a tie; 0.01 keeps the pairs with a consistent lean.
+TIE_MARGIN = 0.01
 
 SUMMARY_SQL = (
     "SELECT module, count(*) AS kept, round(avg(score), 2) AS mean_score, min(score) AS min_score "
@@ -120,7 +126,7 @@ def build(
     train_steps: int | None = 10,
     dpo_steps: int | None = 8,
     heldout_tokens: int = 48,
-    tie_margin: float | None = None,
+    tie_margin: float | None = TIE_MARGIN,
 ) -> DocsQA:
     """The lazy plan: docs -> question -> answer -> judge -> filter; preference pairs; SFT -> DPO; win rate.
 
@@ -184,7 +190,8 @@ def build(
         parts["heldout"]
         .generate("base_answer", model, prompt="{{ question }}", max_tokens=heldout_tokens)
         .generate("tuned_answer", tuned, prompt="{{ question }}", max_tokens=heldout_tokens)
-        .judge_pairwise("verdict", model, a="tuned_answer", b="base_answer", question="question")
+        .judge_pairwise("verdict", model, a="tuned_answer", b="base_answer", question="question",
+                        tie_margin=tie_margin)
         .select("name", "question", "base_answer", "tuned_answer", "verdict", "verdict_margin",
                 "base_answer_error", "tuned_answer_error", "verdict_error")
     )
