@@ -43,7 +43,11 @@ def converted(workspace) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(workspace, converted):
-    eng = TransformersEngine(Transformers(DEFAULT_MODEL, dtype="float32", batch_size=4), workspace=workspace)
+    # threads pinned: the process may hold another count from earlier tests (the trainer tests run
+    # with 1), and at 1 thread float32 GEMM rounding follows the batch's padded shape closely
+    # enough to flip a sampled token now and then (README, "Models"); these tests are about seeding
+    eng = TransformersEngine(Transformers(DEFAULT_MODEL, dtype="float32", batch_size=4, num_threads=2),
+                             workspace=workspace)
     yield eng
     eng.close()
 
