@@ -566,6 +566,7 @@ class Frame:
         prompt: str | None = None,
         system: str | None = None,
         error_column: str | None = None,
+        overwrite: bool = False,
     ) -> "Frame":
         """Score each row with a sequence-classification reward model (a Float64 column).
 
@@ -591,6 +592,9 @@ class Frame:
             Column shown as ``{{ question }}`` by the default user turn ``"{{ question }}"``.
         prompt, system : str, optional
             Jinja2 templates of the user turn and of a system turn, over the row's columns.
+
+        overwrite : bool
+            Replace output columns the frame already has (otherwise a PlanError).
 
         Returns
         -------
@@ -629,8 +633,10 @@ class Frame:
         if isinstance(spec, TrainedModel) and spec.spec.method != "reward":
             raise PlanError(f"reward() needs a reward model; {spec.display_name} was trained with "
                             f"{type(spec.spec).__name__}. Train one with frame.train(lazyllm.RewardModel(...)).")
-        node = N.Reward(children=(self._node,), column=column, model=spec, prompt=prompt, system=system,
-                        aliases=_aliases(question=question), response=response, error_column=error_column or "")
+        node = N.Reward(children=(self._node,), column=V.column_name("reward", "column", column), model=spec,
+                        prompt=prompt, system=system, aliases=_aliases(question=question), response=response,
+                        error_column=error_column or "")
+        V.check_node("reward", self.columns, node, overwrite)
         return self._wrap(node)
 
     def sql(self, query: str) -> "Frame":

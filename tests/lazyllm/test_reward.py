@@ -62,3 +62,13 @@ def test_a_trained_reward_model_scores_chosen_above_rejected(model_workspace, mo
     assert scored["r_good_error"].is_null().all() and scored["r_bad_error"].is_null().all()
     assert scored["r_good"].mean() > scored["r_bad"].mean()
     assert (scored["r_good"] > scored["r_bad"]).sum() >= 4
+
+
+def test_a_reward_onto_an_existing_column_needs_overwrite(ws, counters):
+    rm = lazyllm.TestModel(name="rm", rewards=(("Paris", 2.0),))
+    frame = lazyllm.from_dicts(PAIRS[:1])
+    with pytest.raises(PlanError, match="'good'.*overwrite=True"):
+        frame.reward("good", rm, question="q", response="good")
+    df = frame.reward("good", rm, question="q", response="good", overwrite=True).collect(workspace=ws,
+                                                                                          progress=False)
+    assert df["good"].to_list() == [2.0] and counters.CALLS == 1
