@@ -36,7 +36,30 @@ __all__ = ["LoRA", "TrainSpec", "SFT", "DPO", "ORPO", "KTO", "SimPO", "RewardMod
 
 @dataclass(frozen=True, slots=True)
 class LoRA:
-    """PEFT LoRA settings (Hu et al. 2021): rank ``r``, scaling ``alpha``, dropout, target modules."""
+    """Low-rank adapter settings for PEFT (Hu et al. 2021, "LoRA: Low-Rank Adaptation of
+    Large Language Models"; the ``peft`` library's ``LoraConfig``).
+
+    Parameters
+    ----------
+    r : int
+        Rank of the update matrices (>= 1); trainable parameters grow linearly with it.
+    alpha : int
+        Scaling numerator: the update is scaled by ``alpha / r``.
+    dropout : float
+        Dropout on the adapter's input, in [0, 1).
+    target_modules : tuple of str or str
+        Module names to adapt, or ``"all-linear"`` (every linear layer but the output head).
+
+    Raises
+    ------
+    PlanError
+        ``r`` or ``alpha`` below 1, or ``dropout`` outside [0, 1).
+
+    Examples
+    --------
+    >>> LoRA(r=8, alpha=16).r
+    8
+    """
 
     r: int = 8
     alpha: int = 16
@@ -56,7 +79,13 @@ def _perf(default: Any) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
-    """Common training options.
+    """Common training options of the specs passed to :meth:`lazyllm.Frame.train`.
+
+    ``frame.train(spec)`` returns a lazy trained-model handle (itself a model spec):
+    nothing trains until a collect needs the model; the weights are kept in the
+    workspace under the fingerprint of the training rows, the spec and the base, so a
+    rerun does not retrain and an interrupted training resumes from its last checkpoint.
+    Trained with TRL (``trl``) and PEFT (``peft``): install the ``train`` extra.
 
     Parameters
     ----------
@@ -82,6 +111,21 @@ class TrainSpec:
     devices : int or list of str, optional
         ``2`` or ``["cuda:0", "cuda:1"]``: several worker processes (FSDP on GPUs),
         launched by lazyllm. Performance only.
+
+    Raises
+    ------
+    PlanError
+        A base that is not a transformers model, ``epochs <= 0`` without
+        ``max_steps``, ``batch_size``/``gradient_accumulation`` below 1,
+        ``max_length`` below 8, or ``validation`` outside (0, 1). Raised when the spec
+        is made, before anything trains.
+
+    Notes
+    -----
+    Cost: ``ceil(rows * epochs / (batch_size * gradient_accumulation))`` optimizer
+    steps (or ``max_steps``), each a forward and backward pass over ``batch_size``
+    sequences of at most ``max_length`` tokens; no LLM calls. Measured here (CPU,
+    LoRA r=8, SmolLM2-135M, 64 tokens): SFT about 1.2 s per step at batch 4.
     """
 
     method: ClassVar[str] = ""
@@ -126,8 +170,34 @@ class TrainSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SFT(TrainSpec):
-    """Supervised fine-tuning on ``prompt``/``response`` columns, or a ``messages`` column
-    (a list of {"role", "content"} structs). Loss on the response tokens."""
+    """Supervised fine-tuning (TRL's ``SFTTrainer``): next-token loss on the response tokens.
+
+    Parameters
+    ----------
+    prompt, response : str
+        Columns of the user turn and the answer (one training example per row; rows
+        with a null in either are dropped).
+    messages : str, optional
+        Instead: a column of chat conversations (a list of ``{"role", "content"}``
+        structs); the loss falls on the assistant turns.
+
+    Other parameters (``base``, ``lora``, ``epochs``, ``max_steps``, ``learning_rate``,
+    ``batch_size``, ``gradient_accumulation``, ``max_length``, ``seed``, ``validation``,
+    ``save_steps``, ``devices``) are those of :class:`TrainSpec`.
+
+    Raises
+    ------
+    PlanError
+        Neither ``prompt``/``response`` nor ``messages`` (when the frame is trained),
+        or a bad common option.
+
+    Examples
+    --------
+    >>> import lazyllm
+    >>> spec = SFT(prompt="question", response="answer", lora=LoRA(r=8), max_steps=10)
+    >>> spec.columns()
+    {'prompt': 'question', 'completion': 'answer'}
+    """
 
     method: ClassVar[str] = "sft"
     prompt: str | None = "prompt"
@@ -144,7 +214,27 @@ class SFT(TrainSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class DPO(TrainSpec):
-    """Direct Preference Optimization on (prompt, chosen, rejected); ``beta`` is the KL strength."""
+    """Direct Preference Optimization (Rafailov et al. 2023, "Direct Preference
+    Optimization: Your Language Model is Secretly a Reward Model"; TRL's ``DPOTrainer``).
+
+    Parameters
+    ----------
+    prompt, chosen, rejected : str
+        Columns of the prompt and of the preferred and dispreferred answers (one pair
+        per row; rows with a null are dropped).
+    beta : float
+        Strength of the implicit KL penalty against the reference model (the base, or
+        the base without the adapter under LoRA).
+
+    Other parameters (``base``, ``lora``, ``epochs``, ``max_steps``, ``learning_rate``,
+    ``batch_size``, ``gradient_accumulation``, ``max_length``, ``seed``, ``validation``,
+    ``save_steps``, ``devices``) are those of :class:`TrainSpec`.
+
+    Examples
+    --------
+    >>> DPO(beta=0.1).columns()
+    {'prompt': 'prompt', 'chosen': 'chosen', 'rejected': 'rejected'}
+    """
 
     method: ClassVar[str] = "dpo"
     prompt: str = "prompt"
@@ -158,14 +248,20 @@ class DPO(TrainSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class ORPO(DPO):
-    """Odds-Ratio Preference Optimization (no reference model); ``beta`` weighs the odds-ratio loss."""
+    """Odds-Ratio Preference Optimization (Hong et al. 2024, "ORPO: Monolithic Preference
+    Optimization without Reference Model"; TRL's ``ORPOTrainer``): SFT loss plus an
+    odds-ratio term, no reference model. Columns as :class:`DPO`; ``beta`` weighs the
+    odds-ratio term."""
 
     method: ClassVar[str] = "orpo"
 
 
 @dataclass(frozen=True, kw_only=True)
 class SimPO(DPO):
-    """SimPO (length-normalised, reference-free), as TRL's CPO trainer with ``loss_type="simpo"``."""
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a
+    Reference-Free Reward"): a length-normalised, reference-free preference loss, run as
+    TRL's CPO trainer with ``loss_type="simpo"`` and no CPO (SFT) term. Columns as
+    :class:`DPO`; ``beta`` scales the reward (default 2.0, the paper's range)."""
 
     method: ClassVar[str] = "simpo"
     beta: float = 2.0
@@ -173,7 +269,23 @@ class SimPO(DPO):
 
 @dataclass(frozen=True, kw_only=True)
 class KTO(TrainSpec):
-    """KTO on unpaired feedback: ``prompt``, ``completion`` and a boolean ``label`` (desirable or not)."""
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024, "KTO: Model Alignment as
+    Prospect Theoretic Optimization"; TRL's ``KTOTrainer``) on unpaired feedback.
+
+    Parameters
+    ----------
+    prompt, completion : str
+        Columns of the prompt and of one answer.
+    label : str
+        A Boolean column: True when the answer is desirable
+        (:func:`lazyllm.kto_rows` turns preference pairs into such rows).
+    beta : float
+        Strength of the implicit KL penalty.
+
+    Other parameters (``base``, ``lora``, ``epochs``, ``max_steps``, ``learning_rate``,
+    ``batch_size``, ``gradient_accumulation``, ``max_length``, ``seed``, ``validation``,
+    ``save_steps``, ``devices``) are those of :class:`TrainSpec`.
+    """
 
     method: ClassVar[str] = "kto"
     prompt: str = "prompt"
@@ -187,7 +299,21 @@ class KTO(TrainSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class RewardModel(TrainSpec):
-    """A reward model (sequence classifier with one output) on ``chosen``/``rejected`` pairs."""
+    """A reward model: the base with a one-output sequence-classification head, trained
+    on preference pairs with the Bradley-Terry loss (Ouyang et al. 2022, InstructGPT;
+    TRL's ``RewardTrainer``). Score rows with it through :meth:`lazyllm.Frame.reward`.
+
+    Parameters
+    ----------
+    chosen, rejected : str
+        Columns of the preferred and dispreferred answers.
+    prompt : str, optional
+        Column of the prompt both answers reply to (shown as the user turn).
+
+    Other parameters (``base``, ``lora``, ``epochs``, ``max_steps``, ``learning_rate``,
+    ``batch_size``, ``gradient_accumulation``, ``max_length``, ``seed``, ``validation``,
+    ``save_steps``, ``devices``) are those of :class:`TrainSpec`.
+    """
 
     method: ClassVar[str] = "reward"
     chosen: str = "chosen"
