@@ -52,18 +52,37 @@ def check_workspace_path(path: Path) -> None:
 
 
 class Workspace:
-    """A workspace folder (created on first use).
+    """A workspace folder: everything a run computes, so that it can be reproduced and resumed.
+
+    Holds ``cache/`` (the LMDB prompt cache: one entry per request, msgpack values),
+    ``models/`` (converted and trained models), ``runs/`` (one JSON log per collect),
+    ``batches/`` (Batch API records) and ``machines/`` (engine measurements per
+    machine). Hand the folder to a colleague and the same workflow runs without calling
+    any model. Pass it as ``collect(workspace=...)`` (a path works too); the default is
+    ``LAZYLLM_HOME`` or ``./.lazyllm``.
 
     Parameters
     ----------
     path : path-like
-        The folder; ``~`` is expanded.
+        The folder (created on first use); ``~`` is expanded.
 
     Raises
     ------
     WorkspaceError
         ``path`` is a file, or a folder that cannot be created (checked here, before
         any model is loaded).
+
+    Notes
+    -----
+    Cost: nothing on construction but a check of the path; the cache opens on first
+    use. Several processes may share one workspace (requests in flight are leased).
+
+    Examples
+    --------
+    >>> import tempfile, lazyllm
+    >>> ws = lazyllm.Workspace(tempfile.mkdtemp())
+    >>> ws.path.is_dir()
+    True
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "lazyllm.frame",
     "lazyllm.io",
+    "lazyllm.planner.workspace",
     "lazyllm.training",
     "lazyllm.doctor",
     "lazyllm.backends.hardware",
