@@ -81,3 +81,23 @@ def engine_factory(provider: str) -> Callable[..., Any]:
         f"{', '.join(available_providers())}. Install the package that provides it, "
         "or call lazyllm.backends.registry.register_engine()."
     )
+
+
+#: third-party modules training needs (extra ``train``)
+TRAINING_MODULES = ("trl", "peft")
+
+
+def check_training_installed(purpose: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the ``train`` extra when ``trl`` or
+    ``peft`` is not installed (found without importing them: cheap).
+
+    Raises
+    ------
+    MissingDependencyError
+        The first of :data:`TRAINING_MODULES` that is missing.
+    """
+    import importlib.util
+
+    for module in TRAINING_MODULES:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(module, _EXTRA_FOR_MODULE[module], purpose)

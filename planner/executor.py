@@ -31,7 +31,7 @@ import polars as pl
 
 from lazyllm.backends.progress import progress_interval
 from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
-from lazyllm.backends.registry import engine_factory
+from lazyllm.backends.registry import check_training_installed, engine_factory
 
 from .fingerprint import hash_canonical
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
@@ -272,6 +272,11 @@ def collect_all(
         results = [_optimize(r, shared=shared) for r in roots]
         roots = [r.plan for r in results]
         fired = [r.fired for r in results]
+    from .train import untrained_models
+
+    pending = untrained_models(roots, ws.path)
+    if pending:  # a missing trainer fails now, not after the LLM work that feeds the training
+        check_training_installed(f"Training {pending[0].display_name} (Frame.train)")
     ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
     start = time.perf_counter()
     try:

@@ -27,6 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from lazyllm.backends.errors import PlanError
 from lazyllm.backends.protocols import ModelSpec, performance_only
 
 from .fingerprint import hash_canonical
-from .nodes import PlanNode
+from .nodes import PlanNode, walk
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -122,6 +123,21 @@ def trained_dir(model: TrainedModel, workspace: Path) -> Path:
 
 def is_trained(model: TrainedModel, workspace: Path) -> bool:
     return (trained_dir(model, workspace) / "COMPLETE").is_file()
+
+
+def untrained_models(roots: Sequence[Any], workspace: Path) -> list[TrainedModel]:
+    """The trained-model handles that LLM nodes of ``roots`` (or of their training data)
+    use and that are not trained in ``workspace`` yet: what a collect will train."""
+    found: dict[str, TrainedModel] = {}
+    todo = list(roots)
+    while todo:
+        for node in walk(todo.pop()):
+            model = getattr(node, "model", None)
+            while isinstance(model, TrainedModel) and model.fingerprint not in found:
+                found[model.fingerprint] = model
+                todo.append(model.data)
+                model = model.spec.base
+    return [m for m in found.values() if not is_trained(m, workspace)]
 
 
 def _split(rows: list[dict[str, Any]], fraction: float | None, seed: int) -> tuple[list[dict], list[dict] | None]:

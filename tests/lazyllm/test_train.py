@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 import lazyllm
-from lazyllm.errors import ColumnNotFoundError, PlanError
+from lazyllm.errors import ColumnNotFoundError, MissingDependencyError, PlanError
 import lazyllm.backends.protocols
 from lazyllm.planner.train import TrainedModel, is_trained
 
@@ -137,3 +137,20 @@ def test_preference_specs_train_through_frame_train_and_generate_downstream(meth
            .collect(workspace=model_workspace, progress=False))
     assert is_trained(handle, model_workspace.path) and handle.spec.method == method
     assert out["a_error"].is_null().all() and len(out["a"][0]) > 0
+
+
+def test_a_missing_trainer_fails_before_any_llm_call(ws, counters, monkeypatch):
+    """Without trl/peft, a plan that must train fails at once, naming the extra; the LLM work
+    that feeds the training is not run first (a fresh machine used to find out after it)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    data = lazyllm.from_dicts([{"q": "2+2?"}, {"q": "3+3?"}]).generate("a", lazyllm.TestModel(), prompt="{{ q }}")
+    tuned = data.train(lazyllm.SFT(prompt="q", response="a", max_steps=1))
+    answers = lazyllm.from_dicts([{"q": "4+4?"}]).generate("t", tuned, prompt="{{ q }}")
+    with pytest.raises(MissingDependencyError, match="'trl'.*install.sh train"):
+        answers.collect(workspace=ws, progress=False)
+    assert counters.CALLS == 0
+    # a plan without training is not affected
+    assert data.collect(workspace=ws, progress=False).height == 2 and counters.CALLS == 2
