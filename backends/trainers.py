@@ -601,8 +601,10 @@ def _run_trainer(job: TrainJob, plan: Any, fingerprint: str) -> TrainResult | No
     args = _config(job, plan, extra, eval_ds is not None)
     peft_config = _lora_config(job) if job.lora is not None else None
     trainer = _trainer(job.method, model, args, train_ds, eval_ds, tokenizer, peft_config)
-    if not os.environ.get("LAZYLLM_QUIET") and not stderr_is_terminal():  # a log: plain lines, not bars
-        trainer.add_callback(training_progress_callback(job.method))
+    if not stderr_is_terminal():  # a log: lazyllm's plain lines instead of bars or raw log dicts
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        if not os.environ.get("LAZYLLM_QUIET"):
+            trainer.add_callback(training_progress_callback(job.method))
     rows_used = len(trainer.train_dataset)
     if rows_used == 0:
         raise PlanError(f"No training row is left after tokenization: all {len(job.train)} rows are longer than "
