@@ -148,23 +148,32 @@ class WinRate:
                 f"{self.wins} wins, {self.ties} ties, {self.losses} losses over {self.n} prompts")
 
 
-def _lc_rate(pref: np.ndarray, length: np.ndarray) -> float:
-    """Length-controlled win rate: fit ``logit P(win) = theta + phi * length`` to soft labels
-    by Newton's method (a small ridge keeps separable data finite); return ``sigmoid(theta)``."""
-    if not length.any():  # no length difference: the model is the intercept alone
-        return float(pref.mean())
-    x = np.stack([np.ones_like(length), length], axis=1)
-    w = np.zeros(2)
+def _lc_rates(pref: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Length-controlled win rates of a batch of samples (rows of ``pref`` and ``length``,
+    shape (batch, n)): fit ``logit P(win) = theta + phi * length`` to soft labels by
+    Newton's method, all samples at once (a small ridge keeps separable data finite);
+    return ``sigmoid(theta)`` per sample (the mean preference where no length differs)."""
+    pref, length = np.atleast_2d(pref), np.atleast_2d(length)
+    x = np.stack([np.ones_like(length), length], axis=2)  # (batch, n, 2)
+    w = np.zeros((pref.shape[0], 2))
     ridge = 1e-3 * np.eye(2)
     for _ in range(50):
-        p = 1 / (1 + np.exp(-(x @ w)))
-        grad = x.T @ (pref - p) - ridge @ w
-        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge
-        step = np.linalg.solve(hess, grad)
+        p = 1 / (1 + np.exp(-np.einsum("bnk,bk->bn", x, w)))
+        grad = np.einsum("bnk,bn->bk", x, pref - p) - w @ ridge
+        hess = np.einsum("bnk,bn,bnl->bkl", x, p * (1 - p), x) + ridge
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
         w = w + step
         if np.abs(step).max() < 1e-9:
             break
-    return float(1 / (1 + np.exp(-w[0])))
+    rates = 1 / (1 + np.exp(-w[:, 0]))
+    flat = ~length.any(axis=1)  # no length difference: the model is the intercept alone
+    rates[flat] = pref[flat].mean(axis=1)
+    return rates
+
+
+def _lc_rate(pref: np.ndarray, length: np.ndarray) -> float:
+    """The length-controlled win rate of one sample (see :func:`_lc_rates`)."""
+    return float(_lc_rates(pref, length)[0])
 
 
 def win_rate(df: pl.DataFrame, *, preference: str, candidate_length: str | None = None,
@@ -243,7 +252,7 @@ def win_rate(df: pl.DataFrame, *, preference: str, candidate_length: str | None 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(pref), size=(resamples, len(pref)))
     raw = pref[idx].mean(axis=1)
-    lc = np.array([_lc_rate(pref[i], length[i]) for i in idx])
+    lc = _lc_rates(pref[idx], length[idx])
     alpha = (1 - confidence) / 2
     q = lambda v: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha)))  # noqa: E731
     if verdict is not None:

@@ -12,6 +12,7 @@ MODULES = [
     "lazyllm.io",
     "lazyllm.planner.workspace",
     "lazyllm.training",
+    "lazyllm.preferences",
     "lazyllm.doctor",
     "lazyllm.backends.hardware",
     "lazyllm.backends.ratelimit",
