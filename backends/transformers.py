@@ -513,9 +513,7 @@ class TransformersEngine:
         if self._model is not None:
             return
         spec = self.spec
-        threads = spec.num_threads or _env_threads()
-        if threads:
-            torch.set_num_threads(threads)
+        _apply_threads(spec)
         folder = resolve_model_dir(spec, self.workspace)
         from lazyllm.planner.train import TrainedModel
 
@@ -722,9 +720,7 @@ class TransformersEngine:
         from lazyllm.planner.train import TrainedModel, trained_dir
 
         spec = self.spec
-        threads = spec.num_threads or _env_threads()
-        if threads:
-            torch.set_num_threads(threads)
+        _apply_threads(spec)
         device = _pick_device(spec.device)
         try:
             if isinstance(spec, TrainedModel):
@@ -934,6 +930,13 @@ class TransformersEngine:
                             finish_reason="stop")
         return Response(text=finish(text), input_tokens=len(prepared.ids), output_tokens=len(tokens),
                         finish_reason="length")
+
+
+def _apply_threads(spec: Any) -> None:
+    """Set torch's CPU thread count from ``spec.num_threads`` or ``LAZYLLM_NUM_THREADS`` (if either is set)."""
+    threads = spec.num_threads or _env_threads()
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _env_threads() -> int | None:

@@ -240,6 +240,21 @@ class PlanNode:
         return hash(self.fingerprint)
 
 
+def spine(node: PlanNode) -> list[PlanNode]:
+    """``node`` and its first children down to a leaf, top first (the linear part of a plan:
+    what rules' examples print).
+
+    >>> import lazyllm
+    >>> [n.kind for n in spine(lazyllm.from_dicts([{"x": 1}]).head(1).plan)]
+    ['Head', 'DataFrameSource']
+    """
+    out = [node]
+    while node.children:
+        node = node.children[0]
+        out.append(node)
+    return out
+
+
 def walk(node: PlanNode) -> list[PlanNode]:
     """All nodes below and including ``node``, children before parents, each once."""
     seen: dict[str, PlanNode] = {}

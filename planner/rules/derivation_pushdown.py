@@ -20,9 +20,9 @@ otherwise (a derivation of the generated text stays above it).
 >>> import polars as pl, lazyllm
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
->>> [n.kind for n in _chain(optimize(f.with_columns(big=pl.col("x") > 0).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.with_columns(big=pl.col("x") > 0).plan).plan)]
 ['Select', 'Generate', 'WithColumns', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.with_columns(n=pl.col("y").str.len_chars()).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.with_columns(n=pl.col("y").str.len_chars()).plan).plan)]
 ['WithColumns', 'Generate', 'DataFrameSource']
 """
 
@@ -32,17 +32,9 @@ from typing import Any
 
 import polars as pl
 
-from ..nodes import LLMNode, PlanNode, Select, WithColumns, expr_columns, is_elementwise
+from ..nodes import LLMNode, PlanNode, Select, WithColumns, expr_columns, is_elementwise, spine
 
 __all__ = ["rule"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def _select_over_llm(node: Select, ctx: Any) -> PlanNode | None:

@@ -20,9 +20,9 @@ equal (nothing moves on a tie, so the rule reaches a fixed point).
 >>> from lazyllm.planner.optimizer import optimize
 >>> m = lazyllm.TestModel()
 >>> f = lazyllm.from_dicts([{"x": "a"}]).generate("y", m, prompt="{{ x }}")
->>> [n.kind for n in _chain(optimize(f.filter(lazyllm.llm_predicate(m, "{{ x }}?")).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.filter(lazyllm.llm_predicate(m, "{{ x }}?")).plan).plan)]
 ['Generate', 'LLMFilter', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.filter(lazyllm.llm_predicate(m, "{{ y }}?")).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.filter(lazyllm.llm_predicate(m, "{{ y }}?")).plan).plan)]
 ['LLMFilter', 'Generate', 'DataFrameSource']
 """
 
@@ -30,17 +30,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import LLMNode, PlanNode
+from ..nodes import LLMNode, PlanNode, spine
 
 __all__ = ["rule", "rank"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def rank(node: LLMNode) -> float:

@@ -23,11 +23,11 @@ writes (a filter on the generated answer), and below nodes that pick rows by pos
 >>> import polars as pl, lazyllm
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
->>> [n.kind for n in _chain(f.filter((pl.col("x") > 0) & (pl.col("y") != "")).plan)]
+>>> [n.kind for n in spine(f.filter((pl.col("x") > 0) & (pl.col("y") != "")).plan)]
 ['Filter', 'Generate', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.filter((pl.col("x") > 0) & (pl.col("y") != "")).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.filter((pl.col("x") > 0) & (pl.col("y") != "")).plan).plan)]
 ['Filter', 'Generate', 'Filter', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.filter(pl.col("x") >= pl.col("x").median()).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.filter(pl.col("x") >= pl.col("x").median()).plan).plan)]
 ['Filter', 'Generate', 'DataFrameSource']
 """
 
@@ -37,18 +37,10 @@ from typing import Any
 
 import polars as pl
 
-from ..nodes import Filter, LLMNode, PlanNode, expr_columns
+from ..nodes import Filter, LLMNode, PlanNode, expr_columns, spine
 from ._exprs import conjoin, conjuncts, rename_columns
 
 __all__ = ["rule"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def _route(conjunct: pl.Expr, below: PlanNode) -> dict[int, pl.Expr] | None:

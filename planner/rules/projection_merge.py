@@ -9,9 +9,9 @@ Fires on ``Drop`` or ``Select`` of bare columns (``is_projection()``) directly a
 >>> import lazyllm
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
->>> [n.kind for n in _chain(optimize(f.select("x", "y").drop("y").plan).plan)]
+>>> [n.kind for n in spine(optimize(f.select("x", "y").drop("y").plan).plan)]
 ['Select', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.select("x", "y").drop("x").plan).plan)]
+>>> [n.kind for n in spine(optimize(f.select("x", "y").drop("x").plan).plan)]
 ['Select', 'Generate', 'DataFrameSource']
 """
 
@@ -21,17 +21,9 @@ from typing import Any
 
 import polars as pl
 
-from ..nodes import Drop, PlanNode, Select
+from ..nodes import Drop, PlanNode, Select, spine
 
 __all__ = ["rule"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:

@@ -17,9 +17,9 @@ count a sample sees).
 >>> import lazyllm
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1}, {"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
->>> [n.kind for n in _chain(optimize(f.unique(subset=["x"]).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.unique(subset=["x"]).plan).plan)]
 ['Generate', 'Unique', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.unique(subset=["y"]).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.unique(subset=["y"]).plan).plan)]
 ['Unique', 'Generate', 'DataFrameSource']
 """
 
@@ -27,17 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import LLMNode, PlanNode
+from ..nodes import LLMNode, PlanNode, spine
 
 __all__ = ["rule"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:

@@ -14,9 +14,9 @@ that drop rows or read other rows.
 >>> import lazyllm
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1}]).generate("y", lazyllm.TestModel(), prompt="{{ x }}")
->>> [n.kind for n in _chain(optimize(f.sort("x").head(1).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.sort("x").head(1).plan).plan)]
 ['Generate', 'Head', 'Sort', 'DataFrameSource']
->>> [n.kind for n in _chain(optimize(f.sort("y").head(1).plan).plan)]
+>>> [n.kind for n in spine(optimize(f.sort("y").head(1).plan).plan)]
 ['Head', 'Sort', 'Generate', 'DataFrameSource']
 """
 
@@ -24,18 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..nodes import LLMNode, PlanNode, Sort, expr_columns
+from ..nodes import LLMNode, PlanNode, Sort, expr_columns, spine
 from ._exprs import rename_columns
 
 __all__ = ["rule"]
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def rule(node: PlanNode, ctx: Any) -> PlanNode | None:

@@ -18,7 +18,7 @@ subqueries, ORs, several tables), which stays in the query.
 >>> from lazyllm.planner.optimizer import optimize
 >>> f = lazyllm.from_dicts([{"x": 1, "t": "a"}]).generate("y", lazyllm.TestModel(), prompt="{{ t }}")
 >>> plan = optimize(f.sql("SELECT x, y FROM self WHERE x > 0 AND length(y) > 2").plan).plan
->>> [n.kind for n in _chain(plan)], plan.query
+>>> [n.kind for n in spine(plan)], plan.query
 (['SQL', 'Generate', 'Filter', 'DataFrameSource'], 'SELECT x, y FROM self WHERE LENGTH(y) > 2')
 """
 
@@ -30,21 +30,13 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from ..nodes import SQL, Filter, PlanNode
+from ..nodes import Filter, PlanNode, SQL, spine
 from ._exprs import conjoin
 
 __all__ = ["rule"]
 
 _COMPARE = {exp.EQ: "eq", exp.NEQ: "ne", exp.GT: "gt", exp.GTE: "ge", exp.LT: "lt", exp.LTE: "le"}
 _FLIP = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
-
-
-def _chain(node: PlanNode) -> list[PlanNode]:
-    out = [node]
-    while node.children:
-        node = node.children[0]
-        out.append(node)
-    return out
 
 
 def _literal(node: exp.Expression, dtype: pl.DataType) -> Any:
