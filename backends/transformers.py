@@ -652,23 +652,20 @@ class TransformersEngine:
             prepared.append(_Prepared(i, request, ids, grammar))
         if failed:
             yield failed
+        yield from self._in_batches(scored, self._score_batch, "log-probability batch")
+        yield from self._in_batches(prepared, self._run_batch, "batch")
+
+    def _in_batches(self, items: list[_Prepared], run: Any, what: str) -> Iterator[list[tuple[int, Response]]]:
+        """Run ``items`` longest prompt first, ``spec.batch_size`` at a time; a batch that raises
+        becomes error responses for its rows."""
+        items.sort(key=lambda p: len(p.ids), reverse=True)
         size = self.spec.batch_size
-        scored.sort(key=lambda p: len(p.ids), reverse=True)
-        for start in range(0, len(scored), size):
-            batch = scored[start : start + size]
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
             try:
-                responses = self._score_batch(batch)
+                responses = run(batch)
             except Exception as exc:
-                message = f"The log-probability batch failed in transformers: {type(exc).__name__}: {exc}"
-                responses = [_error(message) for _ in batch]
-            yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
-        prepared.sort(key=lambda p: len(p.ids), reverse=True)
-        for start in range(0, len(prepared), size):
-            batch = prepared[start : start + size]
-            try:
-                responses = self._run_batch(batch)
-            except Exception as exc:
-                message = f"The batch failed in transformers: {type(exc).__name__}: {exc}"
+                message = f"The {what} failed in transformers: {type(exc).__name__}: {exc}"
                 responses = [_error(message) for _ in batch]
             yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
 
