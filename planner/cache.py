@@ -149,10 +149,11 @@ class PromptCache:
         """The cached responses among ``keys`` (missing keys are absent from the result)."""
         out: dict[bytes, Response] = {}
         with self._txn(buffers=True) as txn:
+            get, db = txn.get, self._db
             for key in keys:
-                raw = txn.get(key, db=self._db)
+                raw = get(key, db=db)
                 if raw is not None:
-                    out[key] = Response.from_record(self._decode(raw))
+                    out[key] = self._response(raw)
         return out
 
     def contains_many(self, keys: Iterable[bytes]) -> set[bytes]:
@@ -294,27 +295,43 @@ class PromptCache:
                 yield bytes(k), self._decode(v)
 
     def _decode(self, raw: Any) -> dict[str, Any]:
-        problem = _format_problem(raw)
+        return self._checked(raw)[0]
+
+    def _response(self, raw: Any) -> Response:
+        return self._checked(raw)[1]
+
+    def _checked(self, raw: Any) -> tuple[dict[str, Any], Response]:
+        """The record and response of one value, decoded once; a :class:`CacheError` naming
+        ``lazyllm cache repair`` when it is not a value of this format."""
+        record, response, problem = _parse_value(raw)
         if problem is not None:
             ws = self.path.absolute().parent
             raise CacheError(f"A cache entry in {self.path} {problem}. Run `lazyllm cache repair --workspace {ws}` "
                              "to drop unreadable entries and keep the rest, or `lazyllm cache clear` to start over.")
-        return msgpack.unpackb(bytes(raw))
+        return record, response  # type: ignore[return-value]
+
+
+def _parse_value(raw: Any) -> tuple[dict[str, Any] | None, Response | None, str | None]:
+    """``(record, response, None)`` for a cache value of this format, else ``(None, None, why)``.
+
+    One msgpack decode (``raw`` may be an LMDB buffer: msgpack reads it without a copy)
+    and one :meth:`Response.from_record`, which is also the format check.
+    """
+    try:
+        record = msgpack.unpackb(raw)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
+        return None, None, f"cannot be decoded ({exc})"
+    if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
+        return None, None, "has an unknown format"
+    try:
+        return record, Response.from_record(record), None
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, None, f"is not a response record ({exc!r})"
 
 
 def _format_problem(raw: Any) -> str | None:
     """Why ``raw`` is not a cache value of this format (None when it is one)."""
-    try:
-        record = msgpack.unpackb(bytes(raw))
-    except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
-        return f"cannot be decoded ({exc})"
-    if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
-        return "has an unknown format"
-    try:
-        Response.from_record(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        return f"is not a response record ({exc!r})"
-    return None
+    return _parse_value(raw)[2]
 
 
 @dataclass

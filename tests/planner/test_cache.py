@@ -10,7 +10,7 @@ import pytest
 
 from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
 from lazyllm.errors import CacheError
-from lazyllm.planner.cache import PromptCache, repair_cache, request_key, verify_cache
+from lazyllm.planner.cache import CACHE_FORMAT, PromptCache, repair_cache, request_key, verify_cache
 
 
 def req(text="hi", **params):
@@ -183,3 +183,26 @@ def test_a_damaged_header_is_a_cache_error_and_repair_starts_afresh(tmp_path):
     repaired = repair_cache(path)
     assert repaired.salvaged == 0 and repaired.lost is None and repaired.kept_at.is_dir()
     assert len(PromptCache(path)) == 0 and verify_cache(path).ok
+
+
+def test_a_value_without_a_response_record_names_repair(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    with cache._env.begin(db=cache._db, write=True) as txn:
+        txn.put(b"y" * 32, msgpack.packb({"v": CACHE_FORMAT, "input_tokens": 1}))  # no "text"
+    with pytest.raises(CacheError, match="is not a response record.*lazyllm cache repair"):
+        cache.get_many([b"y" * 32])
+
+
+def test_get_many_decodes_each_value_once(tmp_path, monkeypatch):
+    import lazyllm.planner.cache as cache_module
+
+    cache = PromptCache(tmp_path / "c")
+    keys = [i.to_bytes(32, "big") for i in range(5)]
+    cache.put_many([(k, Response(text=f"t{i}", output_tokens=i)) for i, k in enumerate(keys)])
+    calls = []
+    real = cache_module.msgpack.unpackb
+    monkeypatch.setattr(cache_module.msgpack, "unpackb", lambda raw, **kw: calls.append(1) or real(raw, **kw))
+    got = cache.get_many(keys + [b"\xff" * 32])
+    assert [got[k].text for k in keys] == [f"t{i}" for i in range(5)] and b"\xff" * 32 not in got
+    assert [got[k].output_tokens for k in keys] == list(range(5))
+    assert len(calls) == 5
