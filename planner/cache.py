@@ -59,10 +59,63 @@ _OPEN_LOCK = threading.Lock()
 
 
 def request_key(model_fingerprint: str, request: Request) -> bytes:
-    """The 32-byte cache key of ``request`` sent to the model with ``model_fingerprint``."""
+    """The 32-byte cache key of ``request`` sent to the model with ``model_fingerprint``.
+
+    SHA-256 of the canonical JSON (sorted keys, no spaces, UTF-8) of the cache format,
+    the model fingerprint and :meth:`Request.canonical`. Cost: the JSON around the
+    messages is built once per (model, sampling params, constraint, sample index) and
+    kept (:func:`_skeleton`); per request only the message strings are encoded (the
+    encoder :func:`json.dumps` itself uses), so the key is byte-identical to dumping the
+    whole payload (:func:`_request_key_reference`).
+    """
+    p = request.params
+    shape = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
+             type(p.seed), p.seed, p.stop, type(request.sample_index), request.sample_index, request.choices,
+             request.json_schema, bool(request.logprobs), bool(request.reward))
+    skeleton = _SKELETONS.get(shape)
+    if skeleton is None:
+        if len(_SKELETONS) >= 4096:
+            _SKELETONS.clear()
+        skeleton = _SKELETONS[shape] = _skeleton(model_fingerprint, request)
+    prefix, suffix = skeleton
+    if prefix is None:  # the placeholder is not unique in the payload: dump it all
+        return _request_key_reference(model_fingerprint, request)
+    enc = _encode_string
+    try:
+        messages = ",".join(f"[{enc(m.role)},{enc(m.content)}]" for m in request.messages)
+    except TypeError:  # a role or content that is not a string: dump it all
+        return _request_key_reference(model_fingerprint, request)
+    return hashlib.sha256(f"{prefix}[{messages}]{suffix}".encode("utf-8")).digest()
+
+
+def _request_key_reference(model_fingerprint: str, request: Request) -> bytes:
+    """:func:`request_key` by dumping the whole payload (the definition of the key)."""
     payload = {"format": CACHE_FORMAT, "model": model_fingerprint, "request": request.canonical()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+#: How json.dumps(..., ensure_ascii=False) writes a string (the C encoder when available).
+_encode_string = json.encoder.encode_basestring
+_PLACEHOLDER = "\x00lazyllm-messages\x00"
+
+
+#: Key-payload skeletons by request shape (everything but the messages, with the types that
+#: change the JSON: ``0`` and ``0.0`` are equal in Python but not in JSON); cleared when full.
+_SKELETONS: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
+
+
+def _skeleton(model_fingerprint: str, request: Request) -> tuple[str | None, str | None]:
+    """The canonical JSON of a request's key payload before and after its messages list."""
+    canonical = request.canonical()
+    canonical["messages"] = _PLACEHOLDER
+    payload = {"format": CACHE_FORMAT, "model": model_fingerprint, "request": canonical}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    mark = _encode_string(_PLACEHOLDER)
+    if text.count(mark) != 1:
+        return None, None
+    prefix, _, suffix = text.partition(mark)
+    return prefix, suffix
 
 
 #: LMDB errors that mean the file itself is damaged (as opposed to permissions or space).
