@@ -72,6 +72,9 @@ class _NodeState:
     pending: list[int] = field(default_factory=list)  # per row: responses not delivered yet
     keys: set[bytes] = field(default_factory=set)  # distinct requests of this node
     uncertain_rows: set[int] = field(default_factory=set)
+    #: per row, the messages rendered in bulk (polars) when the node reads only input columns
+    #: through plain templates (:meth:`LLMNode.messages_column`); None: rendered row by row
+    bulk: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self.values = {c: [None] * self.rows for c in self.node.output_schema()}
@@ -119,6 +122,8 @@ class _ChainRun:
                 deps=_deps(chain, i),
                 rows=rows,
             )
+            if not st.deps:  # reads input columns only: render every row at once when the templates allow
+                st.bulk = node.messages_column(df)
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
@@ -209,7 +214,7 @@ class _ChainRun:
                                                          "row out)"))
                     continue
                 try:
-                    requests = st.node.requests_for(st.node.context(row))
+                    requests = st.node.requests_for(st.node.context(row), None if st.bulk is None else st.bulk[r])
                 except TemplateError as exc:
                     next_todo.extend(self.fail_row(i, r, str(exc)))
                     continue
