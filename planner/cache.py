@@ -6,8 +6,11 @@ msgpack map (text, token counts, finish reason, time). Never pickle: workspaces 
 handed between people. Error responses are not cached, so a rerun retries them.
 
 Several processes may open the same cache (LMDB's lock file); writes are serialised
-by LMDB. Each :meth:`PromptCache.put_many` is one transaction, synced to disk when it
-commits, so a crash or ``kill -9`` loses at most the batch in flight. When one
+by LMDB. Each :meth:`PromptCache.put_many` is one transaction, written to the file and
+its data pages flushed to disk when it commits, so a crash or ``kill -9`` loses at most
+the batch in flight. The environment is opened with ``metasync=False`` (one flush per
+commit instead of two): a power loss may also undo the last committed batch, never
+damage the environment. When one
 process grows the map (the cache outgrew ``map_size``), the others adopt the new size
 at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
 
@@ -139,7 +142,11 @@ def _open_env(path: Path, map_size: int) -> lmdb.Environment:
         if env is None:
             try:
                 path.mkdir(parents=True, exist_ok=True)
-                env = lmdb.open(real, map_size=map_size, subdir=True, max_dbs=4, readahead=False)
+                # metasync=False: one flush per commit (the data pages) instead of two; LMDB keeps the
+                # environment consistent, a kill -9 loses nothing committed (the pages are in the OS
+                # cache), and only a power loss may undo the last commit (its meta page is flushed
+                # with the next commit).
+                env = lmdb.open(real, map_size=map_size, subdir=True, max_dbs=4, readahead=False, metasync=False)
             except _DAMAGE as exc:
                 raise _damaged(path, exc) from exc
             except (lmdb.Error, OSError) as exc:
