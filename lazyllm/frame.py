@@ -667,6 +667,13 @@ class Frame:
             or the logical plan as written (False).
 
         Reads the inputs and the cache: no model is loaded and no LLM is called.
+
+        Cost: renders and looks up every row's requests, except for a chain of LLM nodes
+        whose input has more than 50,000 rows and whose output no other LLM node reads:
+        that one is estimated from a uniform, seeded sample of 20,000 rows
+        (``LAZYLLM_EXPLAIN_SAMPLE`` sets the sample size, 0 turns sampling off), its
+        counts scaled to every row; the text then says so and gives a 95% interval
+        (Wilson) of the LLM calls to make. About 1-2 s per sampled chain.
         """
         from lazyllm.planner.optimizer import optimize
 
