@@ -205,7 +205,8 @@ class _ChainRun:
                     continue
                 st.stats.rows_in += 1
                 row = self.row_context(i, r)
-                nulls = st.node.null_inputs(row)
+                # rendered in bulk: a row renders to None exactly when a template input is null
+                nulls = st.node.null_inputs(row) if st.bulk is None or st.bulk[r] is None else None
                 if nulls:  # never render None into a prompt: the row fails, naming the input
                     named = ", ".join(map(repr, nulls))
                     next_todo.extend(self.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
