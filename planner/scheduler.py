@@ -127,6 +127,9 @@ class _ChainRun:
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
+        # per node: the kept-row lists of the LLM filters below it
+        self._filters_below = [[self.states[f].values[chain[f].column] for f in self.filters if f < i]
+                               for i in range(len(chain))]
         self.dependents = [[j for j, st in enumerate(self.states) if i in st.deps] for i in range(len(chain))]
         cols = sorted(set().union(*(n.columns_read() for n in chain)) & set(df.columns))
         self.input_rows = df.select(cols).to_dicts() if cols else [{} for _ in range(rows)]
@@ -146,7 +149,8 @@ class _ChainRun:
     # -- per-row bookkeeping -------------------------------------------------------------
     def alive(self, i: int, r: int) -> bool:
         """Row ``r`` passed every LLM filter below node ``i``."""
-        return all(self.states[f].values[self.chain[f].column][r] for f in self.filters if f < i)
+        below = self._filters_below[i]
+        return not below or all(keep[r] for keep in below)
 
     def row_context(self, i: int, r: int) -> dict[str, Any]:
         row = dict(self.input_rows[r])
@@ -283,9 +287,14 @@ class _ChainRun:
                 index = [r for r, m in zip(index, mask) if m]
                 current = current.filter(pl.Series(mask, dtype=pl.Boolean))
             else:
+                every = len(index) == self.df.height  # no LLM filter dropped a row: the lists as they are
+
+                def pick(values: list[Any]) -> list[Any]:
+                    return values if every else [values[r] for r in index]
+
                 current = current.with_columns(
-                    *[pl.Series(col, [st.values[col][r] for r in index], dtype=dtype) for col, dtype in schema.items()],
-                    pl.Series(st.node.error_column, [st.errors[r] for r in index], dtype=pl.String),
+                    *[pl.Series(col, pick(st.values[col]), dtype=dtype) for col, dtype in schema.items()],
+                    pl.Series(st.node.error_column, pick(st.errors), dtype=pl.String),
                 )
             outputs.append(current)
         return outputs
