@@ -201,7 +201,7 @@ class _ChainRun:
             next_todo: list[tuple[int, int]] = []
             for i, r in todo:
                 st = self.states[i]
-                if st.rendered[r] or any(not self.states[d].done[r] for d in st.deps):
+                if st.rendered[r] or (st.deps and any(not self.states[d].done[r] for d in st.deps)):
                     continue
                 st.rendered[r] = True
                 if not self.alive(i, r):  # dropped by an LLM filter below: nothing to send
@@ -219,7 +219,11 @@ class _ChainRun:
                                                          "row out)"))
                     continue
                 try:
-                    requests = st.node.requests_for(st.node.context(row), None if st.bulk is None else st.bulk[r])
+                    if st.bulk is None:
+                        requests = st.node.requests_for(st.node.context(row))
+                    else:
+                        requests = st.node.requests_for(st.node.context(row), st.bulk[r])
+                        st.bulk[r] = None  # rendered once (see ``rendered``): let the memory go
                 except TemplateError as exc:
                     next_todo.extend(self.fail_row(i, r, str(exc)))
                     continue
