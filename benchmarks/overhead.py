@@ -22,6 +22,7 @@ Usage::
     python -m benchmarks.run overhead                       # 100k and 1M rows, 1M-row sink
     python -m benchmarks.run overhead --quick               # 100k rows only, one round, no sink
     python -m benchmarks.overhead --profile 50000           # pyinstrument per phase (text)
+    python -m benchmarks.overhead --compare /tmp/venv-integ/bin/python --rows 100000  # before/after
 """
 
 from __future__ import annotations
@@ -141,6 +142,34 @@ def bench_overhead(args: argparse.Namespace) -> None:
     write_section("Per-row overhead at scale (issue 19)", body, " ".join(sys.argv))
 
 
+def _compare(baseline: str, sizes: tuple[int, ...], rounds: int) -> None:
+    """Alternate (A B A B) child processes of another install (``baseline``: its Python, e.g.
+    a virtual environment with the integration branch) and this one; write medians and ratios."""
+    import statistics
+
+    from .run import write_section
+
+    pythons = {"before": baseline, "after": sys.executable}
+    lines = ["| rows | phase | before µs/row | after µs/row | after / before |", "|---|---|---|---|---|"]
+    for n in sizes:
+        got: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "explain": []} for k in pythons}
+        for _ in range(rounds):
+            for name, python in pythons.items():
+                proc = subprocess.run([python, "-m", "benchmarks.overhead", "--phases-child", str(n)],
+                                      capture_output=True, text=True, check=True,
+                                      cwd=Path(__file__).resolve().parent.parent)
+                for phase, seconds in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                    got[name][phase].append(seconds * 1e6 / n)
+        for phase in ("cold", "warm", "explain"):
+            b, a = statistics.median(got["before"][phase]), statistics.median(got["after"][phase])
+            lines.append(f"| {n:,} | {phase} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+    body = "\n".join(lines) + (
+        f"\n\nBefore: `{baseline}` (the integration branch before this work); after: this tree. Child "
+        f"processes alternate before/after, {rounds} round(s) per size, medians. Same workload as above; the "
+        "machine was shared while measuring.")
+    write_section("Per-row overhead before vs after (issue 19)", body, " ".join(sys.argv))
+
+
 def _profile(n: int) -> None:
     from pyinstrument import Profiler
 
@@ -164,13 +193,24 @@ def _profile(n: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sink-child", nargs=3, metavar=("ROWS", "ROWS_PER_SHARD", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--phases-child", type=int, metavar="ROWS", help=argparse.SUPPRESS)
     parser.add_argument("--profile", type=int, metavar="ROWS", help="pyinstrument profile of each phase")
+    parser.add_argument("--compare", metavar="PYTHON", help="before/after: the Python of another install")
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000], help="--compare: input sizes")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("LAZYLLM_QUIET", "1")
     if args.sink_child:
         _sink_child(int(args.sink_child[0]), int(args.sink_child[1]), Path(args.sink_child[2]))
+    elif args.phases_child:
+        ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-ws-"))
+        try:
+            print(json.dumps(_phases(args.phases_child, ws)))
+        finally:
+            shutil.rmtree(ws, ignore_errors=True)
+    elif args.compare:
+        _compare(args.compare, tuple(args.rows), args.repeats or 2)
     elif args.profile:
         _profile(args.profile)
     else:
