@@ -30,6 +30,7 @@ one is kept aside for inspection.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ import msgpack
 from lazyllm.backends.errors import CacheError
 from lazyllm.backends.protocols import Request, Response
 
-__all__ = ["PromptCache", "request_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
+__all__ = ["PromptCache", "request_key", "message_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
            "lease_owner", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
@@ -71,24 +72,33 @@ def request_key(model_fingerprint: str, request: Request) -> bytes:
     encoder :func:`json.dumps` itself uses), so the key is byte-identical to dumping the
     whole payload (:func:`_request_key_reference`).
     """
+    return message_key(model_fingerprint, request, request.messages)
+
+
+def message_key(model_fingerprint: str, shape: Request, messages: tuple[Any, ...]) -> bytes:
+    """:func:`request_key` of ``shape`` with its messages replaced by ``messages``, without
+    building that request (the scheduler builds requests only for cache misses)."""
+    request = shape
     p = request.params
-    shape = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
+    shape_key = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
              type(p.seed), p.seed, p.stop, type(request.sample_index), request.sample_index, request.choices,
              request.json_schema, bool(request.logprobs), bool(request.reward))
-    skeleton = _SKELETONS.get(shape)
+    skeleton = _SKELETONS.get(shape_key)
     if skeleton is None:
         if len(_SKELETONS) >= 4096:
             _SKELETONS.clear()
-        skeleton = _SKELETONS[shape] = _skeleton(model_fingerprint, request)
+        skeleton = _SKELETONS[shape_key] = _skeleton(model_fingerprint, request)
     prefix, suffix = skeleton
-    if prefix is None:  # the placeholder is not unique in the payload: dump it all
-        return _request_key_reference(model_fingerprint, request)
     enc = _encode_string
     try:
-        messages = ",".join(f"[{enc(m.role)},{enc(m.content)}]" for m in request.messages)
+        if prefix is None:  # the placeholder is not unique in the payload: dump it all
+            raise TypeError
+        text = ",".join(f"[{enc(m.role)},{enc(m.content)}]" for m in messages)
     except TypeError:  # a role or content that is not a string: dump it all
+        if messages is not request.messages:
+            request = dataclasses.replace(request, messages=tuple(messages))
         return _request_key_reference(model_fingerprint, request)
-    return hashlib.sha256(f"{prefix}[{messages}]{suffix}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{prefix}[{text}]{suffix}".encode("utf-8")).digest()
 
 
 def _request_key_reference(model_fingerprint: str, request: Request) -> bytes:

@@ -1020,6 +1020,9 @@ class LLMNode(PlanNode):
     #: Share of rows an LLM filter keeps when nothing better is known (the optimizer's prior).
     prior_pass_rate: ClassVar[float] = 0.5
     bound_vars: ClassVar[frozenset[str]] = frozenset()  # template variables the node supplies itself
+    #: True when :meth:`requests_for` depends on the row only through the rendered messages
+    #: (the scheduler then keys bulk-rendered rows without building their requests)
+    requests_from_messages: ClassVar[bool] = False
     column: str
     model: ModelSpec
     prompt: str
@@ -1201,6 +1204,8 @@ class Generate(LLMNode):
     fields; a List of those when ``n > 1`` (sample ``i`` at index ``i``).
     """
 
+    requests_from_messages: ClassVar[bool] = True
+
     n: int = 1
     choices: tuple[str, ...] | None = None
     json_schema: str | None = None  # canonical JSON text
@@ -1305,6 +1310,8 @@ class Judge(LLMNode):
     Output: ``column``, ``f"{column}_rationale"`` (String) when ``rationale`` is set,
     ``f"{column}_probs"`` with ``method="expected"``, and the error column.
     """
+
+    requests_from_messages: ClassVar[bool] = True
 
     scale: tuple[int, int] = (1, 10)
     rationale: bool = False
@@ -1505,6 +1512,7 @@ class LLMFilter(LLMNode):
     schema is the input's. Cost: 1 LLM call per row reaching the filter.
     """
 
+    requests_from_messages: ClassVar[bool] = True
     filters_rows: ClassVar[bool] = True
     same_columns: ClassVar[bool] = True
     column: str = "__lazyllm_keep__"

@@ -27,6 +27,7 @@ depend on a value not computed yet are counted as calls of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -41,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lazyllm.backends.errors import EngineError, TemplateError
-from lazyllm.backends.protocols import Request, Response
+from lazyllm.backends.protocols import Message, Request, Response
 
-from .cache import lease_owner, request_key
+from .cache import lease_owner, message_key, request_key
 from .nodes import LLMNode
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class _NodeState:
     #: per row, the messages rendered in bulk (polars) when the node reads only input columns
     #: through plain templates (:meth:`LLMNode.messages_column`); None: rendered row by row
     bulk: list[Any] | None = None
+    #: with ``bulk``, when the node's requests depend on a row only through its messages: the
+    #: requests of one row (messages aside); a row's keys are computed from these and its
+    #: messages, and its requests are built only when sent (cache misses)
+    shapes: list[Request] | None = None
 
     def __post_init__(self) -> None:
         self.values = {c: [None] * self.rows for c in self.node.output_schema()}
@@ -124,6 +129,8 @@ class _ChainRun:
             )
             if not st.deps:  # reads input columns only: render every row at once when the templates allow
                 st.bulk = node.messages_column(df)
+                if st.bulk is not None and node.requests_from_messages:
+                    st.shapes = node.requests_for({}, (Message("user", ""),))
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
@@ -197,7 +204,7 @@ class _ChainRun:
         todo = items
         while todo:
             slots_by_key: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)
-            first: dict[bytes, tuple[Request, int, bool]] = {}
+            first: dict[bytes, tuple[Request, int, bool, tuple[Message, ...] | None]] = {}
             next_todo: list[tuple[int, int]] = []
             for i, r in todo:
                 st = self.states[i]
@@ -218,8 +225,12 @@ class _ChainRun:
                                                          "{{ x | default('...') }} or {% if x %}, or filter the "
                                                          "row out)"))
                     continue
+                messages: tuple[Message, ...] | None = None  # with shapes: the row's messages
                 try:
-                    if st.bulk is None:
+                    if st.shapes is not None:
+                        requests, messages = st.shapes, st.bulk[r]  # type: ignore[index]
+                        st.bulk[r] = None  # type: ignore[index]  # rendered once: let the memory go
+                    elif st.bulk is None:
                         requests = st.node.requests_for(st.node.context(row))
                     else:
                         requests = st.node.requests_for(st.node.context(row), st.bulk[r])
@@ -229,7 +240,8 @@ class _ChainRun:
                     continue
                 uncertain = self.ctx.dry_run and (
                     any((d, r) in self.unknown for d in st.deps)
-                    or any(UNCOMPUTED in m.content for req in requests for m in req.messages)
+                    or any(UNCOMPUTED in m.content for req in requests
+                           for m in (req.messages if messages is None else messages))
                 )
                 if uncertain:
                     st.uncertain_rows.add(r)
@@ -237,14 +249,19 @@ class _ChainRun:
                 self.responses[(i, r)] = [None] * len(requests)
                 st.pending[r] = len(requests)
                 for k, req in enumerate(requests):
-                    key = request_key(st.model_fp, req)
+                    if messages is None:
+                        key = request_key(st.model_fp, req)
+                    else:
+                        key = message_key(st.model_fp, req, messages)
                     if uncertain:  # depends on a value not computed yet: a call of its own
                         key = hashlib.sha256(key + f"{i}:{r}:{k}".encode()).digest()
                     st.stats.requests += 1
                     st.keys.add(key)
                     slots_by_key[key].append((i, r, k))
-                    first.setdefault(key, (req, i, uncertain))
-            lookup = [k for k, (_, _, unc) in first.items() if not unc and k not in self.known and k not in self.queued]
+                    if key not in first:
+                        first[key] = (req, i, uncertain, messages)
+            lookup = [k for k, (_, _, unc, _) in first.items()
+                      if not unc and k not in self.known and k not in self.queued]
             for key, response in self.cache.get_many(lookup).items():
                 self.known[key] = response
                 self.from_cache.add(key)
@@ -255,7 +272,9 @@ class _ChainRun:
                     continue
                 work = self.queued.get(key) or self.awaited.get(key)
                 if work is None:
-                    req, i, _ = first[key]
+                    req, i, _, messages = first[key]
+                    if messages is not None:  # a cache miss: build its request now
+                        req = dataclasses.replace(req, messages=messages)
                     work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
                     self._enqueue(work)
                 work.slots.extend(slots)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
 from lazyllm.errors import CacheError
-from lazyllm.planner.cache import CACHE_FORMAT, PromptCache, repair_cache, request_key, verify_cache
+from lazyllm.planner.cache import CACHE_FORMAT, PromptCache, message_key, repair_cache, request_key, verify_cache
 
 
 def req(text="hi", **params):
@@ -238,6 +238,9 @@ def test_request_key_is_byte_identical_to_dumping_the_whole_payload(messages, pr
         request = Request(messages=tuple(Message(r, c) for r, c in messages), prompt=prompt, params=params,
                           sample_index=sample_index, choices=choices, json_schema=json_schema, logprobs=logprobs)
         assert request_key(model, request) == _request_key_reference(model, request)
+        shape = Request(messages=(Message("user", "other"),), prompt=prompt, params=params, sample_index=sample_index,
+                        choices=choices, json_schema=json_schema, logprobs=logprobs)
+        assert message_key(model, shape, request.messages) == _request_key_reference(model, request)
 
 
 def test_request_key_of_existing_caches_is_unchanged():
