@@ -310,14 +310,9 @@ class _ChainRun:
                 index = [r for r, m in zip(index, mask) if m]
                 current = current.filter(pl.Series(mask, dtype=pl.Boolean))
             else:
-                every = len(index) == self.df.height  # no LLM filter dropped a row: the lists as they are
-
-                def pick(values: list[Any]) -> list[Any]:
-                    return values if every else [values[r] for r in index]
-
                 current = current.with_columns(
-                    *[pl.Series(col, pick(st.values[col]), dtype=dtype) for col, dtype in schema.items()],
-                    pl.Series(st.node.error_column, pick(st.errors), dtype=pl.String),
+                    *[pl.Series(col, _pick(st.values[col], index), dtype=dtype) for col, dtype in schema.items()],
+                    pl.Series(st.node.error_column, _pick(st.errors, index), dtype=pl.String),
                 )
             outputs.append(current)
         return outputs
@@ -504,6 +499,11 @@ def _cache_model_fingerprint(model: Any, ctx: "_Context") -> str:
     if not ctx.dry_run:
         ensure_trained(model, ctx)
     return content_fingerprint(model, ctx.workspace.path) or model_fingerprint(model)
+
+
+def _pick(values: list[Any], index: list[int]) -> list[Any]:
+    """``values`` at the rows in ``index``; the list itself when no row was dropped."""
+    return values if len(index) == len(values) else [values[r] for r in index]
 
 
 def _count(histogram: dict[int, int], tokens: int) -> None:
