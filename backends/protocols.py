@@ -158,6 +158,8 @@ class Request:
     reward: bool = False
 
     def __post_init__(self) -> None:
+        if not (self.logprobs or self.reward):  # the common case: nothing to check (built once per row)
+            return
         from .errors import PlanError
 
         if self.logprobs and not self.choices:

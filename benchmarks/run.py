@@ -11,6 +11,7 @@ Usage (from the repository root)::
     python -m benchmarks.run planner --repeats 3 --model test
     python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 30 min)
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
+    python -m benchmarks.run overhead         # per-row overhead at 100k / 1M rows, explain(), peak RSS
     python -m benchmarks.run demo             # the README main job, cold + warm, native vs AVX2 kernels
 
 Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
@@ -406,6 +407,16 @@ BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "planner": bench_planner, "cache": bench_cache, "engines": bench_engines, "mainjob": bench_mainjob,
     "scaleout": bench_scaleout, "demo": bench_demo, "shapes": bench_shapes,
 }
+
+
+def bench_overhead(args: argparse.Namespace) -> None:
+    """Per-row overhead at 100k and 1M rows, explain() time, peak RSS of a streamed job (issue 19)."""
+    from .overhead import bench_overhead as run
+
+    run(args)
+
+
+BENCHES["overhead"] = bench_overhead  # registered on its own line: merges touch no shared literal
 #: Run by default (no names given): the quick ones. ``mainjob`` takes about 30 minutes and
 #: ``scaleout`` needs the ``ray`` extra; name them.
 DEFAULT_BENCHES = ("planner", "cache", "engines")

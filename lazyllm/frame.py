@@ -742,7 +742,12 @@ class Frame:
         -----
         Cost: reads the inputs and looks every request up in the cache (a dry run):
         no model is loaded and no LLM is called. Rows that wait on an upstream LLM
-        output are estimated (counted as uncertain).
+        output are estimated (counted as uncertain). A chain of LLM nodes whose input
+        has more than 50,000 rows and whose output no other LLM node reads is
+        estimated from a uniform, seeded sample of 20,000 rows
+        (``LAZYLLM_EXPLAIN_SAMPLE`` sets the sample size, 0 turns sampling off), its
+        counts scaled to every row; the text then says so and gives a 95% interval
+        (Wilson) of the LLM calls to make. About 1-2 s per sampled chain.
 
         Examples
         --------

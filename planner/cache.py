@@ -6,8 +6,11 @@ msgpack map (text, token counts, finish reason, time). Never pickle: workspaces 
 handed between people. Error responses are not cached, so a rerun retries them.
 
 Several processes may open the same cache (LMDB's lock file); writes are serialised
-by LMDB. Each :meth:`PromptCache.put_many` is one transaction, synced to disk when it
-commits, so a crash or ``kill -9`` loses at most the batch in flight. When one
+by LMDB. Each :meth:`PromptCache.put_many` is one transaction, written to the file and
+its data pages flushed to disk when it commits, so a crash or ``kill -9`` loses at most
+the batch in flight. The environment is opened with ``metasync=False`` (one flush per
+commit instead of two): a power loss may also undo the last committed batch, never
+damage the environment. When one
 process grows the map (the cache outgrew ``map_size``), the others adopt the new size
 at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
 
@@ -27,6 +30,7 @@ one is kept aside for inspection.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +50,7 @@ import msgpack
 from lazyllm.backends.errors import CacheError
 from lazyllm.backends.protocols import Request, Response
 
-__all__ = ["PromptCache", "request_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
+__all__ = ["PromptCache", "request_key", "message_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
            "lease_owner", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
@@ -59,10 +63,72 @@ _OPEN_LOCK = threading.Lock()
 
 
 def request_key(model_fingerprint: str, request: Request) -> bytes:
-    """The 32-byte cache key of ``request`` sent to the model with ``model_fingerprint``."""
+    """The 32-byte cache key of ``request`` sent to the model with ``model_fingerprint``.
+
+    SHA-256 of the canonical JSON (sorted keys, no spaces, UTF-8) of the cache format,
+    the model fingerprint and :meth:`Request.canonical`. Cost: the JSON around the
+    messages is built once per (model, sampling params, constraint, sample index) and
+    kept (:func:`_skeleton`); per request only the message strings are encoded (the
+    encoder :func:`json.dumps` itself uses), so the key is byte-identical to dumping the
+    whole payload (:func:`_request_key_reference`).
+    """
+    return message_key(model_fingerprint, request, request.messages)
+
+
+def message_key(model_fingerprint: str, shape: Request, messages: tuple[Any, ...]) -> bytes:
+    """:func:`request_key` of ``shape`` with its messages replaced by ``messages``, without
+    building that request (the scheduler builds requests only for cache misses)."""
+    request = shape
+    p = request.params
+    shape_key = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
+             type(p.seed), p.seed, p.stop, type(request.sample_index), request.sample_index, request.choices,
+             request.json_schema, bool(request.logprobs), bool(request.reward))
+    skeleton = _SKELETONS.get(shape_key)
+    if skeleton is None:
+        if len(_SKELETONS) >= 4096:
+            _SKELETONS.clear()
+        skeleton = _SKELETONS[shape_key] = _skeleton(model_fingerprint, request)
+    prefix, suffix = skeleton
+    enc = _encode_string
+    try:
+        if prefix is None:  # the placeholder is not unique in the payload: dump it all
+            raise TypeError
+        text = ",".join(f"[{enc(m.role)},{enc(m.content)}]" for m in messages)
+    except TypeError:  # a role or content that is not a string: dump it all
+        if messages is not request.messages:
+            request = dataclasses.replace(request, messages=tuple(messages))
+        return _request_key_reference(model_fingerprint, request)
+    return hashlib.sha256(f"{prefix}[{text}]{suffix}".encode("utf-8")).digest()
+
+
+def _request_key_reference(model_fingerprint: str, request: Request) -> bytes:
+    """:func:`request_key` by dumping the whole payload (the definition of the key)."""
     payload = {"format": CACHE_FORMAT, "model": model_fingerprint, "request": request.canonical()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+#: How json.dumps(..., ensure_ascii=False) writes a string (the C encoder when available).
+_encode_string = json.encoder.encode_basestring
+_PLACEHOLDER = "\x00lazyllm-messages\x00"
+
+
+#: Key-payload skeletons by request shape (everything but the messages, with the types that
+#: change the JSON: ``0`` and ``0.0`` are equal in Python but not in JSON); cleared when full.
+_SKELETONS: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
+
+
+def _skeleton(model_fingerprint: str, request: Request) -> tuple[str | None, str | None]:
+    """The canonical JSON of a request's key payload before and after its messages list."""
+    canonical = request.canonical()
+    canonical["messages"] = _PLACEHOLDER
+    payload = {"format": CACHE_FORMAT, "model": model_fingerprint, "request": canonical}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    mark = _encode_string(_PLACEHOLDER)
+    if text.count(mark) != 1:
+        return None, None
+    prefix, _, suffix = text.partition(mark)
+    return prefix, suffix
 
 
 #: LMDB errors that mean the file itself is damaged (as opposed to permissions or space).
@@ -86,7 +152,11 @@ def _open_env(path: Path, map_size: int) -> lmdb.Environment:
         if env is None:
             try:
                 path.mkdir(parents=True, exist_ok=True)
-                env = lmdb.open(real, map_size=map_size, subdir=True, max_dbs=4, readahead=False)
+                # metasync=False: one flush per commit (the data pages) instead of two; LMDB keeps the
+                # environment consistent, a kill -9 loses nothing committed (the pages are in the OS
+                # cache), and only a power loss may undo the last commit (its meta page is flushed
+                # with the next commit).
+                env = lmdb.open(real, map_size=map_size, subdir=True, max_dbs=4, readahead=False, metasync=False)
             except _DAMAGE as exc:
                 raise _damaged(path, exc) from exc
             except (lmdb.Error, OSError) as exc:
@@ -149,10 +219,11 @@ class PromptCache:
         """The cached responses among ``keys`` (missing keys are absent from the result)."""
         out: dict[bytes, Response] = {}
         with self._txn(buffers=True) as txn:
+            get, db = txn.get, self._db
             for key in keys:
-                raw = txn.get(key, db=self._db)
+                raw = get(key, db=db)
                 if raw is not None:
-                    out[key] = Response.from_record(self._decode(raw))
+                    out[key] = self._response(raw)
         return out
 
     def contains_many(self, keys: Iterable[bytes]) -> set[bytes]:
@@ -294,27 +365,43 @@ class PromptCache:
                 yield bytes(k), self._decode(v)
 
     def _decode(self, raw: Any) -> dict[str, Any]:
-        problem = _format_problem(raw)
+        return self._checked(raw)[0]
+
+    def _response(self, raw: Any) -> Response:
+        return self._checked(raw)[1]
+
+    def _checked(self, raw: Any) -> tuple[dict[str, Any], Response]:
+        """The record and response of one value, decoded once; a :class:`CacheError` naming
+        ``lazyllm cache repair`` when it is not a value of this format."""
+        record, response, problem = _parse_value(raw)
         if problem is not None:
             ws = self.path.absolute().parent
             raise CacheError(f"A cache entry in {self.path} {problem}. Run `lazyllm cache repair --workspace {ws}` "
                              "to drop unreadable entries and keep the rest, or `lazyllm cache clear` to start over.")
-        return msgpack.unpackb(bytes(raw))
+        return record, response  # type: ignore[return-value]
+
+
+def _parse_value(raw: Any) -> tuple[dict[str, Any] | None, Response | None, str | None]:
+    """``(record, response, None)`` for a cache value of this format, else ``(None, None, why)``.
+
+    One msgpack decode (``raw`` may be an LMDB buffer: msgpack reads it without a copy)
+    and one :meth:`Response.from_record`, which is also the format check.
+    """
+    try:
+        record = msgpack.unpackb(raw)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
+        return None, None, f"cannot be decoded ({exc})"
+    if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
+        return None, None, "has an unknown format"
+    try:
+        return record, Response.from_record(record), None
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, None, f"is not a response record ({exc!r})"
 
 
 def _format_problem(raw: Any) -> str | None:
     """Why ``raw`` is not a cache value of this format (None when it is one)."""
-    try:
-        record = msgpack.unpackb(bytes(raw))
-    except Exception as exc:  # noqa: BLE001 - any decode failure is a format problem
-        return f"cannot be decoded ({exc})"
-    if not isinstance(record, dict) or record.get("v") != CACHE_FORMAT:
-        return "has an unknown format"
-    try:
-        Response.from_record(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        return f"is not a response record ({exc!r})"
-    return None
+    return _parse_value(raw)[2]
 
 
 @dataclass

@@ -18,6 +18,7 @@ yet are counted as calls.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import time
@@ -74,6 +75,12 @@ class NodeStats:
     #: tokens -> requests, over the node's distinct requests (computed or served from the cache)
     input_tokens_histogram: dict[int, int] = field(default_factory=dict)
     output_tokens_histogram: dict[int, int] = field(default_factory=dict)
+    #: dry run on a sample: input rows the figures were measured on (0: every row), of ``rows_total``;
+    #: the counts above are then scaled to ``rows_total``
+    sample_rows: int = 0
+    rows_total: int = 0
+    #: dry run on a sample: 95% interval (Wilson) of the LLM calls to make
+    calls_interval: tuple[int, int] | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -100,6 +107,8 @@ class _Context:
         self.dry_run = dry_run
         self.progress = progress
         self.memo: dict[str, pl.LazyFrame] = {}
+        #: dry run: node fingerprint -> the LLM nodes that read its output (:func:`_llm_above`)
+        self.llm_above: dict[str, frozenset[str]] = {}
         self.stats: dict[str, NodeStats] = {}
         self.engines: dict[str, Engine] = {}
         self._counters: dict[str, tuple[Callable[[Sequence[Message]], int], str]] = {}
@@ -297,9 +306,78 @@ def dry_run(roots: Sequence[PlanNode], workspace: "str | os.PathLike[str] | Work
     """Predict the LLM work of ``roots`` (as given, not optimized) from the cache, calling no model."""
     ws = resolve_workspace(workspace)
     ctx = _Context(ws, dry_run=True, progress=False)
+    ctx.llm_above = _llm_above(roots)
     for root in roots:
         _evaluate(root, ctx).collect()
     return ctx.stats
+
+
+#: A dry run of an LLM chain over more input rows than this runs on a uniform sample of
+#: :data:`EXPLAIN_SAMPLE_ROWS` rows (``LAZYLLM_EXPLAIN_SAMPLE``: sample size, 0 = never sample).
+EXPLAIN_SAMPLE_ABOVE = 50_000
+EXPLAIN_SAMPLE_ROWS = 20_000
+
+
+def _sample_size() -> int:
+    return int(os.environ.get("LAZYLLM_EXPLAIN_SAMPLE", EXPLAIN_SAMPLE_ROWS))
+
+
+def _llm_above(roots: Sequence[PlanNode]) -> dict[str, frozenset[str]]:
+    """For every node of the plans, the LLM nodes above it on any path to a root (the nodes
+    that read its output, directly or through relational nodes)."""
+    above: dict[str, frozenset[str]] = {}
+
+    def walk(node: PlanNode, llm: frozenset[str]) -> None:
+        seen = above.get(node.fingerprint)
+        if seen is not None and llm <= seen:
+            return
+        above[node.fingerprint] = llm if seen is None else seen | llm
+        below = llm | {node.fingerprint} if isinstance(node, LLMNode) else llm
+        for child in node.children:
+            walk(child, below)
+
+    for root in roots:
+        walk(root, frozenset())
+    return above
+
+
+def _may_sample(chain: Sequence[LLMNode], ctx: _Context) -> bool:
+    """A dry run may evaluate ``chain`` on a sample of rows when no LLM node outside the
+    chain reads its nodes' output: only LLM nodes' statistics are kept from a dry run, so
+    a sample changes nothing but this chain's figures (which are scaled). A chain feeding
+    another LLM node runs on every row, so the nodes above see the real rows."""
+    mine = {n.fingerprint for n in chain}
+    return all(ctx.llm_above.get(n.fingerprint, frozenset({""})) <= mine for n in chain)
+
+
+def _sample_rows(df: pl.DataFrame, n: int) -> pl.DataFrame:
+    """A uniform sample of ``n`` rows of ``df``, in input order, the same on every run (seeded)."""
+    return df.with_row_index("__lazyllm_row").sample(n=n, seed=0).sort("__lazyllm_row").drop("__lazyllm_row")
+
+
+def _scale_stats(stats: NodeStats, total: int, sampled: int) -> None:
+    """Scale a sampled dry run's counts to ``total`` input rows; set the calls' 95% interval."""
+    factor = total / sampled
+    unique, calls = stats.unique_requests, stats.calls
+    for name in ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "uncertain_rows",
+                 "est_input_tokens", "est_output_tokens"):
+        setattr(stats, name, round(getattr(stats, name) * factor))
+    if stats.est_cost is not None:
+        stats.est_cost *= factor
+    stats.sample_rows, stats.rows_total = sampled, total
+    if unique:
+        lo, hi = _wilson(min(calls, unique), unique)
+        stats.calls_interval = (math.floor(lo * stats.unique_requests), math.ceil(hi * stats.unique_requests))
+    else:
+        stats.calls_interval = (0, 0)
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
@@ -314,7 +392,13 @@ def _evaluate(node: PlanNode, ctx: _Context) -> pl.LazyFrame:
             chain.append(chain[-1].child)
         chain.reverse()
         df = _evaluate(chain[0].child, ctx).collect()
-        outputs = run_chain(chain, df, ctx)
+        total, size = df.height, _sample_size()
+        sampled = (ctx.dry_run and size > 0 and total > max(EXPLAIN_SAMPLE_ABOVE, size)
+                   and _may_sample(chain, ctx))
+        outputs = run_chain(chain, _sample_rows(df, size) if sampled else df, ctx)
+        if sampled:  # only LLM nodes' statistics are kept from a dry run: scale them to every row
+            for n in chain:
+                _scale_stats(ctx.stats[n.fingerprint], total, size)
         for n, frame in zip(chain, outputs):
             ctx.memo[n.fingerprint] = frame.lazy()
         return ctx.memo[fp]

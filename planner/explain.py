@@ -218,6 +218,11 @@ def _stats_line(stats: NodeStats) -> str:
         line += f" · requests: {stats.requests} ({stats.requests - stats.unique_requests} duplicates)"
     if stats.uncertain_rows:
         line += f" · {stats.uncertain_rows} rows wait on upstream LLM output (estimate)"
+    if stats.sample_rows and stats.calls_interval is not None:
+        lo, hi = stats.calls_interval
+        line += (f"\nestimated from a uniform sample of {stats.sample_rows:,} of {stats.rows_total:,} input rows "
+                 f"(counts scaled; duplicates between unsampled rows are not seen) · LLM calls 95% interval "
+                 f"{lo:,}–{hi:,}")
     if stats.calls:
         bound = "≤ " if stats.output_basis == "max_tokens" else "≈ "
         line += (f"\nest. tokens: {stats.est_input_tokens:,} in ({stats.input_basis}) · "

@@ -57,7 +57,7 @@ from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError,
 from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
 from .fingerprint import hash_canonical
-from .templates import PromptTemplate, check_columns
+from .templates import PromptTemplate, check_columns, render_column
 
 __all__ = [
     "expr_columns",
@@ -1013,6 +1013,12 @@ def sql_names(query: str, tables: tuple[str, ...]) -> frozenset[str] | None:
 # ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def _templates(prompt: str, system: str | None) -> tuple[PromptTemplate, ...]:
+    """The parsed prompt (and system) templates of an LLM node (parsed once)."""
+    return (PromptTemplate.parse(prompt),) + ((PromptTemplate.parse(system),) if system is not None else ())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class LLMNode(PlanNode):
     """Base class of nodes that call an LLM once or more per row.
@@ -1029,6 +1035,9 @@ class LLMNode(PlanNode):
     #: Share of rows an LLM filter keeps when nothing better is known (the optimizer's prior).
     prior_pass_rate: ClassVar[float] = 0.5
     bound_vars: ClassVar[frozenset[str]] = frozenset()  # template variables the node supplies itself
+    #: True when :meth:`requests_for` depends on the row only through the rendered messages
+    #: (the scheduler then keys bulk-rendered rows without building their requests)
+    requests_from_messages: ClassVar[bool] = False
     column: str
     model: ModelSpec
     prompt: str
@@ -1050,10 +1059,7 @@ class LLMNode(PlanNode):
         check_columns(self.columns_read(), self.child.columns, where=f"{self.kind.lower()}({self.column!r}) prompt")
 
     def templates(self) -> list[PromptTemplate]:
-        out = [PromptTemplate.parse(self.prompt)]
-        if self.system is not None:
-            out.append(PromptTemplate.parse(self.system))
-        return out
+        return list(_templates(self.prompt, self.system))
 
     def columns_read(self) -> frozenset[str]:
         alias_vars = {v for v, _ in self.aliases}
@@ -1135,8 +1141,33 @@ class LLMNode(PlanNode):
         out.append(Message("user", templates[0].render(ctx)))
         return tuple(out)
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
-        """The requests of one row (raises TemplateError when a template fails)."""
+    def messages_column(self, df: pl.DataFrame) -> list[tuple[Message, ...] | None] | None:
+        """The messages of every row of ``df`` rendered at once (polars), or None when they
+        cannot be: a template that is not a plain concatenation of columns, a column type
+        Jinja renders differently, or variables the node binds itself. Identical to
+        :meth:`messages` row by row; None for a row with a null input (which sends nothing).
+
+        Cost: one polars ``concat_str`` per template over the whole column.
+        """
+        if self.bound_vars:
+            return None
+        columns = {**{c: c for c in df.columns}, **dict(self.aliases)}
+        templates = self.templates()
+        user = render_column(templates[0], df, columns)
+        system = render_column(templates[1], df, columns) if self.system is not None else None
+        if user is None or (self.system is not None and system is None):
+            return None
+        if system is None:
+            return [None if u is None else (Message("user", u),) for u in user.to_list()]
+        return [None if s is None or u is None else (Message("system", s), Message("user", u))
+                for s, u in zip(system.to_list(), user.to_list())]
+
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
+        """The requests of one row (raises TemplateError when a template fails).
+
+        ``messages``: the row's rendered template messages when already rendered in bulk
+        (:meth:`messages_column`); rendered from ``row`` when None.
+        """
         raise NotImplementedError
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
@@ -1188,6 +1219,8 @@ class Generate(LLMNode):
     fields; a List of those when ``n > 1`` (sample ``i`` at index ``i``).
     """
 
+    requests_from_messages: ClassVar[bool] = True
+
     n: int = 1
     choices: tuple[str, ...] | None = None
     json_schema: str | None = None  # canonical JSON text
@@ -1222,8 +1255,8 @@ class Generate(LLMNode):
         dtype = self.value_dtype()
         return {self.column: pl.List(dtype) if self.n > 1 else dtype}
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
-        messages = self.messages(self.context(row))
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
+        messages = messages or self.messages(self.context(row))
         return [
             Request(messages=messages, params=self.sampling, sample_index=s, choices=self.choices,
                     json_schema=self.json_schema)
@@ -1293,6 +1326,8 @@ class Judge(LLMNode):
     ``f"{column}_probs"`` with ``method="expected"``, and the error column.
     """
 
+    requests_from_messages: ClassVar[bool] = True
+
     scale: tuple[int, int] = (1, 10)
     rationale: bool = False
     method: str = "argmax"
@@ -1343,9 +1378,9 @@ class Judge(LLMNode):
         }
         return None, json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
         choices, schema = self.constraint()
-        return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=choices,
+        return [Request(messages=messages or self.messages(self.context(row)), params=self.sampling, choices=choices,
                         json_schema=schema, logprobs=self.method == "expected")]
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
@@ -1447,7 +1482,8 @@ class PairwiseJudge(LLMNode):
         return {self.column: pl.String(), self.margin_column: pl.Float64(),
                 self.verdicts_column: pl.List(pl.String())}
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
+        # the template reads answer_a / answer_b, bound per order: never rendered in bulk
         ctx = self.context(row)
         orders = [(self.a, self.b), (self.b, self.a)] if self.swap else [(self.a, self.b)]
         return [
@@ -1491,6 +1527,7 @@ class LLMFilter(LLMNode):
     schema is the input's. Cost: 1 LLM call per row reaching the filter.
     """
 
+    requests_from_messages: ClassVar[bool] = True
     filters_rows: ClassVar[bool] = True
     same_columns: ClassVar[bool] = True
     column: str = "__lazyllm_keep__"
@@ -1507,8 +1544,9 @@ class LLMFilter(LLMNode):
     def failed_values(self) -> dict[str, Any]:
         return {self.column: False}  # a row whose question failed is not kept
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
-        return [Request(messages=self.messages(self.context(row)), params=self.sampling, choices=("yes", "no"))]
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
+        return [Request(messages=messages or self.messages(self.context(row)), params=self.sampling,
+                        choices=("yes", "no"))]
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
         r = responses[0]
@@ -1547,12 +1585,12 @@ class Reward(LLMNode):
     def output_schema(self) -> dict[str, pl.DataType]:
         return {self.column: pl.Float64()}
 
-    def requests_for(self, row: dict[str, Any]) -> list[Request]:
+    def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
         ctx = self.context(row)
         answer = row[self.response]
         if answer is None:
             raise TemplateError(f"reward(): the response column {self.response!r} is null in this row")
-        messages = (*self.messages(ctx), Message("assistant", str(answer)))
+        messages = (*(messages or self.messages(ctx)), Message("assistant", str(answer)))
         return [Request(messages=messages, params=self.sampling, reward=True)]
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:

@@ -27,6 +27,7 @@ depend on a value not computed yet are counted as calls of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -41,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lazyllm.backends.errors import EngineError, TemplateError
-from lazyllm.backends.protocols import Request, Response
+from lazyllm.backends.protocols import Message, Request, Response
 
-from .cache import lease_owner, request_key
+from .cache import lease_owner, message_key, request_key
 from .nodes import LLMNode
 
 if TYPE_CHECKING:
@@ -72,6 +73,13 @@ class _NodeState:
     pending: list[int] = field(default_factory=list)  # per row: responses not delivered yet
     keys: set[bytes] = field(default_factory=set)  # distinct requests of this node
     uncertain_rows: set[int] = field(default_factory=set)
+    #: per row, the messages rendered in bulk (polars) when the node reads only input columns
+    #: through plain templates (:meth:`LLMNode.messages_column`); None: rendered row by row
+    bulk: list[Any] | None = None
+    #: with ``bulk``, when the node's requests depend on a row only through its messages: the
+    #: requests of one row (messages aside); a row's keys are computed from these and its
+    #: messages, and its requests are built only when sent (cache misses)
+    shapes: list[Request] | None = None
 
     def __post_init__(self) -> None:
         self.values = {c: [None] * self.rows for c in self.node.output_schema()}
@@ -119,9 +127,16 @@ class _ChainRun:
                 deps=_deps(chain, i),
                 rows=rows,
             )
+            if not st.deps:  # reads input columns only: render every row at once when the templates allow
+                st.bulk = node.messages_column(df)
+                if st.bulk is not None and node.requests_from_messages:
+                    st.shapes = node.requests_for({}, (Message("user", ""),))
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
+        # per node: the kept-row lists of the LLM filters below it
+        self._filters_below = [[self.states[f].values[chain[f].column] for f in self.filters if f < i]
+                               for i in range(len(chain))]
         self.dependents = [[j for j, st in enumerate(self.states) if i in st.deps] for i in range(len(chain))]
         cols = sorted(set().union(*(n.columns_read() for n in chain)) & set(df.columns))
         self.input_rows = df.select(cols).to_dicts() if cols else [{} for _ in range(rows)]
@@ -141,7 +156,8 @@ class _ChainRun:
     # -- per-row bookkeeping -------------------------------------------------------------
     def alive(self, i: int, r: int) -> bool:
         """Row ``r`` passed every LLM filter below node ``i``."""
-        return all(self.states[f].values[self.chain[f].column][r] for f in self.filters if f < i)
+        below = self._filters_below[i]
+        return not below or all(keep[r] for keep in below)
 
     def row_context(self, i: int, r: int) -> dict[str, Any]:
         row = dict(self.input_rows[r])
@@ -188,11 +204,11 @@ class _ChainRun:
         todo = items
         while todo:
             slots_by_key: dict[bytes, list[tuple[int, int, int]]] = defaultdict(list)
-            first: dict[bytes, tuple[Request, int, bool]] = {}
+            first: dict[bytes, tuple[Request, int, bool, tuple[Message, ...] | None]] = {}
             next_todo: list[tuple[int, int]] = []
             for i, r in todo:
                 st = self.states[i]
-                if st.rendered[r] or any(not self.states[d].done[r] for d in st.deps):
+                if st.rendered[r] or (st.deps and any(not self.states[d].done[r] for d in st.deps)):
                     continue
                 st.rendered[r] = True
                 if not self.alive(i, r):  # dropped by an LLM filter below: nothing to send
@@ -200,7 +216,8 @@ class _ChainRun:
                     continue
                 st.stats.rows_in += 1
                 row = self.row_context(i, r)
-                nulls = st.node.null_inputs(row)
+                # rendered in bulk: a row renders to None exactly when a template input is null
+                nulls = st.node.null_inputs(row) if st.bulk is None or st.bulk[r] is None else None
                 if nulls:  # never render None into a prompt: the row fails, naming the input
                     named = ", ".join(map(repr, nulls))
                     next_todo.extend(self.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
@@ -208,14 +225,23 @@ class _ChainRun:
                                                          "{{ x | default('...') }} or {% if x %}, or filter the "
                                                          "row out)"))
                     continue
+                messages: tuple[Message, ...] | None = None  # with shapes: the row's messages
                 try:
-                    requests = st.node.requests_for(st.node.context(row))
+                    if st.shapes is not None:
+                        requests, messages = st.shapes, st.bulk[r]  # type: ignore[index]
+                        st.bulk[r] = None  # type: ignore[index]  # rendered once: let the memory go
+                    elif st.bulk is None:
+                        requests = st.node.requests_for(st.node.context(row))
+                    else:
+                        requests = st.node.requests_for(st.node.context(row), st.bulk[r])
+                        st.bulk[r] = None  # rendered once (see ``rendered``): let the memory go
                 except TemplateError as exc:
                     next_todo.extend(self.fail_row(i, r, str(exc)))
                     continue
                 uncertain = self.ctx.dry_run and (
                     any((d, r) in self.unknown for d in st.deps)
-                    or any(UNCOMPUTED in m.content for req in requests for m in req.messages)
+                    or any(UNCOMPUTED in m.content for req in requests
+                           for m in (req.messages if messages is None else messages))
                 )
                 if uncertain:
                     st.uncertain_rows.add(r)
@@ -223,14 +249,19 @@ class _ChainRun:
                 self.responses[(i, r)] = [None] * len(requests)
                 st.pending[r] = len(requests)
                 for k, req in enumerate(requests):
-                    key = request_key(st.model_fp, req)
+                    if messages is None:
+                        key = request_key(st.model_fp, req)
+                    else:
+                        key = message_key(st.model_fp, req, messages)
                     if uncertain:  # depends on a value not computed yet: a call of its own
                         key = hashlib.sha256(key + f"{i}:{r}:{k}".encode()).digest()
                     st.stats.requests += 1
                     st.keys.add(key)
                     slots_by_key[key].append((i, r, k))
-                    first.setdefault(key, (req, i, uncertain))
-            lookup = [k for k, (_, _, unc) in first.items() if not unc and k not in self.known and k not in self.queued]
+                    if key not in first:
+                        first[key] = (req, i, uncertain, messages)
+            lookup = [k for k, (_, _, unc, _) in first.items()
+                      if not unc and k not in self.known and k not in self.queued]
             for key, response in self.cache.get_many(lookup).items():
                 self.known[key] = response
                 self.from_cache.add(key)
@@ -241,7 +272,9 @@ class _ChainRun:
                     continue
                 work = self.queued.get(key) or self.awaited.get(key)
                 if work is None:
-                    req, i, _ = first[key]
+                    req, i, _, messages = first[key]
+                    if messages is not None:  # a cache miss: build its request now
+                        req = dataclasses.replace(req, messages=messages)
                     work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
                     self._enqueue(work)
                 work.slots.extend(slots)
@@ -278,8 +311,8 @@ class _ChainRun:
                 current = current.filter(pl.Series(mask, dtype=pl.Boolean))
             else:
                 current = current.with_columns(
-                    *[pl.Series(col, [st.values[col][r] for r in index], dtype=dtype) for col, dtype in schema.items()],
-                    pl.Series(st.node.error_column, [st.errors[r] for r in index], dtype=pl.String),
+                    *[pl.Series(col, _pick(st.values[col], index), dtype=dtype) for col, dtype in schema.items()],
+                    pl.Series(st.node.error_column, _pick(st.errors, index), dtype=pl.String),
                 )
             outputs.append(current)
         return outputs
@@ -466,6 +499,11 @@ def _cache_model_fingerprint(model: Any, ctx: "_Context") -> str:
     if not ctx.dry_run:
         ensure_trained(model, ctx)
     return content_fingerprint(model, ctx.workspace.path) or model_fingerprint(model)
+
+
+def _pick(values: list[Any], index: list[int]) -> list[Any]:
+    """``values`` at the rows in ``index``; the list itself when no row was dropped."""
+    return values if len(index) == len(values) else [values[r] for r in index]
 
 
 def _count(histogram: dict[int, int], tokens: int) -> None:

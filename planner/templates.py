@@ -27,12 +27,13 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import polars as pl
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lazyllm.backends.errors import ColumnNotFoundError, TemplateError
 
-__all__ = ["PromptTemplate", "check_columns"]
+__all__ = ["PromptTemplate", "check_columns", "render_column"]
 
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
@@ -53,6 +54,32 @@ def _null_safe(ast: nodes.Template) -> frozenset[str]:
             names.add(g.name)
         names.update(n.name for n in g.find_all(nodes.Name))
     return frozenset(names)
+
+
+def _concat_parts(ast: nodes.Template) -> tuple[tuple[bool, str], ...] | None:
+    """The template as literal text and variable lookups (``(is_variable, text or name)``), or
+    None when it does anything else (filters, tests, conditionals, attribute lookups, constants)."""
+    parts: list[tuple[bool, str]] = []
+    for out in ast.body:
+        if not isinstance(out, nodes.Output):
+            return None
+        for node in out.nodes:
+            if type(node) is nodes.TemplateData:
+                parts.append((False, node.data))  # the lexer already applied the whitespace settings
+            elif type(node) is nodes.Name and node.ctx == "load":
+                parts.append((True, node.name))
+            else:
+                return None
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _concat(source: str) -> tuple[tuple[bool, str], ...] | None:
+    return _concat_parts(_ENV.parse(source))
+
+
+#: Column types whose Jinja rendering (``str(value)``) is polars' cast to String.
+_EXACT_STRING_CASTS = (pl.String, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,6 +119,49 @@ class PromptTemplate:
             raise TemplateError(f"Rendering failed: {exc.message}.") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"Rendering failed: {exc}.") from None
+
+
+def render_column(template: PromptTemplate, df: pl.DataFrame, columns: Mapping[str, str]) -> pl.Series | None:
+    """Render ``template`` for every row of ``df`` at once with polars, or None when it cannot.
+
+    Only a template that is a plain concatenation of literal text and variables (no
+    filters, tests, conditionals or attribute lookups: decided from its Jinja2 AST), over
+    columns whose Jinja rendering ``str(value)`` is polars' cast to String (String and
+    integer columns), is rendered here; the output is then identical to
+    :meth:`PromptTemplate.render` row by row. A row with a null input renders to null
+    (such a row sends no request: the null-input rule).
+
+    Parameters
+    ----------
+    template : PromptTemplate
+    df : polars.DataFrame
+        The rows; one output value per row.
+    columns : mapping of str to str
+        Template variable -> column of ``df`` (aliases included).
+
+    Cost: one polars ``concat_str`` over the columns (no Python per row).
+
+    >>> df = pl.DataFrame({"q": ["Why?", None], "n": [1, 2]})
+    >>> render_column(PromptTemplate.parse("Q{{ n }}: {{ q }}"), df, {"q": "q", "n": "n"}).to_list()
+    ['Q1: Why?', None]
+    >>> render_column(PromptTemplate.parse("{{ q | upper }}"), df, {"q": "q"}) is None
+    True
+    """
+    parts = _concat(template.source)
+    if parts is None:
+        return None
+    exprs: list[pl.Expr] = []
+    for is_var, text in parts:
+        if not is_var:
+            exprs.append(pl.lit(text, dtype=pl.String))
+            continue
+        col = columns.get(text)
+        if col is None or col not in df.columns or not isinstance(df.schema[col], _EXACT_STRING_CASTS):
+            return None
+        exprs.append(pl.col(col).cast(pl.String))
+    if not any(is_var for is_var, _ in parts):  # literal text only: the same prompt on every row
+        return pl.Series("rendered", ["".join(text for _, text in parts)], dtype=pl.String).new_from_index(0, df.height)
+    return df.select(pl.concat_str(exprs, ignore_nulls=False).alias("rendered")).to_series()
 
 
 def check_columns(columns: Iterable[str], existing: Iterable[str], *, where: str) -> None:

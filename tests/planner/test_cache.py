@@ -7,10 +7,12 @@ import multiprocessing as mp
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
 from lazyllm.errors import CacheError
-from lazyllm.planner.cache import PromptCache, repair_cache, request_key, verify_cache
+from lazyllm.planner.cache import CACHE_FORMAT, PromptCache, message_key, repair_cache, request_key, verify_cache
 
 
 def req(text="hi", **params):
@@ -183,3 +185,73 @@ def test_a_damaged_header_is_a_cache_error_and_repair_starts_afresh(tmp_path):
     repaired = repair_cache(path)
     assert repaired.salvaged == 0 and repaired.lost is None and repaired.kept_at.is_dir()
     assert len(PromptCache(path)) == 0 and verify_cache(path).ok
+
+
+def test_a_value_without_a_response_record_names_repair(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    with cache._env.begin(db=cache._db, write=True) as txn:
+        txn.put(b"y" * 32, msgpack.packb({"v": CACHE_FORMAT, "input_tokens": 1}))  # no "text"
+    with pytest.raises(CacheError, match="is not a response record.*lazyllm cache repair"):
+        cache.get_many([b"y" * 32])
+
+
+def test_get_many_decodes_each_value_once(tmp_path, monkeypatch):
+    import lazyllm.planner.cache as cache_module
+
+    cache = PromptCache(tmp_path / "c")
+    keys = [i.to_bytes(32, "big") for i in range(5)]
+    cache.put_many([(k, Response(text=f"t{i}", output_tokens=i)) for i, k in enumerate(keys)])
+    calls = []
+    real = cache_module.msgpack.unpackb
+    monkeypatch.setattr(cache_module.msgpack, "unpackb", lambda raw, **kw: calls.append(1) or real(raw, **kw))
+    got = cache.get_many(keys + [b"\xff" * 32])
+    assert [got[k].text for k in keys] == [f"t{i}" for i in range(5)] and b"\xff" * 32 not in got
+    assert [got[k].output_tokens for k in keys] == list(range(5))
+    assert len(calls) == 5
+
+
+_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["", "\n", '"quoted"', "back\\slash", "tab\tand\r\n", "\x00\x1f\x7f", "é ü 中文 🙂", "\u2028\u2029", "\ud7ff"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), _text), max_size=3),
+    prompt=st.none() | _text,
+    temperature=st.sampled_from([0, 0.0, -0.0, 0.7, 1, 1e-9]),
+    top_p=st.sampled_from([1, 1.0, 0.9]),
+    max_tokens=st.integers(1, 10**6),
+    seed=st.integers(-(2**63), 2**63),
+    stop=st.lists(_text.filter(bool), max_size=2).map(tuple),
+    sample_index=st.integers(0, 5) | st.just(True),
+    choices=st.none() | st.lists(_text.filter(bool), min_size=1, max_size=3).map(tuple),
+    json_schema=st.none() | st.sampled_from(['{"type":"object"}', '{"enum":["a","b"]}']),
+    model=st.sampled_from(["m" * 64, "", '"\\x\u00e9"', "\x00lazyllm-messages\x00"]),
+)
+def test_request_key_is_byte_identical_to_dumping_the_whole_payload(messages, prompt, temperature, top_p, max_tokens,
+                                                                     seed, stop, sample_index, choices, json_schema,
+                                                                     model):
+    from lazyllm.planner.cache import _request_key_reference
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
+    for logprobs in ([False, True] if choices else [False]):
+        request = Request(messages=tuple(Message(r, c) for r, c in messages), prompt=prompt, params=params,
+                          sample_index=sample_index, choices=choices, json_schema=json_schema, logprobs=logprobs)
+        assert request_key(model, request) == _request_key_reference(model, request)
+        shape = Request(messages=(Message("user", "other"),), prompt=prompt, params=params, sample_index=sample_index,
+                        choices=choices, json_schema=json_schema, logprobs=logprobs)
+        assert message_key(model, shape, request.messages) == _request_key_reference(model, request)
+
+
+def test_request_key_of_existing_caches_is_unchanged():
+    # the key of a fixed request, as written by every earlier version: existing caches keep hitting
+    request = Request(messages=(Message("system", "Be brief."), Message("user", "Say é\n\"x\"")),
+                      params=SamplingParams(temperature=0.0, max_tokens=8, seed=3, stop=("\n",)), sample_index=1)
+    expected = hashlib.sha256(
+        ('{"format":1,"model":"fp","request":{"choices":null,"json_schema":null,"messages":[["system","Be brief."],'
+         '["user","Say é\\n\\"x\\""]],"params":{"max_tokens":8,"seed":3,"stop":["\\n"],"temperature":0.0,'
+         '"top_p":1.0},"prompt":null,"sample_index":1}}').encode()).digest()
+    assert request_key("fp", request) == expected
+    assert request_key("fp", Request(messages=request.messages, params=SamplingParams(temperature=0, max_tokens=8,
+                                                                                      seed=3, stop=("\n",)),
+                                     sample_index=1)) != expected  # 0 and 0.0 are different JSON
