@@ -43,6 +43,7 @@ import polars as pl
 
 from lazyllm.backends.errors import EngineError, TemplateError
 from lazyllm.backends.protocols import Message, Request, Response
+from lazyllm.backends.redact import redact
 
 from .cache import lease_owner, message_key, request_key
 from .nodes import LLMNode
@@ -463,6 +464,8 @@ class _ChainRun:
                 except (KeyboardInterrupt, SystemExit, EngineError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - keep what was committed, name the engine
+                    # the chained cause is printed with the traceback: no credential in it either
+                    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
                     raise EngineError(
                         f"The {spec.display_name} engine failed: {exc}. Completed batches are in the cache; "
                         "rerun to resume."

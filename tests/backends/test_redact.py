@@ -149,3 +149,22 @@ def test_scrub_and_redact_url() -> None:
     data: Any = scrub({"api_key": "x" * 10, "hub_token": None, "urls": [f"https://u:{PASSWORD}@h/v1"], "n": 3})
     assert data == {"api_key": REDACTED, "hub_token": None, "urls": ["https://h/v1"], "n": 3}
     assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def test_the_cause_of_an_engine_failure_is_redacted_too(tmp_path):
+    """An engine that raises with a credential in its message: neither the EngineError nor
+    its chained cause (printed with every traceback) shows it."""
+    import polars as pl
+
+    import lazyllm
+    from lazyllm.backends.redact import register_secret
+    from lazyllm.errors import EngineError
+
+    secret = "sk-cause-secret-0123456789abcdef"
+    register_secret(secret)
+    model = lazyllm.TestModel(name="leaky", raise_on=(secret,))
+    frame = lazyllm.from_polars(pl.DataFrame({"x": [secret]})).generate("y", model, prompt="{{ x }}")
+    with pytest.raises(EngineError) as info:
+        frame.collect(workspace=tmp_path / "ws", progress=False)
+    assert secret not in str(info.value) and info.value.__cause__ is not None
+    assert secret not in str(info.value.__cause__) and "raises on batches" in str(info.value.__cause__)
