@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from lazyllm.backends import hardware, vllm_engine
 from lazyllm.backends.catalog import DEFAULT_MODEL, alias_source
 from lazyllm.backends.errors import MissingDependencyError, PlanError
 from lazyllm.backends.protocols import ModelSpec, performance_only
@@ -272,25 +273,22 @@ def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str
     Cost: ``"auto"`` reads ``/proc/cpuinfo``, asks torch for CUDA devices and runs one
     short ``python -c`` per candidate vLLM interpreter, once per process.
     """
-    from lazyllm.backends.hardware import choose_default_engine, detect_machine, read_measurement
-    from lazyllm.backends.vllm_engine import find_vllm_python
-
     choice = engine or os.environ.get("LAZYLLM_DEFAULT_ENGINE") or "auto"
     if choice not in _DEFAULT_ENGINES:
         raise PlanError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")
-    machine = detect_machine()
+    machine = hardware.detect_machine()
     device = "cuda" if machine.cuda else "cpu"
     if choice == "transformers":
         return Transformers(DEFAULT_MODEL, device=device)
-    has_vllm = find_vllm_python() is not None
+    has_vllm = vllm_engine.find_vllm_python() is not None
     if choice == "vllm":
         if not has_vllm:
             raise MissingDependencyError("vllm", "bash scripts/install_vllm.sh", "The default engine 'vllm' "
                                          "(LAZYLLM_DEFAULT_ENGINE)")
         return Transformers(DEFAULT_MODEL, device=device, engine="vllm")
     ws = workspace if workspace is not None else os.environ.get("LAZYLLM_HOME", ".lazyllm")
-    picked = choose_default_engine(machine, ("transformers", "vllm") if has_vllm else ("transformers",),
-                                   read_measurement(ws))
+    picked = hardware.choose_default_engine(machine, ("transformers", "vllm") if has_vllm else ("transformers",),
+                                            hardware.read_measurement(ws))
     return Transformers(DEFAULT_MODEL, device=picked.device, engine=picked.engine)
 
 
