@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .protocols import Request
+from lazyllm.core.protocols import Request
 
 __all__ = ["check_constraint", "parse_answer"]
 
@@ -43,7 +43,7 @@ def check_constraint(request: Request, text: str, *, wrapped: bool = False) -> s
 
     Examples
     --------
-    >>> from lazyllm.backends.protocols import Request
+    >>> from lazyllm.core.protocols import Request
     >>> check_constraint(Request(prompt="?", choices=("yes", "no")), '{"answer": "no"}', wrapped=True)
     'no'
     >>> check_constraint(Request(prompt="?", json_schema='{"type": "integer"}'), "7")

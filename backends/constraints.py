@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from .errors import MissingDependencyError
-from .protocols import Request
+from lazyllm.core.errors import MissingDependencyError
+from lazyllm.core.protocols import Request
 
 __all__ = ["ConstraintProcessor", "GrammarCache", "choices_grammar", "import_xgrammar", "is_constrained"]
 

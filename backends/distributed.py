@@ -47,8 +47,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError, LazyLLMError, MissingDependencyError, PlanError
-from .protocols import ModelSpec, Request, Response
+from lazyllm.core.errors import EngineError, LazyLLMError, MissingDependencyError, PlanError
+from lazyllm.core.protocols import ModelSpec, Request, Response
 
 __all__ = ["RayExecutor", "ReplicaPool", "ReplicaStats", "resolve_executor", "ray_available", "merge_stats",
            "read_partitions"]
@@ -253,7 +253,7 @@ class _Slot:
 
 
 class ReplicaPool:
-    """An engine (the :class:`~lazyllm.backends.protocols.Engine` protocol) backed by
+    """An engine (the :class:`~lazyllm.core.protocols.Engine` protocol) backed by
     Ray actors: ``generate`` spreads a submission over the replicas in batches of
     ``spec.batch_size`` and yields each batch's responses as soon as it is back.
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from lazyllm.backends.errors import EngineError, PlanError
+from lazyllm.core.errors import EngineError, PlanError
 
 __all__ = ["DevicePlan", "device_plan", "free_port", "launch"]
 

@@ -7,7 +7,7 @@ requests are in flight.
 
 Online mode (default)
 ---------------------
-One HTTP request per :class:`~lazyllm.backends.protocols.Request` (``n=1``: the
+One HTTP request per :class:`~lazyllm.core.protocols.Request` (``n=1``: the
 planner sends one request per sample index), at most ``spec.concurrency`` at a time
 (an ``asyncio.Semaphore``). Chat requests go to ``/chat/completions``; raw prompts
 (``Request.prompt`` without messages) to ``/completions``.
@@ -93,7 +93,7 @@ Secrets: the API key comes from ``spec.api_key`` or the environment variable nam
 by ``spec.api_key_env``; it is never part of a fingerprint, a cache key, a log line,
 a batch record or a card (the spec leaves it out of ``identity()`` and ``repr``).
 Every per-row error message (including the text a server returned) and every
-exception message passes through :func:`lazyllm.backends.redact.redact` first, and
+exception message passes through :func:`lazyllm.core.redact.redact` first, and
 URLs are written without ``user:password@``.
 """
 
@@ -118,11 +118,11 @@ from urllib.parse import urlparse
 import openai
 
 from .answers import check_constraint
-from .errors import EngineError
+from lazyllm.core.errors import EngineError
 from .logprobs import choice_logprobs_from_top
-from .protocols import Request, Response
+from lazyllm.core.protocols import Request, Response
 from .ratelimit import RateLimiter
-from .redact import redact, redact_url, register_secret
+from lazyllm.core.redact import redact, redact_url, register_secret
 
 if TYPE_CHECKING:
     from lazyllm.models import OpenAI

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from .errors import PlanError
+from lazyllm.core.errors import PlanError
 
 __all__ = ["stderr_is_terminal", "progress_interval", "training_progress_callback"]
 

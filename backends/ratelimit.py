@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 
-from .errors import PlanError
+from lazyllm.core.errors import PlanError
 
 __all__ = ["RateLimiter", "parse_reset"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from .errors import MissingDependencyError, PlanError
+from lazyllm.core.errors import MissingDependencyError, PlanError
 
 __all__ = ["register_engine", "engine_factory", "available_providers"]
 

@@ -13,7 +13,7 @@ Examples
 --------
 >>> from pathlib import Path
 >>> from lazyllm.models import TestModel
->>> from lazyllm.backends.protocols import Message, Request, SamplingParams
+>>> from lazyllm.core.protocols import Message, Request, SamplingParams
 >>> from lazyllm.backends import testing
 >>> testing.reset_counters()
 >>> spec = TestModel(rules=(("France", "Paris"),), fail_on=("boom",))
@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .protocols import Request, Response
+from lazyllm.core.protocols import Request, Response
 
 if TYPE_CHECKING:
     from lazyllm.models import TestModel

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazyllm.backends.errors import MissingDependencyError, ModelNotFoundError, PlanError
+from lazyllm.core.errors import MissingDependencyError, ModelNotFoundError, PlanError
 from lazyllm.backends.progress import stderr_is_terminal, training_progress_callback
 
 __all__ = [
@@ -396,7 +396,7 @@ def train(job: TrainJob) -> TrainResult:
                              threads_per_process=env_threads())
             result = results.get(0)
         if result is None:  # pragma: no cover - rank 0 always returns a result
-            from lazyllm.backends.errors import EngineError
+            from lazyllm.core.errors import EngineError
 
             raise EngineError(f"The training in {job.output_dir} returned no result from rank 0. "
                               "Check the worker logs under output_dir/logs and rerun.")

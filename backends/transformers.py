@@ -20,7 +20,7 @@ folder that ``from_pretrained`` can load offline; trainers reuse it.
 Model sources
 -------------
 - alias (``"smollm2-135m-instruct"``): the GGUF file shipped in a PyPI package (see
-  :mod:`lazyllm.backends.catalog`) is de-quantized once by transformers' GGUF loader
+  :mod:`lazyllm.core.catalog`) is de-quantized once by transformers' GGUF loader
   and saved as an HF folder (float32 safetensors) in ``<workspace>/models/``.
 - local folder: loaded as is (``gguf_file`` selects a GGUF file inside it).
 - Hub id: downloaded with ``huggingface_hub.snapshot_download`` into the HF cache
@@ -66,11 +66,11 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from .catalog import ALIASES, PackagedGGUF, alias_source
+from lazyllm.core.catalog import ALIASES, PackagedGGUF, alias_source
 from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_constrained
-from .errors import EngineError, MissingDependencyError, ModelNotFoundError
+from lazyllm.core.errors import EngineError, MissingDependencyError, ModelNotFoundError
 from .logprobs import choice_logprobs, prefix_paths
-from .protocols import Request, Response, workspace_models_dir
+from lazyllm.core.protocols import Request, Response, workspace_models_dir
 
 if TYPE_CHECKING:  # the spec class lives in the user-facing package
     from lazyllm.models import Transformers
@@ -445,7 +445,7 @@ class TransformersEngine:
     --------
     >>> from pathlib import Path
     >>> from lazyllm.models import Transformers
-    >>> from lazyllm.backends.protocols import Message, Request, SamplingParams
+    >>> from lazyllm.core.protocols import Message, Request, SamplingParams
     >>> engine = TransformersEngine(Transformers(), workspace=Path(".lazyllm"))
     >>> request = Request(messages=(Message("user", "What is the capital of France?"),),
     ...                   params=SamplingParams(max_tokens=16))

@@ -75,9 +75,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .answers import check_constraint
-from .errors import EngineError, MissingDependencyError
+from lazyllm.core.errors import EngineError, MissingDependencyError
 from .logprobs import choice_logprobs
-from .protocols import Request, Response
+from lazyllm.core.protocols import Request, Response
 
 if TYPE_CHECKING:
     from lazyllm.models import VLLM

@@ -99,7 +99,7 @@ def run_raw(spec: dict[str, Any], python: Path) -> dict[str, Any]:
 
 
 def vllm_requests(n: int, max_tokens: int, seed: int = 1234) -> list[Any]:
-    from lazyllm.backends.protocols import Message, Request, SamplingParams
+    from lazyllm.core.protocols import Message, Request, SamplingParams
 
     params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=max_tokens, seed=seed)
     return [Request(messages=(Message("user", p),), params=params) for p in prompts(n)]
@@ -181,7 +181,7 @@ CHAIN = (
 
 def bench_chain(args: argparse.Namespace) -> None:
     import lazyllm
-    from lazyllm.backends.protocols import Request, SamplingParams
+    from lazyllm.core.protocols import Request, SamplingParams
     from lazyllm.backends.vllm_engine import VLLMEngine, _payload, model_path
 
     from .run import alternate, fresh_workspace, table, write_section

@@ -60,7 +60,7 @@ def _reset_peak() -> None:
 
 def part_transformers(work: Path, dtype: str) -> dict[str, Any]:
     import lazyllm
-    from lazyllm.backends.protocols import Message, Request, SamplingParams
+    from lazyllm.core.protocols import Message, Request, SamplingParams
     from lazyllm.backends.transformers import TransformersEngine
 
     from .engines_raw import prompts

@@ -178,7 +178,7 @@ def bench_planner(args: argparse.Namespace) -> None:
 def bench_cache(args: argparse.Namespace) -> None:
     """LMDB lookups per second on 100k entries, and plan + optimize time of a 50-node plan."""
     import lazyllm
-    from lazyllm.backends.protocols import Response
+    from lazyllm.core.protocols import Response
     from lazyllm.planner.cache import PromptCache
     from lazyllm.planner.optimizer import optimize
 

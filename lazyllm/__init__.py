@@ -5,7 +5,7 @@ inspect the plan with ``.explain()``, and run it with ``.collect()``: the planne
 reuses LMDB-cached LLM results and runs the rest on the engine of each model spec.
 """
 
-from lazyllm.backends.catalog import DEFAULT_MODEL
+from lazyllm.core.catalog import DEFAULT_MODEL
 from lazyllm.backends.distributed import RayExecutor
 from lazyllm.planner.workspace import Workspace
 

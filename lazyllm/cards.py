@@ -3,7 +3,7 @@
 A **data card** describes how a frame's data was made: every node of the optimized
 plan in execution order (kind, parameters, full prompt templates, sampling
 parameters), every model (name, revision, license and citation from
-:data:`lazyllm.backends.catalog.MODEL_INFO`, "unknown" where not known), the
+:data:`lazyllm.core.catalog.MODEL_INFO`, "unknown" where not known), the
 fingerprint of each node and of the whole result, the date, the versions of Python
 and of the libraries that matter, the row count and, per LLM node, the cache hits,
 LLM calls, tokens and cost of the latest collect (read from the workspace's run
@@ -52,10 +52,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lazyllm.backends.catalog import MODEL_INFO, ModelInfo
-from lazyllm.backends.errors import PathNotFoundError, PlanError
-from lazyllm.backends.protocols import ModelSpec
-from lazyllm.backends.redact import REDACTED, is_secret_name, redact, redact_url, scrub  # noqa: F401
+from lazyllm.core.catalog import MODEL_INFO, ModelInfo
+from lazyllm.core.errors import PathNotFoundError, PlanError
+from lazyllm.core.protocols import ModelSpec
+from lazyllm.core.redact import REDACTED, is_secret_name, redact, redact_url, scrub  # noqa: F401
 from lazyllm.planner import nodes as N
 from lazyllm.planner.workspace import Workspace, resolve_workspace
 
@@ -127,7 +127,7 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return out
 
 
-#: Redaction lives on the ground floor (:mod:`lazyllm.backends.redact`), shared with the
+#: Redaction lives on the ground floor (:mod:`lazyllm.core.redact`), shared with the
 #: engines, run logs and errors; the card keeps its historical names.
 _is_secret_name = is_secret_name
 _scrub_url = redact_url
@@ -239,8 +239,8 @@ def model_entry(spec: ModelSpec | str) -> dict[str, Any]:
     dict
         ``id`` (model fingerprint), ``name``, ``provider``, ``model`` (alias, path or
         Hub id), ``hub_id``, ``revision``, ``license`` and ``citation`` (from
-        :data:`~lazyllm.backends.catalog.MODEL_INFO`, ``"unknown"`` when it has no
-        entry; add one with :func:`~lazyllm.backends.catalog.register_model_info`) and
+        :data:`~lazyllm.core.catalog.MODEL_INFO`, ``"unknown"`` when it has no
+        entry; add one with :func:`~lazyllm.core.catalog.register_model_info`) and
         ``identity`` (the spec's fingerprinted fields, secrets redacted).
     """
     name = _model_name(spec)

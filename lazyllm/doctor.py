@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from lazyllm.backends.catalog import DEFAULT_MODEL
+from lazyllm.core.catalog import DEFAULT_MODEL
 from lazyllm.backends.hardware import (FLAGS_THAT_MATTER, choose_default_engine, detect_machine, read_measurement,
                                        write_measurement)
 from lazyllm.backends.vllm_engine import find_vllm_python
@@ -60,7 +60,7 @@ def measure_engines(workspace: Any = None, *, prompts: int = 16, max_tokens: int
     Cost: one model load and ``prompts`` generations per installed engine (about half a
     minute per engine on a 2-core CPU; vLLM's start-up is most of it).
     """
-    from lazyllm.backends.protocols import Message, Request, SamplingParams
+    from lazyllm.core.protocols import Message, Request, SamplingParams
     from lazyllm.backends.registry import engine_factory
     from lazyllm.examples.docs_to_qa import QUESTION_SYSTEM, load_docs
 

@@ -1,4 +1,4 @@
-"""lazyllm's errors (defined in :mod:`lazyllm.backends.errors`, the bottom layer)."""
+"""lazyllm's errors (defined in :mod:`lazyllm.core.errors`, the bottom layer)."""
 
-from lazyllm.backends.errors import *  # noqa: F401,F403
-from lazyllm.backends.errors import __all__  # noqa: F401
+from lazyllm.core.errors import *  # noqa: F401,F403
+from lazyllm.core.errors import __all__  # noqa: F401

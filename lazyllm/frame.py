@@ -24,8 +24,8 @@ from typing import Any
 
 import polars as pl
 
-from lazyllm.backends.errors import PlanError
-from lazyllm.backends.protocols import ModelSpec, SamplingParams
+from lazyllm.core.errors import PlanError
+from lazyllm.core.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan, savings

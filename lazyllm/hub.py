@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lazyllm.backends.errors import HubError, PathNotFoundError, PlanError
+from lazyllm.core.errors import HubError, PathNotFoundError, PlanError
 
 from .cards import CARD_JSON, CARD_README, DataCard, ModelCard, data_card
 

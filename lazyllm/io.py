@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from lazyllm.backends.errors import MissingDependencyError, PlanError
+from lazyllm.core.errors import MissingDependencyError, PlanError
 from lazyllm.planner import nodes as N
 
 from .frame import Frame

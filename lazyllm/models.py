@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lazyllm.backends import hardware, vllm_engine
-from lazyllm.backends.catalog import DEFAULT_MODEL, alias_source
-from lazyllm.backends.errors import MissingDependencyError, PlanError
-from lazyllm.backends.protocols import ModelSpec, performance_only
-from lazyllm.backends.redact import register_secret
+from lazyllm.core.catalog import DEFAULT_MODEL, alias_source
+from lazyllm.core.errors import MissingDependencyError, PlanError
+from lazyllm.core.protocols import ModelSpec, performance_only
+from lazyllm.core.redact import register_secret
 
 __all__ = ["ModelSpec", "Transformers", "TestModel", "DEFAULT_MODEL", "default_model", "as_model_spec"]
 
@@ -360,7 +360,7 @@ class OpenAI(ModelSpec):
         (OpenAI's limit per batch) in batch mode. Performance only.
     price_per_million : (float, float), optional
         USD per million (input, output) tokens, overriding the price table of
-        :mod:`lazyllm.backends.prices`; give the price of the mode you use (batch
+        :mod:`lazyllm.core.prices`; give the price of the mode you use (batch
         mode does not halve it). Performance only.
     batch : bool
         Use the OpenAI Batch API (upload, batch, poll, download; results within 24 h,
@@ -479,7 +479,7 @@ class OpenAI(ModelSpec):
             return self.price_per_million
         from urllib.parse import urlparse
 
-        from lazyllm.backends.prices import BATCH_DISCOUNT, lookup_price
+        from lazyllm.core.prices import BATCH_DISCOUNT, lookup_price
 
         if (urlparse(self.base_url).hostname or "").lower() != "api.openai.com":
             return None

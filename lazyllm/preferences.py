@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from lazyllm.backends.errors import ColumnNotFoundError, PlanError
+from lazyllm.core.errors import ColumnNotFoundError, PlanError
 
 __all__ = ["best_of_n_pairs", "kto_rows", "win_rate", "WinRate"]
 

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from lazyllm.backends.errors import PlanError
-from lazyllm.backends.protocols import ModelSpec
+from lazyllm.core.errors import PlanError
+from lazyllm.core.protocols import ModelSpec
 from lazyllm.planner.train import job_options_of, non_null_rows
 
 from .models import Transformers, as_model_spec

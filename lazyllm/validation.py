@@ -23,7 +23,7 @@ SamplingParams(temperature=0.7, top_p=1.0, max_tokens=16, seed=0, stop=())
 >>> sampling("generate", temperature="hot")
 Traceback (most recent call last):
 ...
-lazyllm.backends.errors.ParameterError: generate(temperature='hot'): expected a number >= 0, got a str. Pass a number such as 0.0 (greedy) or 0.7.
+lazyllm.core.errors.ParameterError: generate(temperature='hot'): expected a number >= 0, got a str. Pass a number such as 0.0 (greedy) or 0.7.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyllm.backends.errors import ModelNotFoundError, ParameterError, PlanError
-from lazyllm.backends.protocols import SamplingParams
+from lazyllm.core.errors import ModelNotFoundError, ParameterError, PlanError
+from lazyllm.core.protocols import SamplingParams
 
 __all__ = [
     "EmptyInputWarning",

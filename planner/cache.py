@@ -47,8 +47,8 @@ from typing import Any
 import lmdb
 import msgpack
 
-from lazyllm.backends.errors import CacheError
-from lazyllm.backends.protocols import Request, Response
+from lazyllm.core.errors import CacheError
+from lazyllm.core.protocols import Request, Response
 
 __all__ = ["PromptCache", "request_key", "message_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
            "lease_owner", "LEASE_SECONDS"]

@@ -31,10 +31,10 @@ from typing import Any
 import polars as pl
 
 from lazyllm.backends.progress import progress_interval
-from lazyllm.backends.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
+from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 from lazyllm.backends.registry import check_training_installed, engine_factory
 
-from .fingerprint import hash_canonical
+from lazyllm.core.hashing import hash_canonical
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
 from .scheduler import run_chain
 from .workspace import Workspace, resolve_workspace
@@ -455,7 +455,7 @@ def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
         A node needs every row at once (a sort, join, aggregate, head, sample, a
         non-elementwise expression), named in the message.
     """
-    from lazyllm.backends.errors import PlanError
+    from lazyllm.core.errors import PlanError
 
     chain: list[PlanNode] = []
     node = root
@@ -520,7 +520,7 @@ def sink_partitioned(
         or ``rows_per_shard`` < 1; raised before anything is read or any model loaded.
     """
     from lazyllm.backends.distributed import read_partitions, resolve_executor
-    from lazyllm.backends.errors import PlanError
+    from lazyllm.core.errors import PlanError
 
     if rows_per_shard < 1:
         raise PlanError(f"rows_per_shard must be at least 1, got {rows_per_shard}.")

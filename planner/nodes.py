@@ -53,10 +53,10 @@ import sqlglot
 from sqlglot import exp
 
 from lazyllm.backends.answers import parse_answer
-from lazyllm.backends.errors import ColumnNotFoundError, MissingDependencyError, PlanError, TemplateError
-from lazyllm.backends.protocols import Message, ModelSpec, Request, Response, SamplingParams
+from lazyllm.core.errors import ColumnNotFoundError, MissingDependencyError, PlanError, TemplateError
+from lazyllm.core.protocols import Message, ModelSpec, Request, Response, SamplingParams
 
-from .fingerprint import hash_canonical
+from lazyllm.core.hashing import hash_canonical
 from .templates import PromptTemplate, check_columns, render_column
 
 __all__ = [

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lazyllm.backends.errors import LazyLLMError, OptimizerError
+from lazyllm.core.errors import LazyLLMError, OptimizerError
 
 from .nodes import PlanNode, walk
 from .rules import (

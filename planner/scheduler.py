@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lazyllm.backends.errors import EngineError, TemplateError
-from lazyllm.backends.protocols import Message, Request, Response
-from lazyllm.backends.redact import redact
+from lazyllm.core.errors import EngineError, TemplateError
+from lazyllm.core.protocols import Message, Request, Response
+from lazyllm.core.redact import redact
 
 from .cache import lease_owner, message_key, request_key
 from .nodes import LLMNode

@@ -31,7 +31,7 @@ import polars as pl
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from lazyllm.backends.errors import ColumnNotFoundError, TemplateError
+from lazyllm.core.errors import ColumnNotFoundError, TemplateError
 
 __all__ = ["PromptTemplate", "check_columns", "render_column"]
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from lazyllm.backends.errors import PlanError
-from lazyllm.backends.protocols import ModelSpec, performance_only
+from lazyllm.core.errors import PlanError
+from lazyllm.core.protocols import ModelSpec, performance_only
 
-from .fingerprint import hash_canonical
+from lazyllm.core.hashing import hash_canonical
 from .nodes import PlanNode, walk
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
     try:
         from lazyllm.backends.trainers import TrainJob, train
     except ImportError as exc:  # trl/peft missing
-        from lazyllm.backends.errors import MissingDependencyError
+        from lazyllm.core.errors import MissingDependencyError
 
         raise MissingDependencyError(getattr(exc, "name", "trl") or "trl", "train", "Frame.train()") from exc
     options = model.spec.job_options()

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lazyllm.backends.errors import WorkspaceError
-from lazyllm.backends.redact import redact, scrub
+from lazyllm.core.errors import WorkspaceError
+from lazyllm.core.redact import redact, scrub
 
 from .cache import PromptCache
 

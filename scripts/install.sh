@@ -33,7 +33,7 @@ extras = [""] + [e for e in sys.argv[1].split(",") if e]
 for extra in extras:
     for mod in need.get(extra, []):
         importlib.import_module(mod)
-from lazyllm.backends.catalog import ALIASES, DEFAULT_MODEL
+from lazyllm.core.catalog import ALIASES, DEFAULT_MODEL
 ALIASES[DEFAULT_MODEL].path()  # the embedded model's GGUF file is there
 print("lazyllm installed in", sys.prefix, "with extras:", ",".join(extras[1:]) or "(none)")
 PYEOF

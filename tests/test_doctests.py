@@ -37,8 +37,8 @@ MODULES = [
     "lazyllm.backends.testing",
     "lazyllm.backends.constraints",
     "lazyllm.backends.answers",
-    "lazyllm.backends.prices",
-    "lazyllm.backends.redact",
+    "lazyllm.core.prices",
+    "lazyllm.core.redact",
     "lazyllm.backends.transformers",
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
+from lazyllm.core.protocols import Message, Request, Response, SamplingParams
 
 
 def ask(question: str, *, choices=None, json_schema=None, **params: Any) -> Request:

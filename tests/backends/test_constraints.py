@@ -16,10 +16,10 @@ import pytest
 from engine_helpers import ask, run
 
 from lazyllm.backends import constraints
-from lazyllm.backends.catalog import DEFAULT_MODEL
+from lazyllm.core.catalog import DEFAULT_MODEL
 from lazyllm.backends.constraints import choices_grammar
-from lazyllm.backends.errors import LazyLLMError, MissingDependencyError
-from lazyllm.backends.protocols import Response
+from lazyllm.core.errors import LazyLLMError, MissingDependencyError
+from lazyllm.core.protocols import Response
 from lazyllm.backends.transformers import TransformersEngine, resolve_model_dir
 from lazyllm.models import Transformers
 

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 import lazyllm
-from lazyllm.backends.errors import PlanError
+from lazyllm.core.errors import PlanError
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs the 'ray' extra")
 

@@ -44,15 +44,15 @@ import polars as pl  # noqa: E402
 
 import lazyllm  # noqa: E402
 from lazyllm.backends import answers as answers_module  # noqa: E402
-from lazyllm.backends import prices as prices_module  # noqa: E402
-from lazyllm.backends.errors import EngineError, LazyLLMError, PlanError  # noqa: E402
+from lazyllm.core import prices as prices_module  # noqa: E402
+from lazyllm.core.errors import EngineError, LazyLLMError, PlanError  # noqa: E402
 from lazyllm.backends.openai_api import (  # noqa: E402
     CHOICE_WRAPPER_TOKENS,
     OpenAIEngine,
     _logprob_response,
     batch_record_path,
 )
-from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams  # noqa: E402
+from lazyllm.core.protocols import Engine, Message, Request, Response, SamplingParams  # noqa: E402
 from lazyllm.backends.registry import engine_factory  # noqa: E402
 from lazyllm.models import OpenAI, Transformers  # noqa: E402
 from lazyllm.planner.executor import model_fingerprint  # noqa: E402
@@ -672,7 +672,7 @@ import sys
 from pathlib import Path
 from lazyllm.models import OpenAI
 from lazyllm.backends.openai_api import OpenAIEngine
-from lazyllm.backends.protocols import Message, Request, SamplingParams
+from lazyllm.core.protocols import Message, Request, SamplingParams
 spec = OpenAI("fake", base_url=sys.argv[1], batch=True, poll_interval=0.05)
 requests = [Request(messages=(Message("user", f"row {k}"),), params=SamplingParams(max_tokens=8)) for k in range(4)]
 for group in OpenAIEngine(spec, workspace=Path(sys.argv[2])).generate(requests):

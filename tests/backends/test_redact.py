@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("openai", reason="the OpenAI engine needs the openai package: pip install -e '.[openai]'")
 
 import lazyllm  # noqa: E402
-from lazyllm.backends.errors import ColumnNotFoundError, EngineError, PlanError  # noqa: E402
-from lazyllm.backends.redact import REDACTED, redact, redact_url, scrub  # noqa: E402
+from lazyllm.core.errors import ColumnNotFoundError, EngineError, PlanError  # noqa: E402
+from lazyllm.core.redact import REDACTED, redact, redact_url, scrub  # noqa: E402
 from lazyllm.models import OpenAI  # noqa: E402
 from test_openai import SECRET, FakeAPI, _Handler, _Running  # noqa: E402
 
@@ -157,7 +157,7 @@ def test_the_cause_of_an_engine_failure_is_redacted_too(tmp_path):
     import polars as pl
 
     import lazyllm
-    from lazyllm.backends.redact import register_secret
+    from lazyllm.core.redact import register_secret
     from lazyllm.errors import EngineError
 
     secret = "sk-cause-secret-0123456789abcdef"

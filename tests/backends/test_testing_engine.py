@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lazyllm.backends import testing
-from lazyllm.backends.protocols import Engine, Message, Request, Response, SamplingParams
+from lazyllm.core.protocols import Engine, Message, Request, Response, SamplingParams
 from lazyllm.backends.registry import engine_factory
 from lazyllm.backends.testing import DeterministicEngine, request_key
 from lazyllm.models import TestModel
@@ -168,7 +168,7 @@ def test_log_lines_from_two_processes_append_to_one_file(tmp_path):
     script = (
         "from pathlib import Path\n"
         "from lazyllm.backends.testing import DeterministicEngine\n"
-        "from lazyllm.backends.protocols import Request\n"
+        "from lazyllm.core.protocols import Request\n"
         "from lazyllm.models import TestModel\n"
         f"engine = DeterministicEngine(TestModel(batch_size=1, log_path={str(log)!r}), workspace=Path('.'))\n"
         "for _ in engine.generate([Request(prompt='child a'), Request(prompt='child b')]): pass\n"

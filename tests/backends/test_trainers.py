@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lazyllm.backends import trainers
-from lazyllm.backends.errors import EngineError, LazyLLMError, ModelNotFoundError, PlanError
+from lazyllm.core.errors import EngineError, LazyLLMError, ModelNotFoundError, PlanError
 from lazyllm.backends.launch import DevicePlan, device_plan, launch
 from lazyllm.backends.trainers import TrainJob, TrainResult, completed, latest_checkpoint, train
 

@@ -18,9 +18,9 @@ import pytest
 from engine_helpers import ask, run
 
 from lazyllm.backends import transformers as engine_module
-from lazyllm.backends.catalog import ALIASES, DEFAULT_MODEL
-from lazyllm.backends.errors import EngineError, LazyLLMError, ModelNotFoundError
-from lazyllm.backends.protocols import Engine, Message, Request, SamplingParams
+from lazyllm.core.catalog import ALIASES, DEFAULT_MODEL
+from lazyllm.core.errors import EngineError, LazyLLMError, ModelNotFoundError
+from lazyllm.core.protocols import Engine, Message, Request, SamplingParams
 from lazyllm.backends.registry import engine_factory
 from lazyllm.backends.transformers import TransformersEngine, resolve_model_dir
 from lazyllm.models import Transformers

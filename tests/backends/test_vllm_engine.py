@@ -17,8 +17,8 @@ from engine_helpers import ask, run
 
 import lazyllm
 from lazyllm.backends import registry, vllm_engine
-from lazyllm.backends.errors import LazyLLMError, MissingDependencyError, PlanError
-from lazyllm.backends.protocols import Engine, Message, Request, SamplingParams
+from lazyllm.core.errors import LazyLLMError, MissingDependencyError, PlanError
+from lazyllm.core.protocols import Engine, Message, Request, SamplingParams
 from lazyllm.backends.hardware import Machine
 from lazyllm.backends.vllm_engine import VLLMEngine, find_vllm_python, resolve_settings
 from lazyllm.models import VLLM

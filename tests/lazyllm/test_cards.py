@@ -13,7 +13,7 @@ from huggingface_hub import DatasetCard, ModelCard
 
 import lazyllm
 from lazyllm import cards
-from lazyllm.backends import catalog
+from lazyllm.core import catalog
 from lazyllm.errors import PlanError
 from lazyllm.planner.nodes import LLMNode, walk
 from lazyllm.planner.optimizer import optimize

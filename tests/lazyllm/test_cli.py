@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lazyllm
-from lazyllm.backends.protocols import Response
+from lazyllm.core.protocols import Response
 from lazyllm.cli import app
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ import pytest
 
 import lazyllm
 from lazyllm.backends.logprobs import choice_logprobs, normalize, prefix_paths
-from lazyllm.backends.protocols import Request, Response
+from lazyllm.core.protocols import Request, Response
 from lazyllm.errors import PlanError
 
 ROWS = [{"q": "What is 2+2?", "good": "It is 4.", "bad": "It is 5."},

@@ -7,7 +7,7 @@ import pytest
 
 import lazyllm
 from lazyllm.errors import ColumnNotFoundError, MissingDependencyError, PlanError
-import lazyllm.backends.protocols
+import lazyllm.core.protocols
 from lazyllm.planner.train import TrainedModel, is_trained
 
 FACTS = [
@@ -92,7 +92,7 @@ def test_changed_training_rows_retrain_and_key_the_cache(ws, counters, monkeypat
 
     def sometimes_failing(self, request):
         if flaky["fail"] and "Zorbania's currency" in testing.render(request):
-            return lazyllm.backends.protocols.Response(text=None, finish_reason="error", error="transient")
+            return lazyllm.core.protocols.Response(text=None, finish_reason="error", error="transient")
         return respond(self, request)
 
     monkeypatch.setattr(testing.DeterministicEngine, "respond", sometimes_failing)

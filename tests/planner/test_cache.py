@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazyllm.backends.protocols import Message, Request, Response, SamplingParams
+from lazyllm.core.protocols import Message, Request, Response, SamplingParams
 from lazyllm.errors import CacheError
 from lazyllm.planner.cache import CACHE_FORMAT, PromptCache, message_key, repair_cache, request_key, verify_cache
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 import lazyllm
-from lazyllm.planner.fingerprint import FingerprintWarning, canonical
+from lazyllm.core.hashing import FingerprintWarning, canonical
 
 PLAN = textwrap.dedent(
     """

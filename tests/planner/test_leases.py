@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyllm.backends.protocols import Response
+from lazyllm.core.protocols import Response
 from lazyllm.planner.cache import PromptCache, lease_owner
 
 ROWS = 48

@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from lazyllm.backends.protocols import ModelSpec
+from lazyllm.core.protocols import ModelSpec
 
 __all__ = ["canonical", "hash_canonical", "FingerprintWarning"]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from .errors import PlanError
+
 __all__ = [
     "ModelSpec",
     "SamplingParams",
@@ -101,8 +103,6 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from .errors import PlanError
-
         if self.temperature < 0:
             raise PlanError(f"temperature must be >= 0, got {self.temperature}. Use 0 for greedy decoding.")
         if not 0 < self.top_p <= 1:
@@ -160,8 +160,6 @@ class Request:
     def __post_init__(self) -> None:
         if not (self.logprobs or self.reward):  # the common case: nothing to check (built once per row)
             return
-        from .errors import PlanError
-
         if self.logprobs and not self.choices:
             raise PlanError("Request(logprobs=True) needs choices=...: log-probabilities are returned per choice.")
         if self.reward and (self.choices is not None or self.json_schema is not None or self.logprobs):
@@ -266,7 +264,7 @@ class Engine(Protocol):
 
         Every index is yielded exactly once. A failure of one batch yields error
         responses for that batch and goes on; only a failure to load raises
-        :class:`~lazyllm.backends.errors.EngineError`.
+        :class:`~lazyllm.core.errors.EngineError`.
         """
         ...
 

@@ -39,7 +39,7 @@ class LazyLLMError(Exception):
     """Base class of every error raised by lazyllm.
 
     The message of every subclass is redacted when the error is created (see
-    :func:`lazyllm.backends.redact.redact`): an API key or ``user:password@`` in a URL
+    :func:`lazyllm.core.redact.redact`): an API key or ``user:password@`` in a URL
     never shows in a traceback or a log.
     """
 
