@@ -112,7 +112,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import openai
@@ -123,9 +123,7 @@ from .logprobs import choice_logprobs_from_top
 from lazyllm.core.protocols import Request, Response
 from .ratelimit import RateLimiter
 from lazyllm.core.redact import redact, redact_url, register_secret
-
-if TYPE_CHECKING:
-    from lazyllm.models import OpenAI
+from lazyllm.core.specs import OpenAI
 
 __all__ = ["OpenAIEngine", "CHOICE_WRAPPER_TOKENS", "RETRY_STATUSES", "batch_record_path"]
 

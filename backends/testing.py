@@ -43,12 +43,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lazyllm.core.protocols import Request, Response
-
-if TYPE_CHECKING:
-    from lazyllm.models import TestModel
+from lazyllm.core.specs import TestModel
 
 __all__ = ["DeterministicEngine", "CALLS", "BATCHES", "SUBMISSIONS", "reset_counters", "request_key", "render"]
 

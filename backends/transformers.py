@@ -53,7 +53,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import (
@@ -71,9 +71,7 @@ from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_
 from lazyllm.core.errors import EngineError, MissingDependencyError, ModelNotFoundError
 from .logprobs import choice_logprobs, prefix_paths
 from lazyllm.core.protocols import Request, Response, workspace_models_dir
-
-if TYPE_CHECKING:  # the spec class lives in the user-facing package
-    from lazyllm.models import Transformers
+from lazyllm.core.specs import Transformers
 
 __all__ = ["TransformersEngine", "resolve_model_dir"]
 

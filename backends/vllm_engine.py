@@ -78,10 +78,9 @@ from .answers import check_constraint
 from lazyllm.core.errors import EngineError, MissingDependencyError
 from .logprobs import choice_logprobs
 from lazyllm.core.protocols import Request, Response
+from lazyllm.core.specs import Transformers, VLLM
 
 if TYPE_CHECKING:
-    from lazyllm.models import VLLM
-
     from .hardware import Machine
 
 __all__ = ["VLLMEngine", "VLLMSettings", "find_vllm_python", "model_path", "resolve_settings"]
@@ -135,8 +134,6 @@ def model_path(spec: VLLM, workspace: Path) -> str:
         As :func:`lazyllm.backends.transformers.resolve_model_dir` (an alias's package is
         missing, a path does not exist, a Hub id cannot be found offline).
     """
-    from lazyllm.models import Transformers
-
     from .transformers import resolve_model_dir
 
     return str(resolve_model_dir(Transformers(spec.model, revision=spec.revision), workspace))
