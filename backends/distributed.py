@@ -45,12 +45,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lazyllm.core.errors import EngineError, LazyLLMError, MissingDependencyError, PlanError
 from lazyllm.core.protocols import ModelSpec, Request, Response
 
-__all__ = ["RayExecutor", "ReplicaPool", "ReplicaStats", "resolve_executor", "ray_available", "merge_stats",
+from .registry import engine_factory
+
+__all__ = ["RayExecutor", "ReplicaPool", "ReplicaStats", "ray_available", "merge_stats",
            "read_partitions"]
 
 log = logging.getLogger("lazyllm")
@@ -124,6 +126,26 @@ class RayExecutor:
         if self.max_batch_retries < 0:
             raise PlanError(f"RayExecutor(max_batch_retries={self.max_batch_retries}): must be >= 0.")
 
+    # -- the Executor protocol (lazyllm.core.protocols.Executor) -------------------------
+    name: ClassVar[str] = "ray"
+
+    def check_available(self) -> None:
+        """Raise :class:`MissingDependencyError` (extra ``ray``) when Ray is not installed."""
+        _ray()
+
+    def engine(self, spec: ModelSpec, *, workspace: Path) -> "ReplicaPool":
+        """A pool of engine replicas for ``spec`` on the cluster (one batch per replica at a time)."""
+        return ReplicaPool(spec, workspace=workspace, executor=self)
+
+    def read_parquet(self, paths: Sequence[str], rows: int, options: dict[str, Any] | None = None
+                     ) -> Iterator[Any]:
+        """Parquet files as ``polars.DataFrame`` partitions read on the cluster (:func:`read_partitions`)."""
+        return read_partitions(self, paths, rows, options)
+
+    def replica_stats(self, engines: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per-replica records of the pools among ``engines`` (:func:`merge_stats`)."""
+        return merge_stats([e for e in engines if isinstance(e, ReplicaPool)])
+
     # -- cluster -------------------------------------------------------------------------
     def connect(self) -> Any:
         """Join or start the cluster (once per process); returns the ``ray`` module."""
@@ -156,31 +178,6 @@ class RayExecutor:
         return n, self.cpus_per_replica, per_gpu
 
 
-def resolve_executor(executor: "str | RayExecutor | None") -> "RayExecutor | None":
-    """The executor a collect uses: None for the single-process one.
-
-    ``None`` reads ``LAZYLLM_EXECUTOR`` (``local`` or ``ray``; default ``local``).
-
-    Raises
-    ------
-    PlanError
-        An unknown executor name.
-    MissingDependencyError
-        ``"ray"`` was asked for and Ray is not installed (raised before anything runs).
-    """
-    if executor is None:
-        executor = os.environ.get("LAZYLLM_EXECUTOR", "local") or "local"
-    if isinstance(executor, RayExecutor):
-        _ray()
-        return executor
-    if executor == "local":
-        return None
-    if executor == "ray":
-        _ray()
-        return RayExecutor()
-    raise PlanError(f"Unknown executor {executor!r}: use 'local', 'ray' or lazyllm.RayExecutor(...).")
-
-
 @dataclass
 class ReplicaStats:
     """What one replica did in a collect (aggregated on the driver)."""
@@ -211,8 +208,6 @@ class _Replica:
     """The actor body: one engine for one model spec, loaded once (on its first batch)."""
 
     def __init__(self, spec: ModelSpec, workspace: str) -> None:
-        from .registry import engine_factory
-
         self.engine = engine_factory(spec.provider)(spec, workspace=Path(workspace))
         self.loaded = False
 

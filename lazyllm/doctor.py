@@ -18,6 +18,9 @@ from lazyllm.backends.vllm_engine import find_vllm_python
 
 from .models import Transformers
 from .planner.workspace import resolve_workspace
+from lazyllm.backends.registry import engine_factory
+from lazyllm.core.protocols import Message, Request, SamplingParams
+from lazyllm.examples.docs_to_qa import QUESTION_SYSTEM, load_docs
 
 __all__ = ["diagnose", "measure_engines", "format_report", "MAIN_JOB_OUTPUT_TOKENS"]
 
@@ -60,10 +63,6 @@ def measure_engines(workspace: Any = None, *, prompts: int = 16, max_tokens: int
     Cost: one model load and ``prompts`` generations per installed engine (about half a
     minute per engine on a 2-core CPU; vLLM's start-up is most of it).
     """
-    from lazyllm.core.protocols import Message, Request, SamplingParams
-    from lazyllm.backends.registry import engine_factory
-    from lazyllm.examples.docs_to_qa import QUESTION_SYSTEM, load_docs
-
     ws = resolve_workspace(workspace)
     requests = [Request(messages=(Message("system", QUESTION_SYSTEM),
                                   Message("user", f"Read this documentation of `{row['name']}`:\n\n{row['doc']}\n\n"

@@ -29,11 +29,17 @@ from lazyllm.core.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan, savings
+from lazyllm.planner.optimizer import optimize
 from lazyllm.planner.templates import check_columns
+from lazyllm.planner.train import TrainedModel
 from lazyllm.planner.workspace import Workspace
 
+from . import prompts
 from . import validation as V
+from .cards import data_card
+from .hub import publish, save_dataset, sink_hub
 from .models import as_model_spec
+from .training import TrainedModelHandle, TrainSpec
 
 __all__ = ["Frame", "concat", "collect_all", "llm_predicate", "LLMPredicate", "sql"]
 
@@ -432,8 +438,6 @@ class Frame:
         >>> df["score"].to_list(), df["score_probs"].to_list()[0][7:]
         ([9.0], [0.5, 0.0, 0.5])
         """
-        from . import prompts
-
         lo, hi = V.scale(scale)
         if prompt is None:
             if question is None or answer is None:
@@ -539,8 +543,6 @@ class Frame:
         >>> df["w"][0], round(df["w_margin"][0], 2), df["w_verdicts"][0].to_list()
         ('a', 0.3, ['A', 'A'])
         """
-        from . import prompts
-
         if prompt is None:
             if question is None:
                 raise PlanError("judge_pairwise() with the default prompt needs question='<column>'; "
@@ -623,8 +625,6 @@ class Frame:
         >>> f.reward("r", rm, question="q", response="a").collect(progress=False)["r"].to_list()
         [2.0, 0.0]
         """
-        from lazyllm.planner.train import TrainedModel
-
         if prompt is None:
             if question is None:
                 raise PlanError("reward() needs question='<column>' (the user turn) or prompt='<template>'.")
@@ -660,15 +660,11 @@ class Frame:
         ColumnNotFoundError
             A column named by the spec is not in the frame (raised here).
         """
-        from lazyllm.planner.train import TrainedModel
-
-        from .training import TrainSpec
-
         if not isinstance(spec, TrainSpec):
             raise PlanError(f"train() takes a training spec (lazyllm.SFT, DPO, ORPO, KTO, SimPO, RewardModel), "
                             f"got {type(spec).__name__}.")
         check_columns(spec.columns().values(), self.columns, where=f"train({type(spec).__name__})")
-        return TrainedModel(spec=spec, data=self._node)
+        return TrainedModelHandle(spec=spec, data=self._node)
 
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
@@ -756,8 +752,6 @@ class Frame:
         >>> print(frame.explain(fingerprints=False).splitlines()[0])
         optimized plan
         """
-        from lazyllm.planner.optimizer import optimize
-
         if optimized:
             result = optimize(self._node)
             plan = result.plan
@@ -801,8 +795,6 @@ class Frame:
         """Stream the result to a Hugging Face dataset repo, one commit per partition, with a
         progress card and resume after a crash (see :func:`lazyllm.hub.sink_hub`); returns
         the URL of the final commit."""
-        from .hub import sink_hub
-
         return sink_hub(self, repo_id, rows_per_shard=rows_per_shard, **kwargs)
 
     def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
@@ -814,20 +806,14 @@ class Frame:
 
     def card(self, *, workspace: WorkspaceLike = None, **kwargs: Any) -> "Any":  # type: ignore[valid-type]
         """The synthetic data card of this frame (see :func:`lazyllm.cards.data_card`)."""
-        from .cards import data_card
-
         return data_card(self, workspace=workspace, **kwargs)
 
     def save_dataset(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Write parquet shards and a README data card (see :func:`lazyllm.hub.save_dataset`)."""
-        from .hub import save_dataset
-
         return save_dataset(self, directory, **kwargs)
 
     def publish(self, repo_id: str, **kwargs: Any) -> str:
         """Publish to the Hugging Face Hub (see :func:`lazyllm.hub.publish`); returns the commit URL."""
-        from .hub import publish
-
         return publish(self, repo_id, **kwargs)
 
     def write_ndjson(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
@@ -913,8 +899,6 @@ def llm_predicate(model: Any, prompt: str, *, system: str | None = None, tempera
     system prompt asks for a yes/no answer (:data:`lazyllm.prompts.FILTER_SYSTEM`).
     Cost: 1 LLM call per row reaching the filter.
     """
-    from . import prompts
-
     sampling = V.sampling("llm_predicate", temperature=temperature, max_tokens=2, seed=seed)
     return LLMPredicate(as_model_spec(model), prompt, prompts.FILTER_SYSTEM if system is None else system, sampling,
                         tuple(columns.items()))

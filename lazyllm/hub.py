@@ -34,7 +34,12 @@ import polars as pl
 
 from lazyllm.core.errors import HubError, PathNotFoundError, PlanError
 
-from .cards import CARD_JSON, CARD_README, DataCard, ModelCard, data_card
+from lazyllm.planner import executor as _exec
+from lazyllm.planner.nodes import DataFrameSource, FileSource
+from lazyllm.planner.optimizer import optimize as _optimize
+from lazyllm.planner.workspace import resolve_workspace
+
+from .cards import CARD_JSON, CARD_README, DataCard, ModelCard, data_card, is_frame
 
 if TYPE_CHECKING:
     from lazyllm.planner.workspace import Workspace
@@ -69,9 +74,7 @@ def _check(split: str, max_shard_rows: Any, name: str = "max_shard_rows") -> Non
 
 
 def _collect(frame: "Frame", data: pl.DataFrame | None, workspace: Any, progress: bool | None) -> pl.DataFrame:
-    from .frame import Frame
-
-    if not isinstance(frame, Frame):
+    if not is_frame(frame):
         raise PlanError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
     if data is None:
         return frame.collect(workspace=workspace, progress=progress)
@@ -425,8 +428,6 @@ def token_statistics(columns: Mapping[str, Mapping[str, Mapping[Any, int]]]) -> 
 
 def _total_input_rows(source: Any) -> int | None:
     """Input rows of a partitioned run's source when cheap to know (for the ETA)."""
-    from lazyllm.planner.nodes import DataFrameSource, FileSource
-
     if isinstance(source, DataFrameSource):
         return source.data.height
     if isinstance(source, FileSource) and source.format == "parquet":
@@ -699,19 +700,13 @@ def sink_hub(
     """
     from huggingface_hub import HfApi
 
-    from lazyllm.planner import executor as _exec
-    from lazyllm.planner.optimizer import optimize as _optimize
-    from lazyllm.planner.workspace import resolve_workspace
-
-    from .frame import Frame
-
-    if not isinstance(frame, Frame):
+    if not is_frame(frame):
         raise PlanError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
     _check(split, rows_per_shard, "rows_per_shard")
     if isinstance(card_interval, bool) or not isinstance(card_interval, (int, float)) or card_interval < 0:
         raise PlanError(f"card_interval must be a number of seconds >= 0, got {card_interval!r}.")
     plan = _optimize(frame.plan).plan if optimize else frame.plan
-    _chain, source = _exec._partition_chain(plan)  # PlanError for a plan that needs every row at once
+    _chain, source = _exec.partition_chain(plan)  # PlanError for a plan that needs every row at once
     token = _token(token)
     ws = resolve_workspace(workspace)
     api = HfApi(endpoint=endpoint, token=token)

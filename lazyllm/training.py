@@ -27,7 +27,8 @@ import polars as pl
 
 from lazyllm.core.errors import PlanError
 from lazyllm.core.protocols import ModelSpec
-from lazyllm.planner.train import job_options_of, non_null_rows
+from lazyllm.planner import executor as _executor
+from lazyllm.planner.train import TrainedModel, job_options_of, non_null_rows
 
 from .models import Transformers, as_model_spec
 
@@ -325,3 +326,43 @@ class RewardModel(TrainSpec):
         if self.prompt is not None:
             out["prompt"] = self.prompt
         return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainedModelHandle(TrainedModel):
+    """What :meth:`lazyllm.Frame.train` returns: a lazy trained model, usable as the model
+    of a later ``generate``/``judge``/``reward`` (the planner trains it first, in the same
+    collect), or trained now with :meth:`fit`. Its identity (fingerprint, cache keys) is
+    the :class:`~lazyllm.planner.train.TrainedModel` spec's: training data subplan,
+    training spec and base model."""
+
+    def fit(self, *, workspace: Any = None, progress: bool | None = None) -> dict[str, Any]:
+        """Train now (collecting the training data first) unless already trained.
+
+        Parameters
+        ----------
+        workspace : str, path or Workspace, optional
+            Where the cache and trained models live (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
+        progress : bool, optional
+            Progress lines (default: on unless ``LAZYLLM_QUIET``).
+
+        Returns
+        -------
+        dict
+            The training metrics (final loss, steps, seconds per step, ...).
+
+        Raises
+        ------
+        MissingDependencyError
+            trl or peft is not installed (extra ``train``), before any LLM call.
+        PlanError
+            The training data has no usable rows.
+
+        Notes
+        -----
+        Cost: the LLM work of the data subplan (cached like any collect) plus the
+        training (none when a finished training of the same rows is in the workspace).
+        """
+        return _executor.fit(self, workspace=workspace, progress=progress)
+
+    collect = fit

@@ -38,6 +38,7 @@ from typing import Any
 
 from lazyllm.core.errors import ModelNotFoundError, ParameterError, PlanError
 from lazyllm.core.protocols import SamplingParams
+from lazyllm.planner.nodes import DataFrameSource
 
 __all__ = [
     "EmptyInputWarning",
@@ -193,8 +194,6 @@ def scale(value: Any) -> tuple[int, int]:
 
 def known_rows(node: Any) -> int | None:
     """Rows of ``node`` when it is an in-memory source (None when only a run can tell)."""
-    from lazyllm.planner.nodes import DataFrameSource
-
     return node.data.height if isinstance(node, DataFrameSource) else None
 
 

@@ -31,60 +31,21 @@ from typing import Any
 import polars as pl
 
 from lazyllm.backends.progress import progress_interval
+from lazyllm.backends.registry import check_training_installed, engine_factory, resolve_executor
+from lazyllm.core.errors import PlanError
+from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
-from lazyllm.backends.registry import check_training_installed, engine_factory
 
-from lazyllm.core.hashing import hash_canonical
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
+from .optimizer import optimize as _optimize, shared_subplans
 from .scheduler import run_chain
+from .stats import NodeStats
+from .train import TrainedModel, engine_spec, ensure_trained, untrained_models
 from .workspace import Workspace, resolve_workspace
 
-__all__ = ["collect", "collect_all", "dry_run", "sink_partitioned", "NodeStats", "RunResult", "model_fingerprint"]
+__all__ = ["collect", "collect_all", "dry_run", "fit", "sink_partitioned", "NodeStats", "RunResult", "model_fingerprint"]
 
 log = logging.getLogger("lazyllm")
-
-
-def model_fingerprint(spec: ModelSpec) -> str:
-    """Fingerprint of a model spec (its identity, without performance-only options)."""
-    return hash_canonical({"model": spec})
-
-
-@dataclass
-class NodeStats:
-    """What one LLM node did (or, in a dry run, would do)."""
-
-    fingerprint: str
-    kind: str
-    column: str
-    model: str
-    rows_in: int = 0
-    requests: int = 0
-    unique_requests: int = 0
-    cache_hits: int = 0
-    calls: int = 0
-    failures: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    seconds: float = 0.0
-    uncertain_rows: int = 0  # dry run: rows whose inputs are not computed yet
-    est_input_tokens: int = 0  # dry run: prompt tokens of the calls to make
-    est_output_tokens: int = 0  # dry run: generated tokens of the calls to make
-    input_basis: str = ""  # "tokenizer" or "chars/4"
-    output_basis: str = ""  # "max_tokens" (an upper bound) or "cached mean"
-    est_cost: float | None = None  # USD, for priced API models
-    #: tokens -> requests, over the node's distinct requests (computed or served from the cache)
-    input_tokens_histogram: dict[int, int] = field(default_factory=dict)
-    output_tokens_histogram: dict[int, int] = field(default_factory=dict)
-    #: dry run on a sample: input rows the figures were measured on (0: every row), of ``rows_total``;
-    #: the counts above are then scaled to ``rows_total``
-    sample_rows: int = 0
-    rows_total: int = 0
-    #: dry run on a sample: 95% interval (Wilson) of the LLM calls to make
-    calls_interval: tuple[int, int] | None = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -122,6 +83,10 @@ class _Context:
             self._console = Console(stderr=True, highlight=False)
         return self._console
 
+    def evaluate(self, node: PlanNode) -> pl.LazyFrame:
+        """The rows of ``node`` in this run (memoised by fingerprint), as a LazyFrame."""
+        return _evaluate(node, self)
+
     def say(self, text: str) -> None:
         log.info(text)
         if self.progress:
@@ -130,16 +95,14 @@ class _Context:
     def engine(self, spec: ModelSpec) -> Engine:
         key = model_fingerprint(spec)
         if key not in self.engines:
-            from .train import TrainedModel, ensure_trained
-
-            if isinstance(spec, TrainedModel):  # train first (cached by fingerprint)
+            plain = spec
+            if isinstance(spec, TrainedModel):  # train first (cached), then serve its weights folder
                 ensure_trained(spec, self)
-            run_spec = spec.runtime_spec()  # the engine that runs it (a performance setting)
+                plain = engine_spec(spec, self.workspace.path)
+            run_spec = plain.runtime_spec()  # the engine that runs it (a performance setting)
             factory = engine_factory(run_spec.provider)  # also checks the provider before a cluster starts
-            if self.executor is not None:
-                from lazyllm.backends.distributed import ReplicaPool
-
-                self.engines[key] = ReplicaPool(run_spec, workspace=self.workspace.path, executor=self.executor)
+            if self.executor is not None:  # replicas get the plain spec: never a training plan
+                self.engines[key] = self.executor.engine(run_spec, workspace=self.workspace.path)
                 self.say(f"{spec.display_name} · {self.engines[key].parallelism} Ray replicas")
             else:
                 self.engines[key] = factory(run_spec, workspace=self.workspace.path)
@@ -191,9 +154,7 @@ class _Context:
 
     def close(self) -> None:
         if self.executor is not None:
-            from lazyllm.backends.distributed import ReplicaPool, merge_stats
-
-            self.replica_stats.extend(merge_stats([e for e in self.engines.values() if isinstance(e, ReplicaPool)]))
+            self.replica_stats.extend(self.executor.replica_stats(list(self.engines.values())))
             for rec in self.replica_stats:
                 self.say(f"replica {rec['replica']} of {rec['model']}: {rec['requests']} requests in "
                          f"{rec['batches']} batches · {rec['output_tokens']} output tokens · "
@@ -268,21 +229,15 @@ def collect_all(
     ``executor``: ``"local"`` (this process), ``"ray"`` or a
     :class:`lazyllm.backends.distributed.RayExecutor`; None reads ``LAZYLLM_EXECUTOR``.
     """
-    from lazyllm.backends.distributed import resolve_executor
-
     chosen = resolve_executor(executor)
     ws = resolve_workspace(workspace)
     logical = list(roots)
     fired: list[list[tuple[str, str]]] = [[] for _ in roots]
     if optimize:
-        from .optimizer import optimize as _optimize, shared_subplans
-
         shared = shared_subplans(roots)  # run once for every root that reads them
         results = [_optimize(r, shared=shared) for r in roots]
         roots = [r.plan for r in results]
         fired = [r.fired for r in results]
-    from .train import untrained_models
-
     pending = untrained_models(roots, ws.path)
     if pending:  # a missing trainer fails now, not after the LLM work that feeds the training
         check_training_installed(f"Training {pending[0].display_name} (Frame.train)")
@@ -295,6 +250,18 @@ def collect_all(
     result = RunResult(frames, ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
     result.log_path = _write_run_log(ws, logical, roots, fired, result)
     return result
+
+
+def fit(model: TrainedModel, *, workspace: "str | os.PathLike[str] | Workspace | None" = None,
+        progress: bool | None = None) -> dict[str, Any]:
+    """Train ``model`` now (collecting its training data first) unless already trained;
+    return the metrics. Cost: the LLM work of the data subplan (cached like any collect)
+    plus the training."""
+    ctx = _Context(resolve_workspace(workspace), dry_run=False, progress=_progress_enabled(progress))
+    try:
+        return ensure_trained(model, ctx)
+    finally:
+        ctx.close()
 
 
 def collect(node: PlanNode, **kwargs: Any) -> RunResult:
@@ -444,7 +411,7 @@ def _run_waves(head: Head, ctx: _Context) -> pl.LazyFrame:
     return pl.concat(parts).head(head.n).lazy()
 
 
-def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
+def partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
     """The nodes above the source (top first) and the source, when every node is
     row-by-row (trait :meth:`~lazyllm.planner.nodes.PlanNode.row_by_row`), so the plan
     can run partition by partition.
@@ -455,7 +422,6 @@ def _partition_chain(root: PlanNode) -> tuple[list[PlanNode], PlanNode]:
         A node needs every row at once (a sort, join, aggregate, head, sample, a
         non-elementwise expression), named in the message.
     """
-    from lazyllm.core.errors import PlanError
 
     chain: list[PlanNode] = []
     node = root
@@ -516,11 +482,9 @@ def sink_partitioned(
     Raises
     ------
     PlanError
-        The plan has a node that needs every row at once (see :func:`_partition_chain`),
+        The plan has a node that needs every row at once (see :func:`partition_chain`),
         or ``rows_per_shard`` < 1; raised before anything is read or any model loaded.
     """
-    from lazyllm.backends.distributed import read_partitions, resolve_executor
-    from lazyllm.core.errors import PlanError
 
     if rows_per_shard < 1:
         raise PlanError(f"rows_per_shard must be at least 1, got {rows_per_shard}.")
@@ -528,18 +492,16 @@ def sink_partitioned(
     ws = resolve_workspace(workspace)
     plan, fired = root, []
     if optimize:
-        from .optimizer import optimize as _optimize
-
         res = _optimize(root)
         plan, fired = res.plan, res.fired
-    chain, source = _partition_chain(plan)
+    chain, source = partition_chain(plan)
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("part-*.parquet"):
         old.unlink()  # shards of an earlier run would mix with this one's
     ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
     if chosen is not None and isinstance(source, FileSource) and source.format == "parquet":
-        parts: Iterator[pl.DataFrame] = read_partitions(chosen, source.paths, rows_per_shard, dict(source.options))
+        parts: Iterator[pl.DataFrame] = chosen.read_parquet(source.paths, rows_per_shard, dict(source.options))
     else:
         parts = _local_partitions(source, rows_per_shard)
     shards: list[Path] = []

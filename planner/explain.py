@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from .executor import NodeStats
 from .nodes import (
     Concat,
     DataFrameSource,
@@ -38,6 +37,8 @@ from .nodes import (
     Unique,
     WithColumns,
 )
+from .stats import NodeStats
+from .train import TrainedModel
 
 __all__ = ["render_plan", "describe", "savings"]
 
@@ -151,8 +152,6 @@ def _(node: SplitPart) -> tuple[str, list[str]]:
 
 
 def _llm_lines(node: LLMNode, extra: str = "") -> list[str]:
-    from .train import TrainedModel
-
     p = node.sampling
     lines = [f"prompt: {_short(node.prompt)} reads {sorted(node.columns_read())}"]
     model = node.model
@@ -262,7 +261,7 @@ def savings(logical: Mapping[str, NodeStats], optimized: Mapping[str, NodeStats]
     """One line: LLM calls (and estimated tokens) the optimized plan makes against the plan
     as written, both from dry runs over the same cache.
 
-    >>> from lazyllm.planner.executor import NodeStats
+    >>> from lazyllm.planner.stats import NodeStats
     >>> a = {"x": NodeStats("x", "Generate", "q", "m", calls=200, est_input_tokens=900)}
     >>> b = {"y": NodeStats("y", "Generate", "q", "m", calls=20, est_input_tokens=90)}
     >>> savings(a, b)

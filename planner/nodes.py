@@ -58,6 +58,7 @@ from lazyllm.core.protocols import Message, ModelSpec, Request, Response, Sampli
 
 from lazyllm.core.hashing import hash_canonical
 from .templates import PromptTemplate, check_columns, render_column
+from lazyllm.backends.logprobs import normalize
 
 __all__ = [
     "expr_columns",
@@ -1293,8 +1294,6 @@ JUDGE_METHODS = ("argmax", "expected")
 
 def _choice_probs(response: Response, n: int) -> list[float] | None:
     """The response's distribution over its request's ``n`` choices (normalised), or None."""
-    from lazyllm.backends.logprobs import normalize
-
     lps = response.choice_logprobs
     if lps is None or len(lps) != n:
         return None

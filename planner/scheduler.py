@@ -37,19 +37,19 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from lazyllm.core.errors import EngineError, TemplateError
+from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.protocols import Message, Request, Response
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, message_key, request_key
-from .nodes import LLMNode
-
-if TYPE_CHECKING:
-    from .executor import NodeStats, _Context
+from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
+from .stats import NodeStats
+from .train import TrainedModel, content_fingerprint, ensure_trained
 
 __all__ = ["run_chain", "UNCOMPUTED"]
 
@@ -113,9 +113,7 @@ def _deps(chain: Sequence[LLMNode], i: int) -> list[int]:
 
 
 class _ChainRun:
-    def __init__(self, chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> None:
-        from .executor import NodeStats
-
+    def __init__(self, chain: Sequence[LLMNode], df: pl.DataFrame, ctx: Any) -> None:
         self.chain, self.df, self.ctx = chain, df, ctx
         self.cache = ctx.workspace.cache
         rows = df.height
@@ -488,15 +486,12 @@ class _ChainRun:
                          tokens=st.stats.output_tokens)
 
 
-def _cache_model_fingerprint(model: Any, ctx: "_Context") -> str:
+def _cache_model_fingerprint(model: Any, ctx: Any) -> str:
     """The model part of the cache keys of a node's requests. A trained model is keyed by
     its content (plan, training rows, base content: :func:`~lazyllm.planner.train.content_fingerprint`),
     so its cached generations never outlive its weights: it is trained (or its cached training
     checked against the current rows) before the lookups. A dry run predicts with the training
     on disk, or the plan fingerprint when there is none."""
-    from .executor import model_fingerprint
-    from .train import TrainedModel, content_fingerprint, ensure_trained
-
     if not isinstance(model, TrainedModel):
         return model_fingerprint(model)
     if not ctx.dry_run:
@@ -520,8 +515,6 @@ def _what(node: LLMNode) -> str:
 def _placeholder(node: LLMNode, key: bytes) -> Response:
     """A dry run's stand-in for an answer not computed yet: optimistic, so that estimates
     downstream are upper bounds (an LLM filter keeps the row, a judge gives the top score)."""
-    from .nodes import Generate, Judge, PairwiseJudge, Reward
-
     text = f"{UNCOMPUTED}{key.hex()[:12]}"  # distinct per request, like real answers
     logprobs: tuple[float, ...] | None = None
     if node.filters_rows:
@@ -539,6 +532,6 @@ def _placeholder(node: LLMNode, key: bytes) -> Response:
     return Response(text=text, finish_reason="dry-run", choice_logprobs=logprobs)
 
 
-def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: "_Context") -> list[pl.DataFrame]:
+def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: Any) -> list[pl.DataFrame]:
     """Run ``chain`` (bottom node first) over ``df``; return the output frame of each node."""
     return _ChainRun(chain, df, ctx).run()

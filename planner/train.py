@@ -23,26 +23,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from lazyllm.backends.registry import check_training_installed, trainer_factory
 from lazyllm.core.errors import PlanError
+from lazyllm.core.model_store import merge_adapter, resolve_model_dir
 from lazyllm.core.protocols import ModelSpec, performance_only
+from lazyllm.core.specs import Transformers
 
 from lazyllm.core.hashing import hash_canonical
 from .nodes import PlanNode, walk
 
-if TYPE_CHECKING:
-    from .workspace import Workspace
-
-__all__ = ["TrainedModel", "trained_dir", "ensure_trained", "is_trained", "content_fingerprint"]
+__all__ = ["TrainedModel", "trained_dir", "ensure_trained", "is_trained", "content_fingerprint", "engine_spec",
+           "weights_dir", "register_model_card_writer"]
 
 LINEAGE_FILE = "LINEAGE.json"
 
@@ -97,24 +98,6 @@ class TrainedModel(ModelSpec):
     def display_name(self) -> str:
         return f"{self.spec.method}({self.spec.base.display_name})#{self.fingerprint[:8]}"
 
-    def fit(self, *, workspace: "str | os.PathLike[str] | Workspace | None" = None, progress: bool | None = None
-            ) -> dict[str, Any]:
-        """Train now (collecting the training data first) unless already trained; return the metrics.
-
-        Cost: the LLM work of the data subplan (cached like any collect) plus the training.
-        """
-        from .executor import _Context, _progress_enabled
-        from .workspace import resolve_workspace
-
-        ws = resolve_workspace(workspace)
-        ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress))
-        try:
-            return ensure_trained(self, ctx)
-        finally:
-            ctx.close()
-
-    collect = fit
-
 
 def trained_dir(model: TrainedModel, workspace: Path) -> Path:
     """Where the trained weights of ``model`` live in a workspace."""
@@ -150,23 +133,44 @@ def _split(rows: list[dict[str, Any]], fraction: float | None, seed: int) -> tup
     return train, [r for i, r in enumerate(rows) if i in eval_idx] or None
 
 
+#: Writers of a trained model's card, called as ``writer(output_dir, facts)`` after a training
+#: finishes (``facts``: the trainer's ``TrainResult.card``). The user-facing layer registers
+#: :func:`lazyllm.cards.write_model_card` (cards are written above the backends).
+_CARD_WRITERS: list[Callable[[Path, dict[str, Any]], None]] = []
+
+
+def register_model_card_writer(writer: Callable[[Path, dict[str, Any]], None]) -> None:
+    """Call ``writer(output_dir, facts)`` after each training this process finishes."""
+    if writer not in _CARD_WRITERS:
+        _CARD_WRITERS.append(writer)
+
+
 def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
     """Train ``model`` inside the executor context ``ctx`` unless a finished training exists.
 
-    Returns the metrics (from the ``COMPLETE`` marker when cached). Raises
-    :class:`PlanError` when the training data is empty.
+    ``ctx`` is the executor's run context: ``ctx.evaluate(node)`` gives a node's rows as a
+    ``polars.LazyFrame``, ``ctx.workspace``, ``ctx.say`` and ``ctx.engines`` (closed to free
+    memory before training). The trainer is found through the registry
+    (:func:`lazyllm.backends.registry.trainer_factory`, the ``Trainer`` protocol).
+
+    Returns the metrics (from the ``COMPLETE`` marker when cached).
+
+    Raises
+    ------
+    PlanError
+        The training data is empty.
+    MissingDependencyError
+        trl or peft is not installed (extra ``train``).
     """
-    from .executor import _evaluate
-
-    from lazyllm.backends.trainers import data_fingerprint
-
+    check_training_installed(f"Training {model.display_name} (Frame.train)")
+    trainer = trainer_factory()
     out = trained_dir(model, ctx.workspace.path)
     marker = out / "COMPLETE"
     base_content = None
     if isinstance(model.base, TrainedModel):  # a model trained from a trained model: train that first
         ensure_trained(model.base, ctx)
         base_content = content_fingerprint(model.base, ctx.workspace.path)
-    df = _evaluate(model.data, ctx).collect()
+    df = ctx.evaluate(model.data).collect()
     rows = model.spec.standardize(df)
     if not rows:
         raise PlanError(f"train {model.display_name}: the training data has no usable rows "
@@ -176,36 +180,74 @@ def ensure_trained(model: TrainedModel, ctx: Any) -> dict[str, Any]:
         done = json.loads(marker.read_text())
         lineage = out / LINEAGE_FILE
         recorded_base = json.loads(lineage.read_text()).get("base_content") if lineage.is_file() else None
-        if done.get("rows_fingerprint") == data_fingerprint(train_rows) and recorded_base == base_content:
+        if done.get("rows_fingerprint") == trainer.data_fingerprint(train_rows) and recorded_base == base_content:
             ctx.say(f"train {model.display_name}: cached in {out}")
             return done
         ctx.say(f"train {model.display_name}: the training rows or the base model changed since {out} was "
                 "trained; training again")
         shutil.rmtree(out)
-    from lazyllm.backends.transformers import resolve_model_dir
-
-    base_dir = resolve_model_dir(model.base, ctx.workspace.path)
-    try:
-        from lazyllm.backends.trainers import TrainJob, train
-    except ImportError as exc:  # trl/peft missing
-        from lazyllm.core.errors import MissingDependencyError
-
-        raise MissingDependencyError(getattr(exc, "name", "trl") or "trl", "train", "Frame.train()") from exc
+    base_dir = model_folder(model.base, ctx.workspace.path)
     options = model.spec.job_options()
-    job = TrainJob(method=model.spec.method, base_dir=Path(base_dir), output_dir=out, train=train_rows,
-                   eval=eval_rows, **options)
+    job = trainer.job(method=model.spec.method, base_dir=Path(base_dir), output_dir=out, train=train_rows,
+                      eval=eval_rows, **options)
     for engine in list(ctx.engines.values()):  # free memory for training
         engine.close()
     ctx.engines.clear()
     ctx.say(f"train {model.display_name}: {len(train_rows)} rows"
             + (f" (+{len(eval_rows)} validation)" if eval_rows else "") + f" -> {out}")
-    result = train(job)
+    result = trainer.train(job)
     (out / LINEAGE_FILE).write_text(json.dumps({"base_content": base_content}) + "\n")
+    facts = dict(getattr(result, "card", None) or {})
+    if facts:
+        for writer in _CARD_WRITERS:
+            writer(out, facts)
     metrics = dict(result.metrics)
     metrics.update({"fingerprint": model.fingerprint, "data_fingerprint": model.data.fingerprint,
                     "adapter": result.adapter, "resumed_from": result.resumed_from})
     ctx.say(f"train {model.display_name}: done · final loss {metrics.get('final_train_loss')}")
     return metrics
+
+
+def model_folder(spec: ModelSpec, workspace: Path) -> Path:
+    """The loadable folder of a base model: a trained model's weights (:func:`weights_dir`),
+    else the model store's folder for the spec (an alias converted once, a path, a Hub id)."""
+    if isinstance(spec, TrainedModel):
+        return weights_dir(spec, workspace)
+    return resolve_model_dir(spec, workspace)
+
+
+def weights_dir(model: TrainedModel, workspace: Path) -> Path:
+    """The folder of a finished training's weights, ready to load: the full weights, or the
+    base with the LoRA adapter merged once (``<trained dir>/merged``; a reward model's with
+    its score head).
+
+    Raises
+    ------
+    PlanError
+        ``model`` is not trained in ``workspace`` yet.
+    MissingDependencyError
+        peft is missing (merging an adapter).
+    """
+    out = trained_dir(model, workspace)
+    if not (out / "COMPLETE").is_file():
+        raise PlanError(f"{model.display_name} is not trained yet in {workspace}: collect a frame that uses it "
+                        "(the planner trains it first), or call handle.fit().")
+    task = "sequence-classification" if model.spec.method == "reward" else "causal-lm"
+    return merge_adapter(out, model_folder(model.base, workspace), task=task)
+
+
+def engine_spec(model: TrainedModel, workspace: Path) -> ModelSpec:
+    """What an engine gets for a trained model: a plain :class:`~lazyllm.Transformers` spec of
+    its weights folder (:func:`weights_dir`) with the root base model's inference options
+    (dtype, device, threads, engine). Engines and Ray replicas never see the training plan."""
+    root = model.base
+    while isinstance(root, TrainedModel):
+        root = root.base
+    if not isinstance(root, Transformers):
+        raise PlanError(f"{model.display_name}: a trained model's base must be a Transformers spec, "
+                        f"got {type(root).__name__}.")
+    folder = weights_dir(model, workspace)
+    return dataclasses.replace(root, model=str(folder), revision=None, gguf_file=None, batch_size=model.batch_size)
 
 
 def content_fingerprint(model: TrainedModel, workspace: Path) -> str | None:

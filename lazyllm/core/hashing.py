@@ -83,3 +83,8 @@ def hash_canonical(data: Any) -> str:
     """SHA-256 hex digest of canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """Fingerprint of a model spec (its identity, without performance-only options)."""
+    return hash_canonical({"model": spec})

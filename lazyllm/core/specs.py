@@ -24,6 +24,7 @@ from .catalog import DEFAULT_MODEL, alias_source
 from .errors import PlanError
 from .protocols import ModelSpec, performance_only
 from .redact import register_secret
+from .prices import BATCH_DISCOUNT, lookup_price
 
 __all__ = ["ModelSpec", "Transformers", "TestModel", "OpenAI", "VLLM", "DEFAULT_MODEL"]
 
@@ -405,8 +406,6 @@ class OpenAI(ModelSpec):
         if self.price_per_million is not None:
             return self.price_per_million
         from urllib.parse import urlparse
-
-        from .prices import BATCH_DISCOUNT, lookup_price
 
         if (urlparse(self.base_url).hostname or "").lower() != "api.openai.com":
             return None

@@ -341,7 +341,7 @@ def vllm_server(model_workspace) -> Iterator[str]:
     python = _vllm_python()
     if python is None:
         pytest.skip("vLLM is not installed in .venv-vllm (or $LAZYLLM_VLLM_PYTHON): run bash scripts/install_vllm.sh")
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     folder = resolve_model_dir(Transformers(), model_workspace.path)
     port = free_port()

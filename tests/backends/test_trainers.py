@@ -201,7 +201,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def base_dir(model_workspace) -> Path:
     import lazyllm
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     return resolve_model_dir(lazyllm.Transformers("smollm2-135m-instruct"), model_workspace.path)
 

@@ -18,6 +18,7 @@ import pytest
 from engine_helpers import ask, run
 
 from lazyllm.backends import transformers as engine_module
+from lazyllm.core.system import file_lock
 from lazyllm.core.catalog import ALIASES, DEFAULT_MODEL
 from lazyllm.core.errors import EngineError, LazyLLMError, ModelNotFoundError
 from lazyllm.core.protocols import Engine, Message, Request, SamplingParams
@@ -122,7 +123,7 @@ def test_folder_without_a_model_raises_engine_error(tmp_path):
 
 def test_conversion_lock_is_exclusive(tmp_path):
     lock = tmp_path / ".model.lock"
-    with engine_module._file_lock(lock):
+    with file_lock(lock):
         with open(lock, "a+") as other, pytest.raises(BlockingIOError):
             fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(lock, "a+") as other:  # released

@@ -56,7 +56,7 @@ def test_workload_spec_changes_only_the_judge_prompt_when_asked():
 @pytest.fixture(scope="module")
 def model_dir(model_workspace) -> Path:
     import lazyllm
-    from lazyllm.backends.transformers import resolve_model_dir
+    from lazyllm.core.model_store import resolve_model_dir
 
     return resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), model_workspace.path)
 
