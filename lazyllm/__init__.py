@@ -7,6 +7,7 @@ reuses LMDB-cached LLM results and runs the rest on the engine of each model spe
 
 from lazyllm.core.catalog import DEFAULT_MODEL
 from lazyllm.backends.distributed import RayExecutor
+from lazyllm.planner.train import register_model_card_writer
 from lazyllm.planner.workspace import Workspace
 
 from . import errors
@@ -16,6 +17,9 @@ from .io import from_arrow, from_dicts, from_hf, from_pandas, from_polars, read_
 from .preferences import WinRate, best_of_n_pairs, kto_rows, win_rate
 from .models import VLLM, ModelSpec, OpenAI, TestModel, Transformers, default_model
 from .training import DPO, KTO, ORPO, SFT, LoRA, RewardModel, SimPO, TrainSpec
+from .cards import write_model_card
+
+register_model_card_writer(write_model_card)  # trainings the planner runs get a model card (cards live up here)
 
 __version__ = "0.1.0"
 

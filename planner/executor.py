@@ -103,7 +103,7 @@ class _Context:
             factory = engine_factory(run_spec.provider)  # also checks the provider before a cluster starts
             if self.executor is not None:  # replicas get the plain spec: never a training plan
                 self.engines[key] = self.executor.engine(run_spec, workspace=self.workspace.path)
-                self.say(f"{spec.display_name} · {self.engines[key].parallelism} Ray replicas")
+                self.say(f"{spec.display_name} · {getattr(self.engines[key], 'parallelism', 1)} replicas on {self.executor.name}")
             else:
                 self.engines[key] = factory(run_spec, workspace=self.workspace.path)
         return self.engines[key]

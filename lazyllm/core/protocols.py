@@ -27,6 +27,8 @@ __all__ = [
     "Request",
     "Response",
     "Engine",
+    "Trainer",
+    "Executor",
     "performance_only",
     "derive_seed",
 ]
@@ -270,6 +272,60 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the model (memory, accelerator) so the next stage can use it."""
+        ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A fine-tuning backend (TRL + PEFT is the built-in one), found by the planner through
+    :func:`lazyllm.backends.registry.trainer_factory` (entry-point group ``lazyllm.trainers``).
+
+    The planner collects the training rows, asks :meth:`job` for a validated job, runs
+    :meth:`train`, and serves the result (``output_dir``: an adapter or full weights) as a
+    plain model folder; a trainer never sees a plan.
+    """
+
+    name: str
+
+    def job(self, **fields: Any) -> Any:
+        """A validated training job: ``method``, ``base_dir``, ``output_dir``, ``train``/``eval``
+        rows and the hyperparameters of :meth:`lazyllm.TrainSpec.job_options`."""
+        ...
+
+    def train(self, job: Any) -> Any:
+        """Train to completion (resuming a checkpoint, or returning a finished training at
+        once); return a result with ``output_dir``, ``adapter``, ``metrics``,
+        ``resumed_from`` and ``card`` (the facts a model card states)."""
+        ...
+
+    def data_fingerprint(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """Fingerprint of the rows that reach the trainer (keys a finished training)."""
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where a collect's engines run when not in this process (the built-in one: Ray), found
+    through :func:`lazyllm.backends.registry.resolve_executor`. Performance only: an
+    executor never changes results or fingerprints."""
+
+    name: str
+
+    def check_available(self) -> None:
+        """Raise :class:`~lazyllm.core.errors.MissingDependencyError` when its package is missing."""
+        ...
+
+    def engine(self, spec: ModelSpec, *, workspace: Path) -> Engine:
+        """An engine (for example a pool of replicas) that runs ``spec``; ``spec`` is a plain
+        model spec (a trained model arrives as its weights folder)."""
+        ...
+
+    def read_parquet(self, paths: Sequence[str], rows: int, options: dict[str, Any] | None = None) -> Iterator[Any]:
+        """Parquet files as ``polars.DataFrame`` partitions of at most ``rows`` rows, in order."""
+        ...
+
+    def replica_stats(self, engines: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per-replica records of the engines it made (model, requests, tokens/s, ...)."""
         ...
 
 

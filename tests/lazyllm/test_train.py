@@ -84,9 +84,9 @@ def test_changed_training_rows_retrain_and_key_the_cache(ws, counters, monkeypat
         return trainers.TrainResult(output_dir=job.output_dir, adapter=True, metrics={}, resumed_from=None)
 
     monkeypatch.setattr(trainers, "train", fake_train)
-    from lazyllm.backends import transformers as tf_engine
+    from lazyllm.planner import train as plan_train
 
-    monkeypatch.setattr(tf_engine, "resolve_model_dir", lambda spec, workspace: ws.path)  # no weights needed
+    monkeypatch.setattr(plan_train, "resolve_model_dir", lambda spec, workspace: ws.path)  # no weights needed
     flaky = {"fail": True}
     respond = testing.DeterministicEngine.respond
 
@@ -154,3 +154,57 @@ def test_a_missing_trainer_fails_before_any_llm_call(ws, counters, monkeypatch):
     assert counters.CALLS == 0
     # a plan without training is not affected
     assert data.collect(workspace=ws, progress=False).height == 2 and counters.CALLS == 2
+
+
+def test_engines_and_executors_get_the_weights_folder_never_the_training_plan(ws, counters, monkeypatch):
+    """The executor resolves a trained model into a plain Transformers spec of its weights folder
+    before any engine (or a Ray replica, through the Executor protocol) sees it: the spec shipped to
+    an executor holds no training plan, no training rows and no TrainedModel."""
+    import json
+    import pickle
+
+    from lazyllm.backends import testing, trainers
+    from lazyllm.core.protocols import Executor
+    from lazyllm.planner import train as plan_train
+
+    def fake_train(job):
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        (job.output_dir / "config.json").write_text("{}")
+        (job.output_dir / "COMPLETE").write_text(json.dumps({"rows_fingerprint": trainers.data_fingerprint(job.train)}))
+        return trainers.TrainResult(output_dir=job.output_dir, adapter=False, metrics={}, resumed_from=None)
+
+    monkeypatch.setattr(trainers, "train", fake_train)
+    monkeypatch.setattr(plan_train, "resolve_model_dir", lambda spec, workspace: ws.path)
+
+    class RecordingExecutor:
+        name = "recording"
+
+        def __init__(self):
+            self.specs = []
+
+        def check_available(self):
+            pass
+
+        def engine(self, spec, *, workspace):
+            self.specs.append(spec)
+            return testing.DeterministicEngine(lazyllm.TestModel(), workspace=workspace)
+
+        def read_parquet(self, paths, rows, options=None):
+            raise AssertionError("not a parquet source")
+
+        def replica_stats(self, engines):
+            return []
+
+    executor = RecordingExecutor()
+    assert isinstance(executor, Executor)
+    handle = lazyllm.from_dicts(FACTS).train(lazyllm.SFT(base=lazyllm.Transformers(batch_size=4), prompt="question",
+                                                         response="answer"))
+    out = lazyllm.from_dicts(FACTS[:2]).generate("a", handle, prompt="{{ question }}").collect(
+        workspace=ws, progress=False, executor=executor)
+    assert out["a"].null_count() == 0
+    [spec] = executor.specs
+    assert type(spec) is lazyllm.Transformers and not isinstance(spec, TrainedModel)
+    assert spec.model == str(plan_train.trained_dir(handle, ws.path)) and spec.batch_size == handle.batch_size
+    payload = pickle.dumps(spec)
+    assert b"Blimpton" not in payload and b"Queen Mirelda" not in payload  # no training rows travel
+    assert (plan_train.trained_dir(handle, ws.path) / "README.md").read_text().startswith("---")  # model card
