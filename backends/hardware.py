@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lazyllm.core.layout import machines_dir
+
 __all__ = [
     "Machine",
     "EngineChoice",
@@ -226,7 +228,7 @@ def choose_default_engine(
 
 
 def _measurement_path(workspace: str | os.PathLike[str]) -> Path:
-    return Path(workspace) / "machines" / f"{detect_machine_key()}.json"
+    return machines_dir(workspace) / f"{detect_machine_key()}.json"
 
 
 _KEY_CACHE: dict[str, str] = {}

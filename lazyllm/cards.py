@@ -60,6 +60,7 @@ from lazyllm.planner import nodes as N
 from lazyllm.planner.optimizer import optimize
 from lazyllm.planner.workspace import Workspace, resolve_workspace
 from lazyllm.core.hashing import model_fingerprint
+from lazyllm.core.layout import read_run_logs
 
 if TYPE_CHECKING:
     from .frame import Frame
@@ -538,11 +539,7 @@ class DataCard:
 
 def _run_history(ws: Workspace, fingerprint: str, node_fps: set[str]) -> dict[str, Any] | None:
     runs = calls = 0
-    for path in ws.run_logs():
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for _path, record in read_run_logs(ws.path):
         if not any(f.get("fingerprint") == fingerprint for f in record.get("frames", [])):
             continue
         runs += 1

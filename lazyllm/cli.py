@@ -26,11 +26,12 @@ from typing import Any, Optional
 
 import typer
 from lazyllm.cards import CARD_JSON, CARD_README, DataCard
+from lazyllm.core.layout import read_run_logs, run_totals
 from lazyllm.doctor import diagnose, format_report
 from lazyllm.examples import docs_to_qa
 from lazyllm.frame import Frame
 from lazyllm.planner.cache import repair_cache, verify_cache
-from lazyllm.planner.workspace import Workspace, resolve_workspace
+from lazyllm.planner.workspace import resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lazyllm: lazy frames for LLM data workflows.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the workspace's LLM cache.")
@@ -307,7 +308,7 @@ def card(
             typer.echo(readme.read_text(encoding="utf-8") if readme.is_file() else data_card.to_markdown())
         return
     if (path / "runs").is_dir() or (path / "cache").is_dir():
-        summaries = [_run_summary(p) for p in Workspace(path).run_logs()]
+        summaries = [_run_summary(p, record) for p, record in read_run_logs(path)]
         if as_json:
             typer.echo(json.dumps(summaries, indent=2))
             return
@@ -322,20 +323,13 @@ def card(
     raise typer.Exit(2)
 
 
-def _run_summary(path: Path) -> dict[str, Any]:
-    record = json.loads(path.read_text())
-    nodes = record.get("nodes", [])
-    total = lambda key: sum(int(n.get(key, 0)) for n in nodes)  # noqa: E731
+def _run_summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "log": path.name,
         "finished_at": record.get("finished_at"),
         "seconds": float(record.get("seconds", 0.0)),
         "frames": [{"fingerprint": f["fingerprint"], "rows": f.get("rows")} for f in record.get("frames", [])],
-        "llm_nodes": len(nodes),
-        "calls": total("calls"),
-        "cache_hits": total("cache_hits"),
-        "input_tokens": total("input_tokens"),
-        "output_tokens": total("output_tokens"),
+        **run_totals(record),
     }
 
 

@@ -34,6 +34,7 @@ from lazyllm.backends.progress import progress_interval
 from lazyllm.backends.registry import check_training_installed, engine_factory, resolve_executor
 from lazyllm.core.errors import PlanError
 from lazyllm.core.hashing import model_fingerprint
+from lazyllm.core.layout import RUN_LOG_FORMAT
 from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
@@ -598,7 +599,7 @@ def _write_run_log(ws: Workspace, logical: Sequence[PlanNode], roots: Sequence[P
     of ``nodes``' stats), the rules that fired and the row count.
     """
     record = {
-        "format": 1,
+        "format": RUN_LOG_FORMAT,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "frames": [
             {"fingerprint": lg.fingerprint, "optimized": r.fingerprint, "rows": f,

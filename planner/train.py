@@ -35,6 +35,7 @@ import polars as pl
 
 from lazyllm.backends.registry import check_training_installed, trainer_factory
 from lazyllm.core.errors import PlanError
+from lazyllm.core.layout import trained_models_dir
 from lazyllm.core.model_store import merge_adapter, resolve_model_dir
 from lazyllm.core.protocols import ModelSpec, performance_only
 from lazyllm.core.specs import Transformers
@@ -101,7 +102,7 @@ class TrainedModel(ModelSpec):
 
 def trained_dir(model: TrainedModel, workspace: Path) -> Path:
     """Where the trained weights of ``model`` live in a workspace."""
-    return Path(workspace) / "models" / "trained" / model.fingerprint[:24]
+    return trained_models_dir(workspace) / model.fingerprint[:24]
 
 
 def is_trained(model: TrainedModel, workspace: Path) -> bool:

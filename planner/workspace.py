@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lazyllm.core.errors import WorkspaceError
+from lazyllm.core import layout
+from lazyllm.core.layout import read_run_logs, run_log_paths
 from lazyllm.core.redact import redact, scrub
 
 from .cache import PromptCache
@@ -101,11 +103,11 @@ class Workspace:
     @property
     def cache(self) -> PromptCache:
         if self._cache is None:
-            self._cache = PromptCache(self.path / "cache")
+            self._cache = PromptCache(self.path / layout.CACHE)
         return self._cache
 
     def has_cache(self) -> bool:
-        return (self.path / "cache" / "data.mdb").exists()
+        return (self.path / layout.CACHE / "data.mdb").exists()
 
     def subdir(self, name: str) -> Path:
         d = self.path / name
@@ -117,15 +119,15 @@ class Workspace:
 
     @property
     def models_dir(self) -> Path:
-        return self.subdir("models")
+        return self.subdir(layout.MODELS)
 
     @property
     def runs_dir(self) -> Path:
-        return self.subdir("runs")
+        return self.subdir(layout.RUNS)
 
     @property
     def results_dir(self) -> Path:
-        return self.subdir("results")
+        return self.subdir(layout.RESULTS)
 
     def write_run_log(self, fingerprint: str, record: dict[str, Any]) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
@@ -136,13 +138,11 @@ class Workspace:
 
     def run_logs(self) -> list[Path]:
         """Run logs, oldest first."""
-        d = self.path / "runs"
-        return sorted(d.glob("*.json")) if d.is_dir() else []
+        return run_log_paths(self.path)
 
     def latest_run(self, fingerprint: str) -> dict[str, Any] | None:
         """The newest run log that collected a frame with this logical fingerprint."""
-        for path in reversed(self.run_logs()):
-            record = json.loads(path.read_text())
+        for path, record in read_run_logs(self.path, newest_first=True):
             if any(f.get("fingerprint") == fingerprint for f in record.get("frames", [])):
                 record["path"] = str(path)
                 return record

@@ -27,7 +27,7 @@ from typing import Any
 
 from .catalog import ALIASES, PackagedGGUF, alias_source
 from .errors import MissingDependencyError, ModelNotFoundError
-from .protocols import workspace_models_dir
+from .layout import workspace_models_dir
 from .system import file_lock
 
 __all__ = ["resolve_model_dir", "existing_model_dir", "merge_adapter"]

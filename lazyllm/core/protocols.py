@@ -332,8 +332,3 @@ class Executor(Protocol):
 #: Optional on an engine class: ``token_counter(spec, workspace) -> Callable[[Sequence[Message]], int] | None``,
 #: a cheap prompt-token counter (a tokenizer, no weights) used by ``explain()`` estimates.
 TOKEN_COUNTER_HOOK = "token_counter"
-
-
-def workspace_models_dir(workspace: Path) -> Path:
-    """Where engines keep converted or downloaded model folders inside a workspace."""
-    return Path(workspace) / "models"
