@@ -47,7 +47,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lazyllm.core.errors import EngineError, LazyLLMError, MissingDependencyError, PlanError
+from lazyllm.core.errors import EngineError, LazyLLMError, MissingDependencyError, ParameterError
 from lazyllm.core.protocols import ModelSpec, Request, Response
 
 from .registry import engine_factory
@@ -120,11 +120,11 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
-            raise PlanError(f"RayExecutor(replicas={self.replicas}): needs at least 1 replica.")
+            raise ParameterError(f"RayExecutor(replicas={self.replicas}): needs at least 1 replica.")
         if self.cpus_per_replica <= 0:
-            raise PlanError(f"RayExecutor(cpus_per_replica={self.cpus_per_replica}): must be positive.")
+            raise ParameterError(f"RayExecutor(cpus_per_replica={self.cpus_per_replica}): must be positive.")
         if self.max_batch_retries < 0:
-            raise PlanError(f"RayExecutor(max_batch_retries={self.max_batch_retries}): must be >= 0.")
+            raise ParameterError(f"RayExecutor(max_batch_retries={self.max_batch_retries}): must be >= 0.")
 
     # -- the Executor protocol (lazyllm.core.protocols.Executor) -------------------------
     name: ClassVar[str] = "ray"
@@ -344,7 +344,7 @@ class ReplicaPool:
             for half in _halves(chunk.indices):
                 pending.appendleft(_Chunk(half, deaths=self.executor.max_batch_retries))
         else:
-            yield [(chunk.indices[0], _error(f"poison row: the engine replica died on this request "
+            yield [(chunk.indices[0], Response.failed(f"poison row: the engine replica died on this request "
                                              f"{chunk.deaths} times ({type(exc).__name__})"))]
 
     def _on_raise(self, chunk: _Chunk, pending: deque[_Chunk],
@@ -357,7 +357,7 @@ class ReplicaPool:
                 pending.appendleft(_Chunk(half, deaths=chunk.deaths))
             return
         text = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-        yield [(chunk.indices[0], _error(f"poison row: the engine raised on this request: {text}"))]
+        yield [(chunk.indices[0], Response.failed(f"poison row: the engine raised on this request: {text}"))]
 
     def close(self) -> None:
         """Release the replicas (their models and reserved CPUs/GPUs)."""
@@ -396,9 +396,6 @@ def _halves(indices: list[int]) -> list[list[int]]:
     mid = (len(indices) + 1) // 2
     return [part for part in (indices[:mid], indices[mid:]) if part]
 
-
-def _error(message: str) -> Response:
-    return Response(text=None, finish_reason="error", error=message)
 
 
 def merge_stats(pools: Sequence[ReplicaPool]) -> list[dict[str, Any]]:

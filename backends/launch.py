@@ -35,7 +35,7 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from lazyllm.core.errors import EngineError, PlanError
+from lazyllm.core.errors import EngineError, ParameterError
 
 __all__ = ["DevicePlan", "device_plan", "free_port", "launch"]
 
@@ -99,37 +99,37 @@ def device_plan(devices: int | Sequence[str] | None) -> DevicePlan:
     if devices is None:
         return DevicePlan("cuda" if _cuda_count() else "cpu", 1)
     if isinstance(devices, bool) or not isinstance(devices, (int, list, tuple)):
-        raise PlanError(f"devices={devices!r} is not understood. Valid: None, a number of processes (2), "
+        raise ParameterError(f"devices={devices!r} is not understood. Valid: None, a number of processes (2), "
                         "or a list such as ['cuda:0', 'cuda:1'] or ['cpu', 'cpu'].")
     if isinstance(devices, int):
         if devices < 1:
-            raise PlanError(f"devices={devices} asks for no process. Pass a number >= 1, or None for one process.")
+            raise ParameterError(f"devices={devices} asks for no process. Pass a number >= 1, or None for one process.")
         gpus = _cuda_count()
         if gpus >= devices:
             return DevicePlan("cuda", devices, tuple(str(i) for i in range(devices)) if devices > 1 else None)
         if gpus:
-            raise PlanError(f"devices={devices} asks for {devices} GPUs but this machine has {gpus}. "
+            raise ParameterError(f"devices={devices} asks for {devices} GPUs but this machine has {gpus}. "
                             f"Pass devices={gpus} or fewer, or a list of 'cpu' entries to train on the CPU.")
         return DevicePlan("cpu", devices)
     entries = [str(d).strip().lower() for d in devices]
     if not entries:
-        raise PlanError("devices=[] names no device. Pass None, a number, or e.g. ['cuda:0', 'cuda:1'].")
+        raise ParameterError("devices=[] names no device. Pass None, a number, or e.g. ['cuda:0', 'cuda:1'].")
     if all(e == "cpu" for e in entries):
         return DevicePlan("cpu", len(entries))
     indices: list[str] = []
     for e in entries:
         kind, _, index = e.partition(":")
         if kind != "cuda" or not index.isdigit():
-            raise PlanError(f"devices={list(devices)!r}: {e!r} is not 'cpu' or 'cuda:<index>', or the list "
+            raise ParameterError(f"devices={list(devices)!r}: {e!r} is not 'cpu' or 'cuda:<index>', or the list "
                             "mixes CPU and GPU entries. Use only 'cuda:<i>' entries (e.g. ['cuda:0', 'cuda:1']) "
                             "or only 'cpu'.")
         indices.append(index)
     if len(set(indices)) != len(indices):
-        raise PlanError(f"devices={list(devices)!r} lists a GPU twice. List each GPU once.")
+        raise ParameterError(f"devices={list(devices)!r} lists a GPU twice. List each GPU once.")
     gpus = _cuda_count()
     missing = [f"cuda:{i}" for i in indices if int(i) >= gpus]
     if missing:
-        raise PlanError(f"devices={list(devices)!r}: this machine has {gpus} GPU(s), so {missing} do not exist. "
+        raise ParameterError(f"devices={list(devices)!r}: this machine has {gpus} GPU(s), so {missing} do not exist. "
                         f"Use indices below {gpus}.")
     return DevicePlan("cuda", len(indices), tuple(indices))
 
@@ -241,7 +241,7 @@ def launch(
     launcher of ``torchrun --standalone``).
     """
     if nproc < 1:
-        raise PlanError(f"nproc={nproc}: at least one worker process is needed.")
+        raise ParameterError(f"nproc={nproc}: at least one worker process is needed.")
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

@@ -148,10 +148,6 @@ class _Fatal(Exception):
     """A failure every request would share (bad key, unknown model): stops the engine."""
 
 
-def _error(message: str) -> Response:
-    """A failed row; the message is redacted (servers may echo keys or URLs with credentials)."""
-    return Response(text=None, finish_reason="error", error=redact(message))
-
 
 def _is_openai_host(base_url: str) -> bool:
     return (urlparse(base_url).hostname or "").lower() in ("api.openai.com",)
@@ -337,7 +333,7 @@ class OpenAIEngine:
                             f"(OpenAI(api_key=...) or ${self.spec.api_key_env})."
                         ) from None
                     except Exception as exc:  # noqa: BLE001 - a bug in one row must not lose the others
-                        response = _error(f"The request failed in the OpenAI engine: {type(exc).__name__}: {exc}")
+                        response = Response.failed(f"The request failed in the OpenAI engine: {type(exc).__name__}: {exc}")
                     group.append((futures[future], self._account(response)))
                 if group and (len(group) >= self.spec.concurrency or not pending or not done):
                     yield group
@@ -364,7 +360,7 @@ class OpenAIEngine:
         try:
             endpoint, body, extra = self._body(request, guided)
         except ValueError as exc:
-            return _error(str(exc))
+            return Response.failed(str(exc))
         client = self._client
         api = client.chat.completions if endpoint == "chat" else client.completions
         create = api.with_raw_response.create if self._limiter is not None else api.create
@@ -391,7 +387,7 @@ class OpenAIEngine:
                     if status in _FATAL_STATUSES:
                         raise _Fatal(redact(f"{detail} ({_FATAL_STATUSES[status]})")) from None
                     if status not in RETRY_STATUSES:
-                        return _error(f"The server rejected the request: {detail}. Fix the request "
+                        return Response.failed(f"The server rejected the request: {detail}. Fix the request "
                                       "(prompt length, parameters, schema) or the server's limits.")
                     reason, retry_after = str(status), _retry_after(exc)
                 else:
@@ -404,7 +400,7 @@ class OpenAIEngine:
                         self._limiter.settle(estimate, usage if usage > 0 else None)
                     return response
                 if attempt + 1 == attempts:
-                    return _error(f"The request failed after {attempts} attempts (last: {detail}). "
+                    return Response.failed(f"The request failed after {attempts} attempts (last: {detail}). "
                                   "A rerun retries it (errors are not cached); raise max_retries or timeout, "
                                   "or lower concurrency, if this keeps happening.")
                 self.stats["retries"][reason] += 1
@@ -518,7 +514,7 @@ class OpenAIEngine:
             text = choice.message.content if endpoint == "chat" else choice.text
             reason = choice.finish_reason
         except (AttributeError, IndexError, TypeError) as exc:
-            return _error(f"The server's answer has no choice: {type(exc).__name__}: {exc}.")
+            return Response.failed(f"The server's answer has no choice: {type(exc).__name__}: {exc}.")
         usage = getattr(result, "usage", None)
         if request.logprobs:
             return _logprob_response(request, getattr(choice, "logprobs", None), endpoint, usage)
@@ -566,7 +562,7 @@ class OpenAIEngine:
                     raise ValueError("Batch mode sends chat requests only; this request is a raw prompt. "
                                      "Use messages, or batch=False.")
             except ValueError as exc:
-                failed.append((i, self._account(_error(str(exc)))))
+                failed.append((i, self._account(Response.failed(str(exc)))))
                 continue
             custom_id = _request_id(spec.identity(), request)
             slots.setdefault(custom_id, []).append(i)
@@ -600,7 +596,7 @@ class OpenAIEngine:
                                       "output_file_id": getattr(batch, "output_file_id", None)})
         else:
             record_path.unlink(missing_ok=True)  # the next run submits what failed again
-        missing = _error(f"The batch {batch.id} ended with status {batch.status!r} without a result for this "
+        missing = Response.failed(f"The batch {batch.id} ended with status {batch.status!r} without a result for this "
                          "request. A rerun submits it again (errors are not cached).")
         group: list[tuple[int, Response]] = []
         for custom_id, indices in slots.items():
@@ -654,19 +650,19 @@ class OpenAIEngine:
                     guided: dict[str, str | None]) -> tuple[str, Response]:
         custom_id = str(line.get("custom_id"))
         if custom_id not in slots:
-            return custom_id, _error("not ours")
+            return custom_id, Response.failed("not ours")
         request = requests[slots[custom_id][0]]
         response = line.get("response") or {}
         status = response.get("status_code")
         body = response.get("body") or {}
         if line.get("error") or status != 200:
             reason = line.get("error") or body.get("error") or body
-            return custom_id, _error(f"The batch request failed (HTTP {status}): {reason}. A rerun submits it again.")
+            return custom_id, Response.failed(f"The batch request failed (HTTP {status}): {reason}. A rerun submits it again.")
         try:
             choice = body["choices"][0]
             text, reason = choice["message"].get("content"), choice.get("finish_reason")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            return custom_id, _error(f"The batch result has no choice: {type(exc).__name__}: {exc}.")
+            return custom_id, Response.failed(f"The batch result has no choice: {type(exc).__name__}: {exc}.")
         if request.logprobs:
             return custom_id, _logprob_response(request, choice.get("logprobs"), "chat", body.get("usage") or {})
         return custom_id, self._response(request, text, reason, body.get("usage") or {}, guided[custom_id])

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from lazyllm.core.errors import PlanError
+from lazyllm.core.errors import ParameterError
 
 __all__ = ["stderr_is_terminal", "progress_interval", "training_progress_callback"]
 
@@ -38,7 +38,7 @@ def progress_interval() -> float:
     try:
         return max(float(raw), 0.0)
     except ValueError:
-        raise PlanError(f"LAZYLLM_PROGRESS_INTERVAL must be a number of seconds, got {raw!r}; "
+        raise ParameterError(f"LAZYLLM_PROGRESS_INTERVAL must be a number of seconds, got {raw!r}; "
                         "unset it or set it to, for example, 10.") from None
 
 

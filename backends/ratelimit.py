@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 
-from lazyllm.core.errors import PlanError
+from lazyllm.core.errors import ParameterError
 
 __all__ = ["RateLimiter", "parse_reset"]
 
@@ -110,7 +110,7 @@ class RateLimiter:
                  sleep: Callable[[float], object] | None = None) -> None:
         for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise PlanError(f"{name} must be a positive number or None, got {value!r}.")
+                raise ParameterError(f"{name} must be a positive number or None, got {value!r}.")
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
         now = clock()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from lazyllm.core.errors import MissingDependencyError, PlanError
+from lazyllm.core.errors import MissingDependencyError, ParameterError
 
 __all__ = ["register_engine", "engine_factory", "available_providers", "trainer_factory", "resolve_executor",
            "check_training_installed"]
@@ -78,7 +78,7 @@ def engine_factory(provider: str) -> Callable[..., Any]:
             return _load(ep.value, provider)
     if provider in _BUILTIN:
         return _load(_BUILTIN[provider][0], provider)
-    raise PlanError(
+    raise ParameterError(
         f"No engine is registered for provider {provider!r}. Known providers: "
         f"{', '.join(available_providers())}. Install the package that provides it, "
         "or call lazyllm.backends.registry.register_engine()."
@@ -128,7 +128,7 @@ def trainer_factory(name: str = "trl") -> Any:
             return _load(ep.value, name)()
     if name in _TRAINERS:
         return _load(_TRAINERS[name], name)()
-    raise PlanError(f"No trainer is registered as {name!r}. Known trainers: {', '.join(sorted(_TRAINERS))}.")
+    raise ParameterError(f"No trainer is registered as {name!r}. Known trainers: {', '.join(sorted(_TRAINERS))}.")
 
 
 # ------------------------------------------------------------------------------------ executors
@@ -163,7 +163,7 @@ def resolve_executor(executor: Any) -> Any:
     target = next((ep.value for ep in entry_points(group="lazyllm.executors") if ep.name == executor),
                   _EXECUTORS.get(executor))
     if target is None:
-        raise PlanError(f"Unknown executor {executor!r}: use 'local', "
+        raise ParameterError(f"Unknown executor {executor!r}: use 'local', "
                         f"{', '.join(repr(n) for n in sorted(_EXECUTORS))} or lazyllm.RayExecutor(...).")
     chosen = _load(target, executor)()
     chosen.check_available()

@@ -77,7 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazyllm.core.errors import MissingDependencyError, ModelNotFoundError, PlanError
+from lazyllm.core.errors import MissingDependencyError, ModelNotFoundError, ParameterError, PlanError
+from lazyllm.core.system import env_threads, package_version
 from lazyllm.backends.progress import stderr_is_terminal, training_progress_callback
 from lazyllm.backends.launch import device_plan, launch
 from lazyllm.core.errors import EngineError
@@ -216,18 +217,18 @@ class TrainJob:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.method not in METHODS:
-            raise PlanError(f"Unknown training method {self.method!r}. Valid methods: {', '.join(METHODS)}. "
+            raise ParameterError(f"Unknown training method {self.method!r}. Valid methods: {', '.join(METHODS)}. "
                             "Pass one of them as TrainJob(method=...).")
         if not isinstance(self.train, list) or not self.train:
             got = f"{len(self.train)} rows" if isinstance(self.train, list) else type(self.train).__name__
-            raise PlanError(f"A {self.method} training needs a non-empty list of training rows; got {got}. "
+            raise ParameterError(f"A {self.method} training needs a non-empty list of training rows; got {got}. "
                             f"Pass rows like {_ROW_FORMATS[self.method]}.")
         if self.eval is not None and (not isinstance(self.eval, list) or not self.eval):
-            raise PlanError("eval must be a non-empty list of rows or None. Pass eval=None to skip evaluation.")
+            raise ParameterError("eval must be a non-empty list of rows or None. Pass eval=None to skip evaluation.")
 
         def positive(name: str, value: Any, kind: type | tuple[type, ...] = int, minimum: float = 1) -> None:
             if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-                raise PlanError(f"TrainJob.{name}={value!r} is invalid: it must be an integer >= {minimum}. "
+                raise ParameterError(f"TrainJob.{name}={value!r} is invalid: it must be an integer >= {minimum}. "
                                 "Fix the value.")
 
         positive("batch_size", self.batch_size)
@@ -239,28 +240,28 @@ class TrainJob:
         if self.max_steps is not None:
             positive("max_steps", self.max_steps)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
-            raise PlanError(f"TrainJob.epochs={self.epochs!r} is invalid: it must be > 0. Fix the value.")
+            raise ParameterError(f"TrainJob.epochs={self.epochs!r} is invalid: it must be > 0. Fix the value.")
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
                 or not 0 < self.learning_rate < 1:
-            raise PlanError(f"TrainJob.learning_rate={self.learning_rate!r} is invalid: it must lie in (0, 1) "
+            raise ParameterError(f"TrainJob.learning_rate={self.learning_rate!r} is invalid: it must lie in (0, 1) "
                             "(typical: 2e-4 with LoRA, 1e-5 for full fine-tuning).")
         if self.beta is not None:
             if self.method not in PREFERENCE_METHODS:
-                raise PlanError(f"beta is a strength of {', '.join(PREFERENCE_METHODS)}; method {self.method!r} "
+                raise ParameterError(f"beta is a strength of {', '.join(PREFERENCE_METHODS)}; method {self.method!r} "
                                 "has none. Leave beta=None.")
             if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
-                raise PlanError(f"TrainJob.beta={self.beta!r} is invalid: it must be > 0 (or None for TRL's default).")
+                raise ParameterError(f"TrainJob.beta={self.beta!r} is invalid: it must be > 0 (or None for TRL's default).")
         if self.method == "kto" and self.batch_size < 2:
-            raise PlanError(f"KTO needs batch_size >= 2 (its KL term pairs rows within a batch); got "
+            raise ParameterError(f"KTO needs batch_size >= 2 (its KL term pairs rows within a batch); got "
                             f"{self.batch_size}. Pass batch_size=2 or more.")
         if self.lora is not None:
             if not isinstance(self.lora, Mapping):
-                raise PlanError(f"lora={self.lora!r} must be a dict such as {{'r': 8, 'alpha': 16}} or None.")
+                raise ParameterError(f"lora={self.lora!r} must be a dict such as {{'r': 8, 'alpha': 16}} or None.")
             r = self.lora.get("r", 8)
             if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-                raise PlanError(f"lora['r']={r!r} is invalid: the LoRA rank must be an integer >= 1.")
+                raise ParameterError(f"lora['r']={r!r} is invalid: the LoRA rank must be an integer >= 1.")
         if not isinstance(self.extra, Mapping):
-            raise PlanError(f"extra={self.extra!r} must be a dict of TRL config fields.")
+            raise ParameterError(f"extra={self.extra!r} must be a dict of TRL config fields.")
 
     @property
     def world_size(self) -> int:
@@ -523,29 +524,29 @@ def check_rows(method: str, rows: Sequence[Any], split: str = "train") -> None:
     required = _ROW_KEYS[method]
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise PlanError(f"{split} row {i} is a {type(row).__name__}, not a dict. {method} rows look like "
+            raise ParameterError(f"{split} row {i} is a {type(row).__name__}, not a dict. {method} rows look like "
                             f"{_ROW_FORMATS[method]}.")
         if method == "sft" and "messages" in row:
             messages = row["messages"]
             if not isinstance(messages, list) or not messages or not all(
                     isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                     for m in messages):
-                raise PlanError(f"{split} row {i}: 'messages' must be a non-empty list of "
+                raise ParameterError(f"{split} row {i}: 'messages' must be a non-empty list of "
                                 "{'role': str, 'content': str} dicts. Fix the row or use prompt/completion.")
             continue
         missing = [k for k in required if row.get(k) is None]
         if missing:
-            raise PlanError(f"{split} row {i} lacks {', '.join(repr(k) for k in missing)} (it has "
+            raise ParameterError(f"{split} row {i} lacks {', '.join(repr(k) for k in missing)} (it has "
                             f"{', '.join(repr(k) for k in row) or 'no fields'}). {method} rows look like "
                             f"{_ROW_FORMATS[method]}; rename or add the columns.")
         for k in (*required, "prompt", "system"):
             if k == "label" or row.get(k) is None:
                 continue
             if not isinstance(row[k], str):
-                raise PlanError(f"{split} row {i}: {k!r} is a {type(row[k]).__name__}, not a string. "
+                raise ParameterError(f"{split} row {i}: {k!r} is a {type(row[k]).__name__}, not a string. "
                                 f"{method} rows look like {_ROW_FORMATS[method]}.")
         if method == "kto" and not isinstance(row["label"], (bool, int)):
-            raise PlanError(f"{split} row {i}: 'label' is {row['label']!r}; it must be a bool "
+            raise ParameterError(f"{split} row {i}: 'label' is {row['label']!r}; it must be a bool "
                             "(True: desirable completion, False: undesirable).")
 
 
@@ -687,7 +688,7 @@ def _lora_config(job: TrainJob) -> Any:
     except (TypeError, ValueError) as err:
         valid = ", ".join(["r", "alpha", "dropout", "target_modules"]
                           + sorted(f.name for f in dataclasses.fields(LoraConfig) if not f.name.startswith("_")))
-        raise PlanError(f"lora={job.lora!r} is not a valid LoRA configuration: {err}. Valid keys: {valid}.") from err
+        raise ParameterError(f"lora={job.lora!r} is not a valid LoRA configuration: {err}. Valid keys: {valid}.") from err
 
 
 def _config_class(method: str) -> type:
@@ -766,7 +767,7 @@ def _config(job: TrainJob, plan: Any, extra: dict[str, Any], has_eval: bool) -> 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise PlanError(f"{cls.__name__} rejected the training settings: {err}. "
+        raise ParameterError(f"{cls.__name__} rejected the training settings: {err}. "
                         "Fix the job's fields or extra.") from err
 
 
@@ -783,8 +784,8 @@ def check_extra(method: str, extra: Mapping[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(cls)} | {"model_init_kwargs"}
     unknown = sorted(set(extra) - names)
     if unknown:
-        raise PlanError(f"extra names {', '.join(repr(k) for k in unknown)}, which {cls.__name__} (trl "
-                        f"{_version('trl')}) does not have. Check the spelling against "
+        raise ParameterError(f"extra names {', '.join(repr(k) for k in unknown)}, which {cls.__name__} (trl "
+                        f"{package_version('trl')}) does not have. Check the spelling against "
                         f"{cls.__module__}.{cls.__name__}; TRL renames arguments between releases "
                         "(e.g. max_seq_length is now max_length).")
 
@@ -876,7 +877,7 @@ def _dataset(method: str, rows: Sequence[Mapping[str, Any]], chat: bool) -> Any:
     records = [standardize(method, row, chat) for row in rows]
     keys = {frozenset(r) for r in records}
     if len(keys) > 1:  # e.g. some SFT rows with messages, some with prompt/completion
-        raise PlanError(f"The {method} rows mix formats ({sorted(sorted(k) for k in keys)}). "
+        raise ParameterError(f"The {method} rows mix formats ({sorted(sorted(k) for k in keys)}). "
                         "Give every row the same fields.")
     return Dataset.from_list(records)
 
@@ -1050,32 +1051,6 @@ def _require_training_libraries() -> None:
             __import__(package)
         except ImportError as err:
             raise MissingDependencyError(package, "train", "Training (SFT, DPO, ORPO, KTO, SimPO, reward)") from err
-
-
-def env_threads() -> int | None:
-    """``LAZYLLM_NUM_THREADS`` (torch CPU threads per process), or None when unset.
-
-    Raises
-    ------
-    PlanError
-        The variable is set to something other than a positive integer.
-    """
-    value = os.environ.get("LAZYLLM_NUM_THREADS", "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise PlanError(f"LAZYLLM_NUM_THREADS must be a positive integer, got {value!r}. "
-                        "Set it to the number of CPU threads torch may use per process, or unset it.")
-    return int(value)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def _checkpoint_step(checkpoint: Path | None) -> int:

@@ -173,9 +173,6 @@ class _Prepared:
     grammar: Any = None  # the compiled grammar of a constrained request
 
 
-def _error(message: str) -> Response:
-    return Response(text=None, finish_reason="error", error=message)
-
 
 # --------------------------------------------------------------------------- engine
 
@@ -393,7 +390,7 @@ class TransformersEngine:
             try:
                 ids = self._encode(request)
             except Exception as exc:
-                failed.append((i, _error(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
+                failed.append((i, Response.failed(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
                 continue
             if request.logprobs:  # a prefill over the choices' tokens, no decoding: no grammar needed
                 scored.append(_Prepared(i, request, ids))
@@ -402,7 +399,7 @@ class TransformersEngine:
                 grammar = self._grammar(request)
             except ValueError as exc:
                 kind = "choices" if request.choices is not None else "json_schema"
-                failed.append((i, _error(f"The {kind} constraint cannot be enforced: {exc} "
+                failed.append((i, Response.failed(f"The {kind} constraint cannot be enforced: {exc} "
                                          "Fix the constraint (a non-empty choices list, or a JSON schema "
                                          "xgrammar supports).")))
                 continue
@@ -423,7 +420,7 @@ class TransformersEngine:
                 responses = run(batch)
             except Exception as exc:
                 message = f"The {what} failed in transformers: {type(exc).__name__}: {exc}"
-                responses = [_error(message) for _ in batch]
+                responses = [Response.failed(message) for _ in batch]
             yield [(p.index, r) for p, r in zip(batch, responses, strict=True)]
 
     def _encode(self, request: Request) -> list[int]:
@@ -511,7 +508,7 @@ class TransformersEngine:
                                     else "\n\n".join(m.content for m in request.messages))["input_ids"]
                 encoded.append((i, list(ids)))
             except Exception as exc:
-                failed.append((i, _error(f"Could not build the reward model's input: {type(exc).__name__}: {exc}")))
+                failed.append((i, Response.failed(f"Could not build the reward model's input: {type(exc).__name__}: {exc}")))
         if failed:
             yield failed
         encoded.sort(key=lambda e: len(e[1]), reverse=True)
@@ -531,7 +528,7 @@ class TransformersEngine:
                 yield [(i, Response(text=repr(float(v)), input_tokens=len(ids), output_tokens=0, score=float(v)))
                        for (i, ids), v in zip(batch, scores, strict=True)]
             except Exception as exc:
-                yield [(i, _error(f"The reward batch failed in transformers: {type(exc).__name__}: {exc}"))
+                yield [(i, Response.failed(f"The reward batch failed in transformers: {type(exc).__name__}: {exc}"))
                        for i, _ in batch]
 
     def _choice_ids(self, choice: str) -> tuple[int, ...]:
@@ -627,7 +624,7 @@ class TransformersEngine:
         responses = []
         for row, (p, tokens) in enumerate(zip(batch, generated, strict=True)):
             if constraint is not None and constraint.violated[row]:  # not expected: never unconstrained text
-                responses.append(_error("The constrained decoding rejected a generated token (xgrammar). "
+                responses.append(Response.failed("The constrained decoding rejected a generated token (xgrammar). "
                                         "Report this with the request; rerunning the request may help."))
             else:
                 responses.append(self._response(p, tokens))

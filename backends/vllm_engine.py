@@ -486,7 +486,7 @@ class VLLMEngine:
                         pending -= set(failed)
                         self.close()  # vLLM may be dead: a fresh worker for the next call
                         error = f"The batch failed in vLLM: {answer.get('error')}"
-                        yield [(i, _error(error)) for i in failed] + [(i, _error(error)) for i in sorted(pending)]
+                        yield [(i, Response.failed(error)) for i in failed] + [(i, Response.failed(error)) for i in sorted(pending)]
                         pending.clear()
                         return
                     done = [(t - base, raw) for t, raw in answer["results"] if t - base in pending]
@@ -497,7 +497,7 @@ class VLLMEngine:
                 # the worker died: errors for what is in flight, and a fresh worker for the next call
                 self.close()
                 failed, pending = sorted(pending), set()
-                yield [(i, _error(f"The batch failed in vLLM: {exc}")) for i in failed]
+                yield [(i, Response.failed(f"The batch failed in vLLM: {exc}")) for i in failed]
         finally:
             if pending and self.loaded:  # the caller gave up: stop the rest
                 try:
@@ -505,9 +505,6 @@ class VLLMEngine:
                 except EngineError:
                     pass
 
-
-def _error(message: str) -> Response:
-    return Response(text=None, finish_reason="error", error=message)
 
 
 def _payload(request: Request) -> dict[str, Any]:
@@ -533,7 +530,7 @@ def _scored_response(request: Request, raw: dict[str, Any]) -> Response:
     try:
         lps = tuple(choice_logprobs(choices, lambda prefix, token: table[(prefix, token)]))
     except (KeyError, ValueError) as exc:
-        return _error(f"vLLM returned incomplete choice log-probabilities ({type(exc).__name__}: {exc}).")
+        return Response.failed(f"vLLM returned incomplete choice log-probabilities ({type(exc).__name__}: {exc}).")
     labels = request.choices or ()
     best = max(range(len(labels)), key=lambda i: (lps[i], -i))
     return Response(text=labels[best], input_tokens=int(raw["input_tokens"]), output_tokens=0, finish_reason="stop",
@@ -542,7 +539,7 @@ def _scored_response(request: Request, raw: dict[str, Any]) -> Response:
 
 def _response(request: Request, raw: dict[str, Any]) -> Response:
     if raw.get("error"):
-        return _error(raw["error"])
+        return Response.failed(raw["error"])
     if request.logprobs:
         return _scored_response(request, raw)
     counts = {"input_tokens": int(raw["input_tokens"]), "output_tokens": int(raw["output_tokens"])}

@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +60,7 @@ from lazyllm.planner.optimizer import optimize
 from lazyllm.planner.workspace import Workspace, resolve_workspace
 from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.layout import read_run_logs
+from lazyllm.core.system import library_versions as _library_versions
 
 if TYPE_CHECKING:
     from .frame import Frame
@@ -127,15 +127,7 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
 
     A library that is not installed is recorded as ``"not installed"``.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in (*LIBRARIES, *extra):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return _library_versions((*LIBRARIES, *extra))
 
 
 #: Redaction lives on the ground floor (:mod:`lazyllm.core.redact`), shared with the

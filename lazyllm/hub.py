@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lazyllm.core.errors import HubError, PathNotFoundError, PlanError
+from lazyllm.core.errors import HubError, ParameterError, PathNotFoundError
 
 from lazyllm.planner import executor as _exec
 from lazyllm.planner.nodes import DataFrameSource, FileSource
@@ -68,20 +68,20 @@ def shard_names(split: str, rows: int, max_shard_rows: int) -> list[str]:
 
 def _check(split: str, max_shard_rows: Any, name: str = "max_shard_rows") -> None:
     if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
-        raise PlanError(f"split must be a name of letters, digits and underscores (e.g. 'train'), got {split!r}.")
+        raise ParameterError(f"split must be a name of letters, digits and underscores (e.g. 'train'), got {split!r}.")
     if not isinstance(max_shard_rows, int) or isinstance(max_shard_rows, bool) or max_shard_rows < 1:
-        raise PlanError(f"{name} must be a positive int (rows per parquet file), got {max_shard_rows!r}.")
+        raise ParameterError(f"{name} must be a positive int (rows per parquet file), got {max_shard_rows!r}.")
 
 
 def _collect(frame: "Frame", data: pl.DataFrame | None, workspace: Any, progress: bool | None) -> pl.DataFrame:
     if not is_frame(frame):
-        raise PlanError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
+        raise ParameterError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
     if data is None:
         return frame.collect(workspace=workspace, progress=progress)
     if not isinstance(data, pl.DataFrame):
-        raise PlanError(f"data= must be the polars DataFrame collected from the frame, got {type(data).__name__}.")
+        raise ParameterError(f"data= must be the polars DataFrame collected from the frame, got {type(data).__name__}.")
     if data.columns != frame.columns:
-        raise PlanError(f"data= has columns {data.columns} but the frame has {frame.columns}: pass the DataFrame "
+        raise ParameterError(f"data= has columns {data.columns} but the frame has {frame.columns}: pass the DataFrame "
                         "that frame.collect() returned, or leave data= out to collect it here.")
     return data
 
@@ -701,10 +701,10 @@ def sink_hub(
     from huggingface_hub import HfApi
 
     if not is_frame(frame):
-        raise PlanError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
+        raise ParameterError(f"Expected a lazyllm Frame, got {type(frame).__name__}; wrap data with lazyllm.from_polars().")
     _check(split, rows_per_shard, "rows_per_shard")
     if isinstance(card_interval, bool) or not isinstance(card_interval, (int, float)) or card_interval < 0:
-        raise PlanError(f"card_interval must be a number of seconds >= 0, got {card_interval!r}.")
+        raise ParameterError(f"card_interval must be a number of seconds >= 0, got {card_interval!r}.")
     plan = _optimize(frame.plan).plan if optimize else frame.plan
     _chain, source = _exec.partition_chain(plan)  # PlanError for a plan that needs every row at once
     token = _token(token)

@@ -19,7 +19,7 @@ from typing import Any
 
 from lazyllm.backends import hardware, vllm_engine
 from lazyllm.core.catalog import DEFAULT_MODEL
-from lazyllm.core.errors import MissingDependencyError, PlanError
+from lazyllm.core.errors import MissingDependencyError, ParameterError
 from lazyllm.core.protocols import ModelSpec
 from lazyllm.core.specs import VLLM, OpenAI, TestModel, Transformers
 
@@ -68,7 +68,7 @@ def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str
     """
     choice = engine or os.environ.get("LAZYLLM_DEFAULT_ENGINE") or "auto"
     if choice not in _DEFAULT_ENGINES:
-        raise PlanError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")
+        raise ParameterError(f"Unknown default engine {choice!r}; choose one of {list(_DEFAULT_ENGINES)}.")
     machine = hardware.detect_machine()
     device = "cuda" if machine.cuda else "cpu"
     if choice == "transformers":
@@ -93,7 +93,7 @@ def as_model_spec(model: Any) -> ModelSpec:
         return Transformers(model)
     if model is None:
         return default_model()
-    raise PlanError(
+    raise ParameterError(
         f"model must be a model spec (for example lazyllm.Transformers('{DEFAULT_MODEL}')) or a string, "
         f"got {type(model).__name__}."
     )

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from lazyllm.core.errors import PlanError
+from lazyllm.core.errors import ParameterError
 from lazyllm.core.protocols import ModelSpec
 from lazyllm.planner import executor as _executor
 from lazyllm.planner.train import TrainedModel, job_options_of, non_null_rows
@@ -69,9 +69,9 @@ class LoRA:
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1:
-            raise PlanError(f"LoRA needs r >= 1 and alpha >= 1, got r={self.r}, alpha={self.alpha}.")
+            raise ParameterError(f"LoRA needs r >= 1 and alpha >= 1, got r={self.r}, alpha={self.alpha}.")
         if not 0 <= self.dropout < 1:
-            raise PlanError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+            raise ParameterError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
 
 
 def _perf(default: Any) -> Any:
@@ -148,14 +148,14 @@ class TrainSpec:
         if getattr(self.base, "provider", None) == "vllm":  # trainers run transformers: same weights
             object.__setattr__(self, "base", Transformers(self.base.model, revision=self.base.revision))
         if not isinstance(self.base, ModelSpec) or self.base.provider != "transformers":
-            raise PlanError(f"{type(self).__name__}(base=...) must be a transformers model (an alias, folder or hub "
+            raise ParameterError(f"{type(self).__name__}(base=...) must be a transformers model (an alias, folder or hub "
                             f"id, or a trained handle), got {self.base!r}.")
         if self.epochs <= 0 and not self.max_steps:
-            raise PlanError("epochs must be > 0 (or set max_steps).")
+            raise ParameterError("epochs must be > 0 (or set max_steps).")
         if self.batch_size < 1 or self.gradient_accumulation < 1 or self.max_length < 8:
-            raise PlanError("batch_size and gradient_accumulation must be >= 1 and max_length >= 8.")
+            raise ParameterError("batch_size and gradient_accumulation must be >= 1 and max_length >= 8.")
         if self.validation is not None and not 0 < self.validation < 1:
-            raise PlanError(f"validation must be a fraction in (0, 1), got {self.validation}.")
+            raise ParameterError(f"validation must be a fraction in (0, 1), got {self.validation}.")
 
     def columns(self) -> dict[str, str]:
         """Standard field name -> frame column."""
@@ -209,7 +209,7 @@ class SFT(TrainSpec):
         if self.messages is not None:
             return {"messages": self.messages}
         if self.prompt is None or self.response is None:
-            raise PlanError("SFT needs prompt= and response= columns, or messages=.")
+            raise ParameterError("SFT needs prompt= and response= columns, or messages=.")
         return {"prompt": self.prompt, "completion": self.response}
 
 

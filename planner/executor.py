@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from lazyllm.backends.registry import check_training_installed, engine_factory, 
 from lazyllm.core.errors import PlanError
 from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.layout import RUN_LOG_FORMAT
+from lazyllm.core.system import NOT_INSTALLED, library_versions
 from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
@@ -47,6 +47,9 @@ from .workspace import Workspace, resolve_workspace
 __all__ = ["collect", "collect_all", "dry_run", "fit", "sink_partitioned", "NodeStats", "RunResult", "model_fingerprint"]
 
 log = logging.getLogger("lazyllm")
+
+#: libraries whose versions a run log records
+_RUN_LOG_LIBRARIES = ("lazyllm-frame", "polars", "torch", "transformers", "jinja2", "lmdb")
 
 
 @dataclass
@@ -578,15 +581,7 @@ def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wav
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("lazyllm-frame", "polars", "torch", "transformers", "jinja2", "lmdb"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return {k: v for k, v in library_versions(_RUN_LOG_LIBRARIES).items() if v != NOT_INSTALLED}
 
 
 def _write_run_log(ws: Workspace, logical: Sequence[PlanNode], roots: Sequence[PlanNode],

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from .errors import PlanError
+from .redact import redact
+from .errors import ParameterError
 
 __all__ = [
     "ModelSpec",
@@ -106,13 +107,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise PlanError(f"temperature must be >= 0, got {self.temperature}. Use 0 for greedy decoding.")
+            raise ParameterError(f"temperature must be >= 0, got {self.temperature}. Use 0 for greedy decoding.")
         if not 0 < self.top_p <= 1:
-            raise PlanError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise ParameterError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.max_tokens < 1:
-            raise PlanError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+            raise ParameterError(f"max_tokens must be >= 1, got {self.max_tokens}.")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise PlanError(f"stop must be a tuple of non-empty strings, got {self.stop!r}.")
+            raise ParameterError(f"stop must be a tuple of non-empty strings, got {self.stop!r}.")
 
     @property
     def greedy(self) -> bool:
@@ -163,9 +164,9 @@ class Request:
         if not (self.logprobs or self.reward):  # the common case: nothing to check (built once per row)
             return
         if self.logprobs and not self.choices:
-            raise PlanError("Request(logprobs=True) needs choices=...: log-probabilities are returned per choice.")
+            raise ParameterError("Request(logprobs=True) needs choices=...: log-probabilities are returned per choice.")
         if self.reward and (self.choices is not None or self.json_schema is not None or self.logprobs):
-            raise PlanError("Request(reward=True) scores a finished conversation: no choices, json_schema or logprobs.")
+            raise ParameterError("Request(reward=True) scores a finished conversation: no choices, json_schema or logprobs.")
 
     def seed(self) -> int:
         """The seed of this sample: derived from params.seed and sample_index (63 bits)."""
@@ -223,6 +224,12 @@ class Response:
     error: str | None = None
     choice_logprobs: tuple[float, ...] | None = None
     score: float | None = None
+
+    @classmethod
+    def failed(cls, message: str) -> "Response":
+        """A failed row: no text, ``finish_reason="error"`` and ``message`` (redacted: servers
+        and engines may echo keys or URLs with credentials)."""
+        return cls(text=None, finish_reason="error", error=redact(message))
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .catalog import DEFAULT_MODEL, alias_source
-from .errors import PlanError
+from .errors import ParameterError
 from .protocols import ModelSpec, performance_only
 from .redact import register_secret
 from .prices import BATCH_DISCOUNT, lookup_price
@@ -94,18 +94,18 @@ class Transformers(ModelSpec):
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise PlanError("Transformers(model=...) needs an alias, a local folder or a Hub id.")
+            raise ParameterError("Transformers(model=...) needs an alias, a local folder or a Hub id.")
         if self.engine not in ("transformers", "vllm"):
-            raise PlanError(f"engine must be 'transformers' or 'vllm', got {self.engine!r}.")
+            raise ParameterError(f"engine must be 'transformers' or 'vllm', got {self.engine!r}.")
         if self.engine == "vllm" and (self.gguf_file is not None or not self.chat_template):
-            raise PlanError("engine='vllm' runs the model's chat template on an HF folder: it takes neither "
+            raise ParameterError("engine='vllm' runs the model's chat template on an HF folder: it takes neither "
                             "gguf_file nor chat_template=False. Use engine='transformers' for those.")
         if self.dtype not in _DTYPES:
-            raise PlanError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
+            raise ParameterError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise PlanError(f"batch_size must be a positive int, got {self.batch_size!r}.")
+            raise ParameterError(f"batch_size must be a positive int, got {self.batch_size!r}.")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise PlanError(f"num_threads must be a positive int or None, got {self.num_threads!r}.")
+            raise ParameterError(f"num_threads must be a positive int or None, got {self.num_threads!r}.")
 
     @property
     def is_alias(self) -> bool:
@@ -363,36 +363,36 @@ class OpenAI(ModelSpec):
         for name in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise PlanError(f"{name} must be a positive number (the provider's limit per minute) or None, "
+                raise ParameterError(f"{name} must be a positive number (the provider's limit per minute) or None, "
                                 f"got {value!r}.")
         if not isinstance(self.model, str) or not self.model:
-            raise PlanError("OpenAI(model=...) needs the model id the server knows, e.g. 'gpt-4o-mini'.")
+            raise ParameterError("OpenAI(model=...) needs the model id the server knows, e.g. 'gpt-4o-mini'.")
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
-            raise PlanError(f"base_url must be an http(s) URL such as {_DEFAULT_OPENAI_URL!r}, got {self.base_url!r}.")
+            raise ParameterError(f"base_url must be an http(s) URL such as {_DEFAULT_OPENAI_URL!r}, got {self.base_url!r}.")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         _register_credentials(self.api_key, self.base_url)
         if self.guided not in _GUIDED:
-            raise PlanError(f"guided must be one of {list(_GUIDED)}, got {self.guided!r}.")
+            raise ParameterError(f"guided must be one of {list(_GUIDED)}, got {self.guided!r}.")
         for name in ("concurrency",):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise PlanError(f"{name} must be a positive int, got {value!r}.")
+                raise ParameterError(f"{name} must be a positive int, got {value!r}.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise PlanError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
+            raise ParameterError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
         for name in ("timeout", "poll_interval"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
-                raise PlanError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}.")
+                raise ParameterError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}.")
         for name in ("backoff", "max_backoff"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                raise PlanError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)!r}.")
+                raise ParameterError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)!r}.")
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", 50_000 if self.batch else 256)
         elif not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise PlanError(f"batch_size must be a positive int, got {self.batch_size!r}.")
+            raise ParameterError(f"batch_size must be a positive int, got {self.batch_size!r}.")
         if self.price_per_million is not None:
             price = tuple(self.price_per_million)
             if len(price) != 2 or not all(isinstance(p, (int, float)) and p >= 0 for p in price):
-                raise PlanError("price_per_million must be (USD per 1M input tokens, USD per 1M output tokens), "
+                raise ParameterError("price_per_million must be (USD per 1M input tokens, USD per 1M output tokens), "
                                 f"two numbers >= 0, got {self.price_per_million!r}.")
             object.__setattr__(self, "price_per_million", (float(price[0]), float(price[1])))
 
@@ -503,9 +503,9 @@ class VLLM(ModelSpec):
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise PlanError("VLLM(model=...) needs an alias, a local folder or a Hub id.")
+            raise ParameterError("VLLM(model=...) needs an alias, a local folder or a Hub id.")
         if self.dtype not in _DTYPES:
-            raise PlanError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
+            raise ParameterError(f"dtype {self.dtype!r} is not supported; choose one of {list(_DTYPES)}.")
         for name in ("batch_size", "tensor_parallel_size", "pipeline_parallel_size", "kv_cache_space_gib",
                      "max_lora_rank"):
             value = getattr(self, name)
@@ -513,19 +513,19 @@ class VLLM(ModelSpec):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 auto = " or 'auto'" if name in ("tensor_parallel_size", "kv_cache_space_gib") else ""
-                raise PlanError(f"{name} must be a positive int{auto}, got {value!r}.")
+                raise ParameterError(f"{name} must be a positive int{auto}, got {value!r}.")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 16):
-            raise PlanError(f"max_model_len must be an int >= 16 or None, got {self.max_model_len!r}.")
+            raise ParameterError(f"max_model_len must be an int >= 16 or None, got {self.max_model_len!r}.")
         gmu = self.gpu_memory_utilization
         if gmu != "auto" and (isinstance(gmu, (bool, str)) or not isinstance(gmu, (int, float)) or not 0 < gmu <= 1):
-            raise PlanError(f"gpu_memory_utilization must be 'auto' or a fraction in (0, 1], got {gmu!r}.")
+            raise ParameterError(f"gpu_memory_utilization must be 'auto' or a fraction in (0, 1], got {gmu!r}.")
         for name in ("enforce_eager", "enable_prefix_caching"):
             if getattr(self, name) != "auto" and not isinstance(getattr(self, name), bool):
-                raise PlanError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}.")
+                raise ParameterError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise PlanError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+            raise ParameterError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.lora_path is not None and not os.path.isdir(self.lora_path):
-            raise PlanError(f"lora_path {self.lora_path!r} is not a folder. Pass the folder of a PEFT LoRA adapter "
+            raise ParameterError(f"lora_path {self.lora_path!r} is not a folder. Pass the folder of a PEFT LoRA adapter "
                             "(adapter_config.json and the adapter weights).")
 
     @property
