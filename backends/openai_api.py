@@ -101,14 +101,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import logging
 import math
 import os
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -125,6 +123,8 @@ from .ratelimit import RateLimiter
 from lazyllm.core.redact import redact, redact_url, register_secret
 from lazyllm.core.specs import OpenAI
 
+from .openai_batch import BatchSubmission, batch_record_path
+
 __all__ = ["OpenAIEngine", "CHOICE_WRAPPER_TOKENS", "RETRY_STATUSES", "batch_record_path"]
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,6 @@ CHOICE_WRAPPER_TOKENS = 16
 _FATAL_STATUSES = {401: "the API key was rejected", 403: "the API key may not use this model or endpoint",
                    404: "the model or the endpoint does not exist on this server"}
 _FLUSH_SECONDS = 0.5
-_TERMINAL = {"completed", "failed", "expired", "cancelled"}
 _PLACEHOLDER_KEY = "EMPTY"  # what self-hosted servers accept when they check no key
 
 
@@ -151,11 +150,6 @@ class _Fatal(Exception):
 
 def _is_openai_host(base_url: str) -> bool:
     return (urlparse(base_url).hostname or "").lower() in ("api.openai.com",)
-
-
-def batch_record_path(workspace: Path, batch_key: str) -> Path:
-    """Where the batch of the requests whose key is ``batch_key`` is recorded."""
-    return Path(workspace) / "batches" / f"{batch_key}.json"
 
 
 class OpenAIEngine:
@@ -312,7 +306,7 @@ class OpenAIEngine:
             return
         self.start()
         if self.spec.batch:
-            yield from self._generate_batch(requests)
+            yield from BatchSubmission(self).generate(requests)
             return
         assert self._loop is not None
         futures = {asyncio.run_coroutine_threadsafe(self._one(r), self._loop): i for i, r in enumerate(requests)}
@@ -544,128 +538,11 @@ class OpenAIEngine:
                             f"constraint (dialect {guided!r}); check spec.guided for this server.", **counts)
         return Response(text=checked, finish_reason="stop", **counts)
 
-    # -- batch mode
-
-    def _generate_batch(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
-        spec = self.spec
-        failed: list[tuple[int, Response]] = []
-        lines: dict[str, dict[str, Any]] = {}  # custom_id -> JSONL line
-        slots: dict[str, list[int]] = {}
-        guided: dict[str, str | None] = {}
-        for i, request in enumerate(requests):
-            mode = None
-            if request.choices is not None or request.json_schema is not None:
-                mode = self._call(self._guided())
-            try:
-                endpoint, body, extra = self._body(request, mode)
-                if endpoint != "chat":
-                    raise ValueError("Batch mode sends chat requests only; this request is a raw prompt. "
-                                     "Use messages, or batch=False.")
-            except ValueError as exc:
-                failed.append((i, self._account(Response.failed(str(exc)))))
-                continue
-            custom_id = _request_id(spec.identity(), request)
-            slots.setdefault(custom_id, []).append(i)
-            guided[custom_id] = mode
-            lines[custom_id] = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-                                "body": {**body, **extra}}
-        if failed:
-            yield failed
-        if not lines:
-            return
-        batch_key = hashlib.sha256(
-            json.dumps([spec.identity(), sorted(lines)], sort_keys=True, default=str).encode()
-        ).hexdigest()
-        record_path = batch_record_path(self.workspace, batch_key)
-        batch = self._resume_or_create(record_path, batch_key, lines)
-        while batch.status not in _TERMINAL:
-            time.sleep(spec.poll_interval)
-            batch = self._call(self._client.batches.retrieve(batch.id, timeout=spec.timeout))
-            self.stats["batch_polls"] += 1
-            log.debug("batch %s: %s", batch.id, batch.status)
-        results: dict[str, Response] = {}
-        for file_id in (getattr(batch, "output_file_id", None), getattr(batch, "error_file_id", None)):
-            if file_id:
-                for line in self._download(file_id).splitlines():
-                    if line.strip():
-                        custom_id, response = self._batch_line(json.loads(line), requests, slots, guided)
-                        if custom_id in slots and custom_id not in results:
-                            results[custom_id] = response
-        if batch.status == "completed":
-            _write_json(record_path, {**json.loads(record_path.read_text()), "status": batch.status,
-                                      "output_file_id": getattr(batch, "output_file_id", None)})
-        else:
-            record_path.unlink(missing_ok=True)  # the next run submits what failed again
-        missing = Response.failed(f"The batch {batch.id} ended with status {batch.status!r} without a result for this "
-                         "request. A rerun submits it again (errors are not cached).")
-        group: list[tuple[int, Response]] = []
-        for custom_id, indices in slots.items():
-            response = results.get(custom_id, missing)
-            for i in indices:
-                group.append((i, self._account(response)))
-                if len(group) >= spec.concurrency:
-                    yield group
-                    group = []
-        if group:
-            yield group
-
-    def _resume_or_create(self, record_path: Path, batch_key: str, lines: dict[str, dict[str, Any]]) -> Any:
-        """The recorded batch of these requests, or a new one (recorded before it is polled)."""
-        spec, client = self.spec, self._client
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
-            try:
-                batch = self._call(client.batches.retrieve(record["batch_id"], timeout=spec.timeout))
-            except openai.NotFoundError:
-                log.warning("the recorded batch %s is unknown to the server; submitting a new one", record["batch_id"])
-            else:
-                self.stats["batches_resumed"] += 1
-                return batch
-        payload = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines.values()).encode()
-        try:
-            uploaded = self._call(client.files.create(
-                file=(f"lazyllm-{batch_key[:16]}.jsonl", payload), purpose="batch", timeout=spec.timeout))
-            batch = self._call(client.batches.create(
-                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
-                metadata={"lazyllm_batch_key": batch_key[:64]}, timeout=spec.timeout))
-        except openai.APIError as exc:
-            raise EngineError(
-                f"Could not submit the batch of {len(lines)} requests to {redact_url(spec.base_url)}: "
-                f"{type(exc).__name__}: {redact(str(exc))}. "
-                "Check the API key and that the server implements the files and batches endpoints, or use batch=False."
-            ) from None
-        _write_json(record_path, {
-            "batch_id": batch.id, "input_file_id": uploaded.id, "requests": len(lines), "model": spec.model,
-            "base_url": redact_url(spec.base_url), "created_at": int(time.time()), "status": batch.status,
-        })
-        self.stats["batches_created"] += 1
-        return batch
-
-    def _download(self, file_id: str) -> str:
-        content = self._call(self._client.files.content(file_id, timeout=self.spec.timeout))
-        data = getattr(content, "content", content)
-        return data.decode() if isinstance(data, bytes) else str(getattr(content, "text", data))
-
-    def _batch_line(self, line: dict[str, Any], requests: Sequence[Request], slots: dict[str, list[int]],
-                    guided: dict[str, str | None]) -> tuple[str, Response]:
-        custom_id = str(line.get("custom_id"))
-        if custom_id not in slots:
-            return custom_id, Response.failed("not ours")
-        request = requests[slots[custom_id][0]]
-        response = line.get("response") or {}
-        status = response.get("status_code")
-        body = response.get("body") or {}
-        if line.get("error") or status != 200:
-            reason = line.get("error") or body.get("error") or body
-            return custom_id, Response.failed(f"The batch request failed (HTTP {status}): {reason}. A rerun submits it again.")
-        try:
-            choice = body["choices"][0]
-            text, reason = choice["message"].get("content"), choice.get("finish_reason")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            return custom_id, Response.failed(f"The batch result has no choice: {type(exc).__name__}: {exc}.")
+    def _chat_choice_response(self, request: Request, choice: Any, usage: Any, guided: str | None) -> Response:
+        """The Response of one chat completion choice (a dict, as the Batch API returns it)."""
         if request.logprobs:
-            return custom_id, _logprob_response(request, choice.get("logprobs"), "chat", body.get("usage") or {})
-        return custom_id, self._response(request, text, reason, body.get("usage") or {}, guided[custom_id])
+            return _logprob_response(request, choice.get("logprobs"), "chat", usage)
+        return self._response(request, choice["message"].get("content"), choice.get("finish_reason"), usage, guided)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -738,21 +615,3 @@ def _retry_after(exc: Any) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _request_id(identity: dict[str, Any], request: Request) -> str:
-    """A stable ``custom_id``: hash of the model identity and the canonical request."""
-    text = json.dumps([identity, request.canonical()], sort_keys=True, separators=(",", ":"), default=str)
-    return "lazyllm-" + hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -710,7 +710,7 @@ def test_a_failed_batch_yields_what_it_has_and_is_submitted_again_next_time(fake
     requests = [ask(f"row {k}", max_tokens=8) for k in range(4)]
     spec = _batch_spec(fake_api.url)
     line_error = OpenAIEngine(spec, workspace=tmp_path)
-    fake_api.line_errors = {__import__("lazyllm.backends.openai_api", fromlist=["x"])._request_id(
+    fake_api.line_errors = {__import__("lazyllm.backends.openai_batch", fromlist=["x"])._request_id(
         spec.identity(), requests[2])}
     out = run(line_error, requests)
     line_error.close()
