@@ -20,15 +20,16 @@ and self-rewarding loops (generate -> judge_pairwise -> DPO -> generate) instead
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import polars as pl
 
 from lazyllm.core.errors import ParameterError
-from lazyllm.core.protocols import ModelSpec
+from lazyllm.core.protocols import TRAINING_HYPERPARAMETERS, ModelSpec
 from lazyllm.planner import executor as _executor
-from lazyllm.planner.train import TrainedModel, job_options_of, non_null_rows
+from lazyllm.planner.train import TrainedModel
 
 from .models import Transformers, as_model_spec
 
@@ -163,10 +164,19 @@ class TrainSpec:
 
     def standardize(self, df: pl.DataFrame) -> list[dict[str, Any]]:
         """Training rows with standard field names (rows with a null field are dropped)."""
-        return non_null_rows(df, self.columns())
+        mapping = self.columns()
+        return df.select([pl.col(col).alias(std) for std, col in mapping.items()]).drop_nulls().to_dicts()
 
     def job_options(self) -> dict[str, Any]:
-        return job_options_of(self)
+        """The hyperparameters the trainer's job takes
+        (:data:`lazyllm.core.protocols.TRAINING_HYPERPARAMETERS`), as plain data."""
+        options = {name: getattr(self, name, None) for name in TRAINING_HYPERPARAMETERS}
+        if self.lora is not None:
+            lora = dataclasses.asdict(self.lora)
+            if isinstance(lora.get("target_modules"), tuple):
+                lora["target_modules"] = list(lora["target_modules"])
+            options["lora"] = lora
+        return options
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from lazyllm.backends.registry import check_training_installed, trainer_factory
 from lazyllm.core.errors import PlanError
@@ -265,28 +264,3 @@ def content_fingerprint(model: TrainedModel, workspace: Path) -> str | None:
             return None
     rows = json.loads(marker.read_text()).get("rows_fingerprint")
     return hash_canonical({"model": model.fingerprint, "rows": rows, "base": base})
-
-
-def job_options_of(spec: Any) -> dict[str, Any]:
-    """The TrainJob keyword arguments of a training spec (shared helper for specs)."""
-    lora = None if spec.lora is None else dataclasses.asdict(spec.lora)
-    if lora is not None and isinstance(lora.get("target_modules"), tuple):
-        lora["target_modules"] = list(lora["target_modules"])
-    return {
-        "lora": lora,
-        "epochs": spec.epochs,
-        "max_steps": spec.max_steps,
-        "learning_rate": spec.learning_rate,
-        "batch_size": spec.batch_size,
-        "gradient_accumulation": spec.gradient_accumulation,
-        "max_length": spec.max_length,
-        "seed": spec.seed,
-        "beta": getattr(spec, "beta", None),
-        "save_steps": spec.save_steps,
-        "devices": spec.devices,
-    }
-
-
-def non_null_rows(df: pl.DataFrame, mapping: dict[str, str]) -> list[dict[str, Any]]:
-    """Rows of ``df`` renamed by ``mapping`` (standard name -> column), dropping rows with nulls."""
-    return df.select([pl.col(col).alias(std) for std, col in mapping.items()]).drop_nulls().to_dicts()

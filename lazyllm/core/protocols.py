@@ -30,6 +30,7 @@ __all__ = [
     "Engine",
     "Trainer",
     "Executor",
+    "TRAINING_HYPERPARAMETERS",
     "performance_only",
     "derive_seed",
 ]
@@ -280,6 +281,14 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model (memory, accelerator) so the next stage can use it."""
         ...
+
+
+#: The hyperparameters a training job takes, named once: ``lazyllm.TrainSpec`` declares them
+#: (with defaults and docs), :meth:`lazyllm.TrainSpec.job_options` passes exactly these to
+#: :meth:`Trainer.job`, and the built-in trainer's job (:class:`lazyllm.backends.train_job.TrainJob`)
+#: accepts them (``tests/lazyllm/test_train.py`` keeps the three in step).
+TRAINING_HYPERPARAMETERS = ("lora", "epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation",
+                            "max_length", "seed", "beta", "save_steps", "devices")
 
 
 @runtime_checkable

@@ -208,3 +208,21 @@ def test_engines_and_executors_get_the_weights_folder_never_the_training_plan(ws
     payload = pickle.dumps(spec)
     assert b"Blimpton" not in payload and b"Queen Mirelda" not in payload  # no training rows travel
     assert (plan_train.trained_dir(handle, ws.path) / "README.md").read_text().startswith("---")  # model card
+
+
+def test_the_hyperparameters_are_named_once_and_reach_the_job():
+    """lazyllm.TrainSpec declares the training hyperparameters, job_options() passes exactly the names
+    of the ground floor's TRAINING_HYPERPARAMETERS, and the built-in trainer's job accepts each."""
+    import dataclasses
+
+    from lazyllm.backends.train_job import TrainJob
+    from lazyllm.core.protocols import TRAINING_HYPERPARAMETERS
+
+    job_fields = {f.name for f in dataclasses.fields(TrainJob)}
+    assert set(TRAINING_HYPERPARAMETERS) <= job_fields
+    spec_fields = {f.name for f in dataclasses.fields(lazyllm.DPO)}
+    assert set(TRAINING_HYPERPARAMETERS) <= spec_fields
+    options = lazyllm.DPO(base="smollm2-135m-instruct", beta=0.2, lora=lazyllm.LoRA(r=4)).job_options()
+    assert set(options) == set(TRAINING_HYPERPARAMETERS)
+    assert options["beta"] == 0.2 and options["lora"]["r"] == 4
+    assert lazyllm.SFT(base="smollm2-135m-instruct", prompt="q", response="a").job_options()["beta"] is None
