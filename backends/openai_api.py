@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP engine: OpenAI, ``vllm serve``, llama.cpp server, SGLang.
 
-:class:`OpenAIEngine` runs the spec :class:`lazyllm.models.OpenAI` with the ``openai``
+:class:`OpenAIEngine` runs the spec :class:`lazyllm.core.specs.OpenAI` with the ``openai``
 package's ``AsyncOpenAI`` client, on an event loop in a thread of its own, so that the
 planner's synchronous ``generate()`` loop keeps committing results to the cache while
 requests are in flight.
@@ -157,7 +157,7 @@ class OpenAIEngine:
 
     Parameters
     ----------
-    spec : lazyllm.models.OpenAI
+    spec : lazyllm.core.specs.OpenAI
         The model id, ``base_url`` and the engine options (concurrency, timeout,
         retries, constraint dialect, batch mode).
     workspace : pathlib.Path

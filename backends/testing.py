@@ -1,6 +1,6 @@
 """A deterministic, rule-based engine (provider ``"test"``) for tests and doctests.
 
-:class:`DeterministicEngine` runs the spec :class:`lazyllm.models.TestModel`: no
+:class:`DeterministicEngine` runs the spec :class:`lazyllm.core.specs.TestModel`: no
 weights, no randomness, answers decided by the request text alone, so planner tests
 can assert exact outputs and count how much engine work a plan caused:
 
@@ -89,7 +89,7 @@ class DeterministicEngine:
 
     Parameters
     ----------
-    spec : lazyllm.models.TestModel
+    spec : lazyllm.core.specs.TestModel
         ``rules`` (needle, answer) pairs, ``fail_on`` strings, ``delay`` (seconds per
         batch), ``batch_size`` (requests per batch) and ``log_path``.
     workspace : pathlib.Path

@@ -182,7 +182,7 @@ class TransformersEngine:
 
     Parameters
     ----------
-    spec : lazyllm.models.Transformers
+    spec : lazyllm.core.specs.Transformers
         The model and its options (dtype, chat template, device, batch size, threads).
     workspace : pathlib.Path
         The lazyllm workspace (converted aliases are kept in ``workspace/models/``).

