@@ -204,3 +204,41 @@ def test_main_job_plan_on_ray_equals_single_process(cluster, model_workspace, tm
     local = plan().collect(workspace=local_ws, progress=False)
     distributed = plan().collect(workspace=remote_ws, progress=False, executor=cluster)
     assert distributed.equals(local)
+
+
+@pytest.mark.model
+def test_a_trained_model_reaches_the_replicas_as_its_weights_folder(cluster, model_workspace, tmp_path, monkeypatch):
+    """Ray replicas get a plain Transformers spec of the trained weights folder, never the
+    TrainedModel with its training plan and rows (issue 18). The 'training' here links the base
+    model's files as full fine-tuned weights, so the replicas' answers equal the base model's."""
+    from lazyllm.backends import trainers
+    from lazyllm.planner import executor as plan_executor
+    from lazyllm.planner.train import trained_dir
+
+    base = lazyllm.Transformers(lazyllm.DEFAULT_MODEL, batch_size=2, num_threads=1)
+    from lazyllm.core.model_store import resolve_model_dir
+
+    base_dir = resolve_model_dir(base, model_workspace.path)  # converted once per test session
+
+    def link_base_weights(job):
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        for f in base_dir.iterdir():
+            if f.is_file():
+                os.symlink(f, job.output_dir / f.name)
+        (job.output_dir / "COMPLETE").write_text(json.dumps({"rows_fingerprint": trainers.data_fingerprint(job.train)}))
+        return trainers.TrainResult(output_dir=job.output_dir, adapter=False, metrics={}, resumed_from=None)
+
+    monkeypatch.setattr(trainers, "train", link_base_weights)
+    secret_rows = [{"q": f"Zorblax fact {i}", "a": f"Quibble {i}"} for i in range(4)]
+    handle = lazyllm.from_dicts(secret_rows).train(lazyllm.SFT(base=base, prompt="q", response="a", lora=None))
+    ws = lazyllm.Workspace(tmp_path / "ws")
+    (ws.path / "models").mkdir(parents=True)
+    os.symlink(base_dir, ws.path / "models" / base_dir.name, target_is_directory=True)  # the converted base only
+    questions = lazyllm.from_dicts([{"q": "What is 2 + 2?"}, {"q": "Name a colour."}])
+    result = plan_executor.collect(questions.generate("a", handle, prompt="{{ q }}", max_tokens=8).plan,
+                                   workspace=ws, progress=False, executor=cluster)
+    expected = questions.generate("a", base, prompt="{{ q }}", max_tokens=8).collect(
+        workspace=model_workspace, progress=False)
+    assert result.frames[0]["a"].to_list() == expected["a"].to_list()
+    models = {rec["model"] for rec in result.replicas}
+    assert models == {f"transformers:{trained_dir(handle, ws.path).name}"}, models  # a plain spec, not the handle
