@@ -537,6 +537,51 @@ class TransformersEngine:
             raise ValueError(f"the choice {choice!r} encodes to no tokens")
         return ids
 
+    #: A shared prompt prefix shorter than this is not worth a separate forward pass.
+    MIN_SHARED_PREFIX = 16
+
+    def _last_logits(self, sequences: Sequence[list[int]], keep: int) -> torch.Tensor:
+        """Logits at the last ``keep`` positions of each sequence, shape ``(len(sequences), keep, vocab)``.
+
+        When the sequences share a token prefix of at least :attr:`MIN_SHARED_PREFIX`
+        tokens (a chat template's system turn: the judges' long instructions), the
+        prefix goes through the model once, its key/value cache is repeated over the
+        batch, and only the suffixes (left-padded after it) are computed: the prompt
+        tokens processed fall by the shared part times the batch size less one
+        (prefix caching, as vLLM's automatic prefix caching does across requests).
+        Numerics: the prefix's keys and values come from a batch of one, so logits can
+        move by float rounding (about 1e-5 in float32), as with any change of batch shape.
+        """
+        shortest = min(len(ids) for ids in sequences)
+        shared = 0
+        first = sequences[0]
+        limit = shortest - keep  # every kept position stays in the suffix
+        while shared < limit and all(ids[shared] == first[shared] for ids in sequences):
+            shared += 1
+        device = self._device
+        past = None
+        if len(sequences) > 1 and shared >= self.MIN_SHARED_PREFIX:
+            prefix = torch.tensor([first[:shared]], dtype=torch.long, device=device)
+            with torch.inference_mode():
+                past = self._model(input_ids=prefix, use_cache=True).past_key_values
+                past.batch_repeat_interleave(len(sequences))
+        else:
+            shared = 0
+        suffixes = [ids[shared:] for ids in sequences]
+        width = max(len(ids) for ids in suffixes)
+        input_ids = torch.full((len(suffixes), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(suffixes), shared + width), dtype=torch.long)
+        attention_mask[:, :shared] = 1
+        for row, ids in enumerate(suffixes):  # left padding (between the shared prefix and the suffix)
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, shared + width - len(ids):] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        with torch.inference_mode():
+            out = self._model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                              position_ids=position_ids.to(device), past_key_values=past, logits_to_keep=keep,
+                              use_cache=past is not None)
+        return out.logits[:, -keep:, :]
+
     def _score_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
         """Log-probabilities of each request's choices (``Request.logprobs``) from one forward pass.
 
@@ -554,18 +599,9 @@ class TransformersEngine:
             per_request.append(choices)
             for path in prefix_paths(choices) or [()]:
                 seqs.append((b, path, p.ids + list(path)))
-        width = max(len(ids) for _, _, ids in seqs)
         keep = max(len(path) for _, path, _ in seqs) + 1
-        input_ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, (_, _, ids) in enumerate(seqs):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids) :] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            out = self._model(input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device),
-                              position_ids=position_ids.to(self._device), logits_to_keep=keep, use_cache=False)
-        logp = torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1).cpu()
+        logits = self._last_logits([ids for _, _, ids in seqs], keep)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         where: list[dict[tuple[int, ...], tuple[int, int]]] = [{} for _ in batch]
         for row, (b, path, _) in enumerate(seqs):
             for j in range(len(path) + 1):  # the distribution after prompt + path[:j]

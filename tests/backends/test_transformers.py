@@ -316,3 +316,36 @@ def test_choice_logprobs_match_full_sequence_probabilities(engine):
     assert probs[0] == pytest.approx(float(first[one]) - p10, rel=1e-3)
     assert probs[1] == pytest.approx(float(first[engine._choice_ids("2")[0]]), rel=1e-3)
     assert 0 < sum(probs) <= 1 + 1e-6
+
+
+@pytest.mark.model
+def test_a_shared_system_prompt_is_computed_once_and_scores_stay_the_same(engine, monkeypatch):
+    """Requests that share a long system turn are scored with its key/value cache computed once
+    (prefix caching); the log-probabilities equal those of full, separate prefills (float rounding)."""
+    import torch
+
+    from lazyllm import prompts
+
+    scores = tuple(str(s) for s in range(1, 11))
+    answers = ["4", "5", "It is four.", "Twenty-two, since two plus two is twenty-two in base ten."]
+    requests = [Request(messages=(Message("system", prompts.JUDGE_SYSTEM), Message("user", f"{MATH}\nAnswer: {a}")),
+                        choices=scores, logprobs=True) for a in answers]
+    prefix_lengths = []
+    engine.load()
+    forward = engine.model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        prefix_lengths.append(tuple(ids.shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting)
+    shared = run(engine, requests)
+    assert prefix_lengths[0][0] == 1 and prefix_lengths[0][1] >= 50  # the system turn, once
+    assert prefix_lengths[1][0] >= len(requests) and prefix_lengths[1][1] < 40  # suffixes only
+    monkeypatch.setattr(engine, "MIN_SHARED_PREFIX", 10**9)  # the same requests without sharing
+    separate = run(engine, requests)
+    for i in range(len(requests)):
+        assert shared[i].text == separate[i].text
+        assert torch.allclose(torch.tensor(shared[i].choice_logprobs), torch.tensor(separate[i].choice_logprobs),
+                              atol=1e-4)
