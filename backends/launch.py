@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.distributed.elastic.multiprocessing.errors import record
 
 from lazyllm.core.errors import EngineError, ParameterError
 
@@ -313,9 +312,16 @@ def _remove_run_logs(logs_specs: Any, log_dir: str | os.PathLike[str] | None) ->
             os.rmdir(root)  # only when empty
 
 
-@record
 def _worker_main(payload_path: str) -> None:
-    """What each worker process runs: load the payload, set threads, call ``fn``, keep its result."""
+    """What each worker process runs, under torch elastic's ``record`` (a failure's traceback
+    goes to the error file the launcher reads); torch is imported here, not when lazyllm loads."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(_run_payload)(payload_path)
+
+
+def _run_payload(payload_path: str) -> None:
+    """Load the payload, set threads, call ``fn``, keep its result."""
     with open(payload_path, "rb") as fh:
         payload = pickle.load(fh)
     if payload["threads"]:

@@ -88,7 +88,7 @@ def _resolve(qualname: str) -> Any:
     raise ImportError(qualname)
 
 
-def load_docs(limit: int = 64, max_chars: int = 700) -> pl.DataFrame:
+def load_docs(limit: int = 64, max_chars: int = 450) -> pl.DataFrame:
     """The documentation table: columns ``name``, ``module``, ``doc`` (first ``max_chars`` characters)."""
     rows = []
     for name in FUNCTIONS[:limit]:
@@ -124,7 +124,7 @@ def build(
     sample_tokens: int = 64,
     threshold: float = THRESHOLD,
     train_steps: int | None = 10,
-    dpo_steps: int | None = 8,
+    dpo_steps: int | None = 7,
     heldout_tokens: int = 48,
     tie_margin: float | None = TIE_MARGIN,
 ) -> DocsQA:

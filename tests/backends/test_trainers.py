@@ -366,3 +366,15 @@ def test_two_cpu_processes_train_and_rank_zero_writes(base_dir, tmp_path, one_th
 
     assert PeftConfig.from_pretrained(tmp_path / "ddp").r == 8
     assert not list((tmp_path / "ddp").glob(".*.tmp")), "no half-written files"
+
+
+def test_finding_the_trainer_does_not_import_torch():
+    """A warm rerun asks the registry for the trainer to check a finished training's rows; that
+    must not import torch (about a second): torch loads only when a training runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lazyllm.backends.registry import trainer_factory; t = trainer_factory(); "
+            "t.data_fingerprint([{'prompt': 'a', 'completion': 'b'}]); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
