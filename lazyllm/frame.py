@@ -126,21 +126,29 @@ class Frame:
     # -- introspection -------------------------------------------------------------------
     @property
     def plan(self) -> N.PlanNode:
-        """The root plan node."""
+        """The root plan node (:class:`lazyllm.planner.nodes.PlanNode`, frozen): what
+        ``collect()`` executes and ``explain()`` prints. No cost."""
         return self._node
 
     @property
     def schema(self) -> pl.Schema:
-        """Output schema, inferred without running anything."""
+        """Output schema (``polars.Schema``: column name -> dtype), inferred from the plan
+        without running anything: LLM columns are ``String`` (``Float64`` for expected
+        judge scores), with their companion ``<column>_error`` columns. No LLM call."""
         return self._node.schema()
 
     @property
     def columns(self) -> list[str]:
+        """Output column names, in order (from :attr:`schema`; no LLM call)."""
         return self._node.columns
 
     @property
     def fingerprint(self) -> str:
-        """Content fingerprint of the whole plan (hex SHA-256)."""
+        """Content fingerprint of the whole plan: hex SHA-256 (64 characters) over the node
+        types, their canonical parameters (performance-only settings such as batch sizes
+        excluded), the model specs' identities and the sources' content (file bytes are
+        hashed when a reader builds the plan). Stable across processes, machines and hash
+        seeds; it keys the run logs and data cards. No LLM call."""
         return self._node.fingerprint
 
     def __repr__(self) -> str:
@@ -153,11 +161,58 @@ class Frame:
 
     # -- relational (polars) -------------------------------------------------------------
     def select(self, *exprs: Any, **named: Any) -> "Frame":
-        """Keep or compute columns (``LazyFrame.select``)."""
+        """Keep or compute columns (``polars.LazyFrame.select``).
+
+        Parameters
+        ----------
+        *exprs : str or polars.Expr
+            Column names or expressions, in output order.
+        **named : polars.Expr
+            Expressions named by keyword (``n=pl.col("q").str.len_chars()``).
+
+        Returns
+        -------
+        Frame
+            A new frame with exactly these columns (rows unchanged).
+
+        Raises
+        ------
+        ColumnNotFoundError
+            An expression reads a column the frame does not have (raised here).
+
+        Notes
+        -----
+        No LLM call. Projection pruning: an LLM column that no selected expression reads
+        is never computed, and filters on the columns it keeps move below LLM nodes.
+        """
         return self._wrap(N.Select(children=(self._node,), exprs=_exprs(exprs, named)))
 
     def with_columns(self, *exprs: Any, **named: Any) -> "Frame":
-        """Add or replace columns (``LazyFrame.with_columns``)."""
+        """Add or replace columns (``polars.LazyFrame.with_columns``).
+
+        Parameters
+        ----------
+        *exprs : polars.Expr
+            Expressions; each output is named by its expression (``.alias(...)``).
+        **named : polars.Expr
+            Expressions named by keyword (``big=pl.col("len") > 90``).
+
+        Returns
+        -------
+        Frame
+            The same rows with the new or replaced columns.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            An expression reads a column the frame does not have (raised here).
+
+        Notes
+        -----
+        No LLM call. An elementwise derivation that reads no LLM output moves below the
+        LLM nodes with a filter that reads it (derivation pushdown); a non-elementwise one
+        (``pl.col("x").mean()``) needs every row and never moves.
+        """
         return self._wrap(N.WithColumns(children=(self._node,), exprs=_exprs(exprs, named)))
 
     def filter(self, *predicates: "pl.Expr | LLMPredicate") -> "Frame":
@@ -169,10 +224,30 @@ class Frame:
         dropped). The optimizer runs cheap polars predicates before LLM ones when
         they read no LLM output.
 
+        Parameters
+        ----------
+        *predicates : polars.Expr or LLMPredicate
+            Boolean expressions and/or LLM predicates; all must hold (a conjunction).
+
+        Returns
+        -------
+        Frame
+            The rows for which every predicate is true, in their order.
+
         Raises
         ------
         ColumnNotFoundError
             A predicate reads a column the frame does not have.
+        PlanError
+            No predicate, or a value that is neither an expression nor an LLM predicate.
+
+        Notes
+        -----
+        Cost: a polars predicate makes no LLM call; each conjunct that reads no LLM
+        output and is elementwise moves below the LLM nodes (predicate pushdown:
+        Hellerstein & Stonebraker, "Predicate Migration", 1993), so their requests are
+        made only for the rows it keeps. An LLM predicate makes one constrained call per
+        distinct rendered request (cached).
         """
         if not predicates:
             raise PlanError("filter() needs at least one predicate, for example pl.col('score') >= 7.")
@@ -188,13 +263,62 @@ class Frame:
         return self._wrap(node)
 
     def head(self, n: int = 5) -> "Frame":
-        """The first ``n`` rows."""
+        """The first ``n`` rows (``limit`` is the same method).
+
+        Parameters
+        ----------
+        n : int
+            Rows to keep (>= 0).
+
+        Returns
+        -------
+        Frame
+            At most ``n`` rows, in order.
+
+        Raises
+        ------
+        PlanError
+            ``n`` is negative.
+
+        Notes
+        -----
+        Limit pushdown: when every operation between the limit and the LLM work is row by
+        row, the LLM nodes run in waves and stop once ``n`` rows are known, so about ``n``
+        rows' requests are made instead of all of them; ``sort(...).head(n)`` by input
+        columns becomes a top-k below the LLM nodes.
+        """
         return self._wrap(N.Head(children=(self._node,), n=n))
 
     limit = head
 
     def sort(self, by: Any, *more_by: Any, descending: bool | Sequence[bool] = False, nulls_last: bool = False) -> "Frame":
-        """Stable sort by columns or expressions."""
+        """Stable sort by columns or expressions (``polars.LazyFrame.sort``).
+
+        Parameters
+        ----------
+        by, *more_by : str or polars.Expr
+            Sort keys, most significant first.
+        descending : bool or sequence of bool
+            One flag for all keys, or one per key.
+        nulls_last : bool
+            Put nulls after the other values.
+
+        Returns
+        -------
+        Frame
+            The same rows, reordered (ties keep their order).
+
+        Raises
+        ------
+        PlanError
+            The number of ``descending`` flags differs from the number of keys.
+
+        Notes
+        -----
+        No LLM call; it needs every row, so a limit above it cannot run in waves unless
+        the keys read no LLM output (then ``sort(...).head(n)`` is a top-k below the LLM
+        nodes).
+        """
         keys = _exprs((by, *more_by), {})
         desc = (descending,) * len(keys) if isinstance(descending, bool) else tuple(descending)
         if len(desc) != len(keys):
@@ -202,7 +326,33 @@ class Frame:
         return self._wrap(N.Sort(children=(self._node,), by=keys, descending=desc, nulls_last=nulls_last))
 
     def unique(self, subset: str | Sequence[str] | None = None, *, keep: str = "first") -> "Frame":
-        """Drop duplicate rows, keeping the first (default) of each group, in order."""
+        """Drop duplicate rows, keeping one per group, in order (``polars.LazyFrame.unique``
+        with ``maintain_order=True``).
+
+        Parameters
+        ----------
+        subset : str or sequence of str, optional
+            Columns that define a duplicate (default: all).
+        keep : {"first", "last", "any", "none"}
+            Which row of a group to keep.
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A ``subset`` column does not exist.
+        PlanError
+            An unknown ``keep``.
+
+        Notes
+        -----
+        No LLM call. With a ``subset`` of columns no LLM node writes and ``keep`` first,
+        last or none, it moves below
+        the LLM nodes (their requests are made for the kept rows only).
+        """
         sub = None if subset is None else _names([subset], "unique(subset)")
         return self._wrap(N.Unique(children=(self._node,), subset=sub, keep=keep))
 
@@ -216,7 +366,34 @@ class Frame:
         right_on: Any = None,
         suffix: str = "_right",
     ) -> "Frame":
-        """Join with another Frame (``LazyFrame.join``); left row order is kept."""
+        """Join with another Frame (``polars.LazyFrame.join``); left row order is kept.
+
+        Parameters
+        ----------
+        other : Frame
+        on, left_on, right_on : str, polars.Expr or sequence of them
+            Join keys (``on`` for both sides).
+        how : {"inner", "left", "right", "full", "semi", "anti", "cross"}
+        suffix : str
+            Appended to right-hand column names that clash.
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A key does not exist on its side.
+        PlanError
+            ``other`` is not a Frame, or an unknown ``how``.
+
+        Notes
+        -----
+        No LLM call of its own. A filter above the join moves into the side whose
+        columns it reads; a semi or anti join on input keys moves below the LLM nodes of
+        the left side.
+        """
         if not isinstance(other, Frame):
             raise PlanError(f"join() takes a lazyllm Frame, got {type(other).__name__}; wrap data with lazyllm.from_polars().")
         as_tuple = lambda v: None if v is None else _exprs([v], {})  # noqa: E731
@@ -232,31 +409,133 @@ class Frame:
         return concat([self, *others], how=how)
 
     def explode(self, columns: str | Sequence[str], *more: str) -> "Frame":
-        """One row per element of the given list column(s)."""
+        """One row per element of the given list column(s) (``polars.LazyFrame.explode``).
+
+        Parameters
+        ----------
+        columns, *more : str or sequence of str
+            List columns to explode together.
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A column does not exist.
+
+        Notes
+        -----
+        No LLM call; it changes the row count, so limits above it do not move below it.
+        """
         return self._wrap(N.Explode(children=(self._node,), names=_names([columns, *more], "explode()")))
 
     def rename(self, mapping: Mapping[str, str]) -> "Frame":
-        """Rename columns (old name -> new name)."""
+        """Rename columns.
+
+        Parameters
+        ----------
+        mapping : dict of str to str
+            Old name -> new name.
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        ColumnNotFoundError
+            An old name does not exist.
+
+        Notes
+        -----
+        No LLM call; filters move through it (rewritten to the old names).
+        """
         check_columns(mapping, self.columns, where="rename()")
         return self._wrap(N.Rename(children=(self._node,), mapping=tuple(mapping.items())))
 
     def drop(self, *columns: str | Sequence[str]) -> "Frame":
-        """Drop columns."""
+        """Drop columns.
+
+        Parameters
+        ----------
+        *columns : str or sequence of str
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        ColumnNotFoundError
+            A column does not exist.
+
+        Notes
+        -----
+        Dropping an LLM column (and its error column) anywhere above its node means it is
+        never computed (projection pruning): no request is made for it.
+        """
         names = _names(columns, "drop()")
         check_columns(names, self.columns, where="drop()")
         return self._wrap(N.Drop(children=(self._node,), names=names))
 
     def sample(self, n: int | None = None, *, fraction: float | None = None, seed: int = 0,
                with_replacement: bool = False, shuffle: bool = False) -> "Frame":
-        """A seeded random sample of ``n`` rows or a ``fraction`` of rows (polars ``sample``)."""
+        """A seeded random sample of ``n`` rows or a ``fraction`` of rows (``polars.DataFrame.sample``).
+
+        Parameters
+        ----------
+        n : int, optional
+            Rows to draw (give ``n`` or ``fraction``).
+        fraction : float, optional
+            Fraction of rows to draw.
+        seed : int
+            The same seed and data give the same sample.
+        with_replacement, shuffle : bool
+            As in polars.
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        PlanError
+            Neither or both of ``n`` and ``fraction``, or a negative value.
+
+        Notes
+        -----
+        No LLM call; a sample that reads no LLM output moves below the LLM nodes, so
+        requests are made for the sampled rows only.
+        """
         return self._wrap(N.Sample(children=(self._node,), n=n, fraction=fraction, seed=seed,
                                    with_replacement=with_replacement, shuffle=shuffle))
 
     def split(self, fractions: Mapping[str, float], *, seed: int = 0) -> dict[str, "Frame"]:
         """Split rows at random into named parts, e.g. ``{"train": 0.9, "validation": 0.1}``.
 
-        Returns a dict name -> Frame. Parts are disjoint, cover every row, keep the
-        original order, and are the same for the same seed and data.
+        Parameters
+        ----------
+        fractions : dict of str to float
+            Part name -> fraction (each > 0, summing to 1).
+        seed : int
+            The same seed and data give the same parts.
+
+        Returns
+        -------
+        dict of str to Frame
+            Parts that are disjoint, cover every row, keep the original order.
+
+        Raises
+        ------
+        PlanError
+            No part, a fraction that is not a positive number (``ParameterError``), or
+            fractions that do not sum to 1.
+
+        Notes
+        -----
+        No LLM call; a part that gets no row warns (``EmptyInputWarning``).
         """
         if not fractions:
             raise PlanError("split() needs at least one part, e.g. {'train': 0.9, 'validation': 0.1}.")
