@@ -350,8 +350,8 @@ class Frame:
         Notes
         -----
         No LLM call. With a ``subset`` of columns no LLM node writes and ``keep`` first,
-        last or none, it moves below
-        the LLM nodes (their requests are made for the kept rows only).
+        last or none, it moves below the LLM nodes (their requests are made for the kept
+        rows only).
         """
         sub = None if subset is None else _names([subset], "unique(subset)")
         return self._wrap(N.Unique(children=(self._node,), subset=sub, keep=keep))
