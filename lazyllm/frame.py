@@ -923,6 +923,29 @@ class Frame:
 
         Lazy: DuckDB runs at collect time over Arrow data; the result can be chained
         into further operators (LLM ones included). See :func:`lazyllm.sql` for several frames.
+
+        Parameters
+        ----------
+        query : str
+            A DuckDB ``SELECT`` that reads the table ``self``.
+
+        Returns
+        -------
+        Frame
+            The query's result; its schema is checked against the input schema when the
+            frame is built.
+
+        Raises
+        ------
+        PlanError
+            The query does not parse or does not run on this frame's schema.
+
+        Notes
+        -----
+        No LLM call of its own. The columns the query reads are found by parsing it with
+        sqlglot, so LLM columns it does not read are never computed, and a simple
+        ``WHERE`` on input columns moves below the LLM nodes like a ``filter``.
+        Library: DuckDB (``duckdb``), sqlglot.
         """
         return Frame(N.SQL(children=(self._node,), query=query, names=("self",)))
 
@@ -1073,30 +1096,176 @@ class Frame:
     def sink_hub(self, repo_id: str, *, rows_per_shard: int = 100_000, **kwargs: Any) -> str:
         """Stream the result to a Hugging Face dataset repo, one commit per partition, with a
         progress card and resume after a crash (see :func:`lazyllm.hub.sink_hub`); returns
-        the URL of the final commit."""
+        the URL of the final commit.
+
+        Parameters
+        ----------
+        repo_id : str
+            The dataset repo (``user/name``); created if missing.
+        rows_per_shard : int
+            Rows per partition, shard and commit.
+        **kwargs
+            Passed to :func:`lazyllm.hub.sink_hub` (``token``, ``private``, ``split``, ``workspace``, ...).
+
+        Returns
+        -------
+        str
+            The URL of the final commit.
+
+        Raises
+        ------
+        ParameterError
+            A bad ``split`` or ``rows_per_shard`` (before any call).
+        PlanError
+            The plan has a node that needs every row at once (it cannot be partitioned).
+        HubError
+            The Hub refused a call (the message says which and why).
+
+        Notes
+        -----
+        Cost: the LLM calls of the partitions not on the Hub yet (cache hits for earlier
+        work), one commit per partition and one final commit; peak memory bounded by one
+        partition.
+        """
         return sink_hub(self, repo_id, rows_per_shard=rows_per_shard, **kwargs)
 
     def write_parquet(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
-        """Collect and write a parquet file; returns the collected DataFrame."""
+        """Collect and write a parquet file; returns the collected DataFrame.
+
+        Parameters
+        ----------
+        path : str or path
+            The file (parent folders are created).
+        **kwargs
+            Passed to :meth:`collect` (``workspace``, ``progress``, ``optimize``, ``executor``).
+
+        Returns
+        -------
+        polars.DataFrame
+            What was written.
+
+        Raises
+        ------
+        LazyLLMError
+            What :meth:`collect` raises.
+
+        Notes
+        -----
+        Cost: one collect (its LLM calls, served from the cache when already computed).
+        For results larger than memory use :meth:`sink_parquet`.
+        """
         df = self.collect(**collect_kwargs)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(path)
         return df
 
     def card(self, *, workspace: WorkspaceLike = None, **kwargs: Any) -> "Any":  # type: ignore[valid-type]
-        """The synthetic data card of this frame (see :func:`lazyllm.cards.data_card`)."""
+        """The synthetic data card of this frame (see :func:`lazyllm.cards.data_card`).
+
+        Parameters
+        ----------
+        workspace : str, path or Workspace, optional
+            Whose run logs give the row count and the LLM work of the latest collect.
+        **kwargs
+            Passed to :func:`lazyllm.cards.data_card` (``collect``, ``title``, ``license``, ...).
+
+        Returns
+        -------
+        lazyllm.cards.DataCard
+            JSON data and a Hugging Face README (``to_markdown()``, ``save(dir)``).
+
+        Raises
+        ------
+        PlanError
+            Bad card options.
+
+        Notes
+        -----
+        No LLM call: it optimizes the plan and reads run logs (with ``collect=True`` on a
+        frame never collected in the workspace: one collect).
+        """
         return data_card(self, workspace=workspace, **kwargs)
 
     def save_dataset(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
-        """Write parquet shards and a README data card (see :func:`lazyllm.hub.save_dataset`)."""
+        """Write parquet shards and a README data card (see :func:`lazyllm.hub.save_dataset`).
+
+        Parameters
+        ----------
+        directory : str or path
+            The dataset folder (created).
+        **kwargs
+            Passed to :func:`lazyllm.hub.save_dataset` (``data``, ``split``, ``max_shard_rows``, ``workspace``, ...).
+
+        Returns
+        -------
+        pathlib.Path
+            The folder: ``data/<split>-*.parquet``, ``README.md``, ``lazyllm_card.json``.
+
+        Raises
+        ------
+        ParameterError
+            A bad ``split`` or shard size.
+        PlanError
+            ``data=`` does not match the frame.
+
+        Notes
+        -----
+        Cost: one collect unless ``data=`` is the collected DataFrame; writing parquet.
+        """
         return save_dataset(self, directory, **kwargs)
 
     def publish(self, repo_id: str, **kwargs: Any) -> str:
-        """Publish to the Hugging Face Hub (see :func:`lazyllm.hub.publish`); returns the commit URL."""
+        """Publish to the Hugging Face Hub (see :func:`lazyllm.hub.publish`); returns the commit URL.
+
+        Parameters
+        ----------
+        repo_id : str
+            The dataset repo (``user/name``); created if missing.
+        **kwargs
+            Passed to :func:`lazyllm.hub.publish` (``token``, ``private``, ``data``, ``split``, ...).
+
+        Returns
+        -------
+        str
+            The URL of the commit.
+
+        Raises
+        ------
+        HubError
+            The Hub refused a call (no token, no permission, ...).
+        ParameterError
+            A bad ``split`` or shard size.
+
+        Notes
+        -----
+        Cost: one collect unless ``data=`` is given; one commit with the shards and the card.
+        """
         return publish(self, repo_id, **kwargs)
 
     def write_ndjson(self, path: str | os.PathLike[str], **collect_kwargs: Any) -> pl.DataFrame:
-        """Collect and write JSON lines; returns the collected DataFrame."""
+        """Collect and write JSON lines; returns the collected DataFrame.
+
+        Parameters
+        ----------
+        path : str or path
+            The file (parent folders are created).
+        **kwargs
+            Passed to :meth:`collect`.
+
+        Returns
+        -------
+        polars.DataFrame
+            What was written.
+
+        Raises
+        ------
+        LazyLLMError
+            What :meth:`collect` raises.
+
+        Notes
+        -----
+        Cost: one collect (its LLM calls, served from the cache when already computed).
+        """
         df = self.collect(**collect_kwargs)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.write_ndjson(path)
@@ -1105,6 +1274,20 @@ class Frame:
 
 def sql(query: str, **frames: Frame) -> Frame:
     """A lazy Frame from a DuckDB SQL query over named frames.
+
+    Parameters
+    ----------
+    query : str
+        A DuckDB ``SELECT`` over the tables named by the keywords.
+    **frames : Frame
+        Table name -> frame.
+
+    Returns
+    -------
+    Frame
+        Lazy: DuckDB runs at collect time over the inputs' Arrow data (no LLM call of
+        its own; the columns the query reads are found by parsing it with sqlglot, so
+        LLM columns it does not read are never computed).
 
     >>> import lazyllm
     >>> a = lazyllm.from_dicts([{"id": 1, "q": "x"}, {"id": 2, "q": "y"}])
@@ -1115,7 +1298,8 @@ def sql(query: str, **frames: Frame) -> Frame:
     Raises
     ------
     PlanError
-        The query does not run on the inputs' schemas (checked when the frame is built).
+        No frame, a value that is not a Frame, or a query that does not run on the
+        inputs' schemas (checked when the frame is built).
     """
     if not frames:
         raise PlanError("sql() needs at least one frame: lazyllm.sql('SELECT ... FROM t', t=frame).")
@@ -1174,9 +1358,40 @@ def llm_predicate(model: Any, prompt: str, *, system: str | None = None, tempera
     """An LLM predicate: ``frame.filter(llm_predicate(model, "Is this answerable? {{ doc }}"))``.
 
     The model answers "yes" or "no" (constrained decoding); rows answered "yes" are
-    kept. ``columns`` map template variables to columns (``text="doc"``). The default
-    system prompt asks for a yes/no answer (:data:`lazyllm.prompts.FILTER_SYSTEM`).
-    Cost: 1 LLM call per row reaching the filter.
+    kept, rows answered "no" or whose request failed are dropped.
+
+    Parameters
+    ----------
+    model : ModelSpec or str
+        The model that answers (a string is a transformers alias, folder or Hub id).
+    prompt : str
+        Jinja2 template of the user message; the columns it reads are checked when the
+        filter is added to a frame.
+    system : str, optional
+        System message (default :data:`lazyllm.prompts.FILTER_SYSTEM`, which asks for a
+        yes/no answer).
+    temperature : float
+        0 (default) for greedy answers.
+    seed : int
+        Sampling seed (with ``temperature > 0``).
+    **columns : str
+        Template variable -> column (``text="doc"``).
+
+    Returns
+    -------
+    LLMPredicate
+        Pass it to :meth:`Frame.filter`.
+
+    Raises
+    ------
+    ParameterError
+        A bad ``temperature`` or ``seed`` (before any call).
+
+    Notes
+    -----
+    Cost: one constrained call (at most 2 output tokens) per distinct rendered request
+    of the rows reaching the filter, cached. Several LLM filters on the same rows are
+    ordered by the optimizer (the most selective per unit of cost first).
     """
     sampling = V.sampling("llm_predicate", temperature=temperature, max_tokens=2, seed=seed)
     return LLMPredicate(as_model_spec(model), prompt, prompts.FILTER_SYSTEM if system is None else system, sampling,
