@@ -109,6 +109,28 @@ def kto_rows(pairs: pl.DataFrame, *, prompt: str = "prompt", chosen: str = "chos
     """The unpaired format KTO takes (Ethayarajh et al. 2024): two rows per pair,
     ``(prompt, completion=chosen, label=True)`` and ``(prompt, completion=rejected, label=False)``.
 
+    Parameters
+    ----------
+    pairs : polars.DataFrame
+        Preference pairs, one row each.
+    prompt, chosen, rejected : str
+        Their column names.
+
+    Returns
+    -------
+    polars.DataFrame
+        Columns ``prompt``, ``completion``, ``label`` (Boolean); ``2 * pairs.height`` rows,
+        each pair's desirable row first. Feed it to :class:`lazyllm.KTO`.
+
+    Raises
+    ------
+    ColumnNotFoundError
+        A named column is missing.
+
+    Notes
+    -----
+    No LLM call (polars only). Paper: Ethayarajh et al. 2024, arXiv:2402.01306.
+
     >>> import polars as pl
     >>> kto_rows(pl.DataFrame({"prompt": ["x"], "chosen": ["good"], "rejected": ["bad"]})).rows()
     [('x', 'good', True), ('x', 'bad', False)]
@@ -128,6 +150,22 @@ class WinRate:
     fractional for calibrated probabilities); ``ci``: its bootstrap percentile
     interval; ``lc_win_rate`` / ``lc_ci``: the length-controlled win rate and its
     interval; ``wins``/``ties``/``losses``: verdict counts; ``n``: prompts.
+
+    Attributes
+    ----------
+    win_rate : float
+        In [0, 1].
+    ci : tuple of float
+        Bootstrap percentile interval (95% by default) of ``win_rate``.
+    lc_win_rate : float
+        Length-controlled win rate (Dubois et al. 2024, "Length-Controlled AlpacaEval",
+        arXiv:2404.04475): the preference with the answer-length difference regressed out.
+    lc_ci : tuple of float
+        Its bootstrap interval.
+    wins, ties, losses, n : int
+        Verdict counts and the number of prompts.
+
+    Built by :func:`lazyllm.win_rate`; plain data (no LLM call).
     """
 
     win_rate: float

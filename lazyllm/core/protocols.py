@@ -48,6 +48,24 @@ class ModelSpec:
     Subclasses set ``provider`` (the registry name of their engine) and add fields.
     ``identity()`` returns the fingerprintable description of the model; by default
     every field not marked :func:`performance_only`.
+
+    A spec is a frozen dataclass that holds no live client: it can be fingerprinted,
+    stored in a plan, and shipped to another process; the registry builds the engine
+    (``provider`` -> engine class) when a collect needs it. Built-in subclasses:
+    :class:`lazyllm.Transformers`, :class:`lazyllm.VLLM`, :class:`lazyllm.OpenAI`,
+    :class:`lazyllm.TestModel` (:mod:`lazyllm.core.specs`).
+
+    Attributes
+    ----------
+    provider : str
+        The engine's registry name (``"transformers"``, ``"vllm"``, ``"openai"``, ``"test"``).
+
+    Notes
+    -----
+    No cost: making a spec loads nothing. Override :meth:`identity` when a field holds a
+    path of this machine, :meth:`prices` for API models (USD per 1M input and output
+    tokens), :meth:`runtime_spec` when another engine runs it, and
+    :meth:`supports_logprobs`.
     """
 
     provider: ClassVar[str] = ""
