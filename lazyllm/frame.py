@@ -405,7 +405,27 @@ class Frame:
     def concat(self, *others: "Frame", how: str = "vertical") -> "Frame":
         """Append the rows of other frames: the same as ``lazyllm.concat([self, *others], how=how)``.
 
-        See :func:`lazyllm.concat` for the parameters and errors."""
+        Parameters
+        ----------
+        *others : Frame
+            Frames whose rows follow this frame's.
+        how : str
+            As in :func:`lazyllm.concat` (``"vertical"``, ``"diagonal"``, ...).
+
+        Returns
+        -------
+        Frame
+
+        Raises
+        ------
+        PlanError
+            A value that is not a Frame, an unknown ``how``, or schemas that ``how`` cannot
+            combine (see :func:`lazyllm.concat`).
+
+        Notes
+        -----
+        No LLM call of its own; a filter above it moves into each branch.
+        """
         return concat([self, *others], how=how)
 
     def explode(self, columns: str | Sequence[str], *more: str) -> "Frame":
@@ -691,6 +711,14 @@ class Frame:
         overwrite : bool
             Replace output columns the frame already has (otherwise a PlanError).
 
+        Returns
+        -------
+        Frame
+            The same rows plus ``<column>`` (Int64 score with ``method="argmax"``, Float64
+            expected score with ``"expected"``, null where the request failed), ``<column>_error``,
+            ``<column>_probs`` (the score distribution, ``"expected"`` only) and
+            ``<column>_rationale`` when a rationale is asked for.
+
         Raises
         ------
         PlanError
@@ -957,10 +985,30 @@ class Frame:
         A finished training is cached by fingerprint (data subplan + spec + base
         model) in the workspace: rerunning the workflow does not retrain.
 
+        Parameters
+        ----------
+        spec : TrainSpec
+            :class:`lazyllm.SFT`, :class:`lazyllm.DPO`, :class:`lazyllm.ORPO`,
+            :class:`lazyllm.SimPO`, :class:`lazyllm.KTO` or :class:`lazyllm.RewardModel`,
+            naming this frame's columns.
+
+        Returns
+        -------
+        lazyllm.training.TrainedModelHandle
+            A model spec (fingerprint: training data subplan, spec, base model) with
+            ``fit()``.
+
         Raises
         ------
         ColumnNotFoundError
             A column named by the spec is not in the frame (raised here).
+        PlanError
+            ``spec`` is not a training spec.
+
+        Notes
+        -----
+        No cost now. When used: the LLM work of this frame (cached) plus the training
+        (see each spec for seconds per step); trl and peft are checked before any LLM call.
         """
         if not isinstance(spec, TrainSpec):
             raise PlanError(f"train() takes a training spec (lazyllm.SFT, DPO, ORPO, KTO, SimPO, RewardModel), "
@@ -1082,7 +1130,11 @@ class Frame:
         **collect_kwargs
             ``workspace``, ``progress``, ``optimize``, ``executor`` as for :meth:`collect`.
 
-        Returns the shard paths, in input order (read them with ``lazyllm.read_parquet(dir + "/*.parquet")``).
+        Returns
+        -------
+        list of pathlib.Path
+            The shard paths, in input order (read them with
+            ``lazyllm.read_parquet(dir + "/*.parquet")``).
 
         Raises
         ------
