@@ -50,7 +50,7 @@ import msgpack
 from lazyllm.core.errors import CacheError
 from lazyllm.core.protocols import Request, Response
 
-__all__ = ["PromptCache", "request_key", "message_key", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
+__all__ = ["PromptCache", "request_key", "message_key", "message_keys", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
            "lease_owner", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
@@ -79,16 +79,7 @@ def message_key(model_fingerprint: str, shape: Request, messages: tuple[Any, ...
     """:func:`request_key` of ``shape`` with its messages replaced by ``messages``, without
     building that request (the scheduler builds requests only for cache misses)."""
     request = shape
-    p = request.params
-    shape_key = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
-             type(p.seed), p.seed, p.stop, type(request.sample_index), request.sample_index, request.choices,
-             request.json_schema, bool(request.logprobs), bool(request.reward))
-    skeleton = _SKELETONS.get(shape_key)
-    if skeleton is None:
-        if len(_SKELETONS) >= 4096:
-            _SKELETONS.clear()
-        skeleton = _SKELETONS[shape_key] = _skeleton(model_fingerprint, request)
-    prefix, suffix = skeleton
+    prefix, suffix = _shape_skeleton(model_fingerprint, request)
     enc = _encode_string
     try:
         if prefix is None:  # the placeholder is not unique in the payload: dump it all
@@ -99,6 +90,61 @@ def message_key(model_fingerprint: str, shape: Request, messages: tuple[Any, ...
             request = dataclasses.replace(request, messages=tuple(messages))
         return _request_key_reference(model_fingerprint, request)
     return hashlib.sha256(f"{prefix}[{text}]{suffix}".encode("utf-8")).digest()
+
+
+def message_keys(model_fingerprint: str, shape: Request, messages: list[tuple[Any, ...]]) -> list[bytes]:
+    """:func:`message_key` of ``shape`` with each item of ``messages`` (a whole column of rows).
+
+    Parameters
+    ----------
+    model_fingerprint : str
+        The model part of the keys (as for :func:`request_key`).
+    shape : Request
+        The request of every row, messages aside (same sampling parameters, sample index,
+        constraint).
+    messages : list of tuple of Message
+        One row's rendered messages per item.
+
+    Returns
+    -------
+    list of bytes
+        One 32-byte key per item, in order; byte-identical to :func:`message_key` per row.
+
+    Cost: the key skeleton is looked up once for the column; per row only the message
+    strings are JSON-encoded and hashed (SHA-256).
+    """
+    prefix, suffix = _shape_skeleton(model_fingerprint, shape)
+    if prefix is None:
+        return [message_key(model_fingerprint, shape, m) for m in messages]
+    enc, sha, head, tail = _encode_string, hashlib.sha256, f"{prefix}[", f"]{suffix}"
+    out: list[bytes] = []
+    append = out.append
+    for row in messages:
+        try:
+            if len(row) == 1:
+                m = row[0]
+                text = f"[{enc(m.role)},{enc(m.content)}]"
+            else:
+                text = ",".join(f"[{enc(m.role)},{enc(m.content)}]" for m in row)
+        except TypeError:  # a role or content that is not a string: the reference key
+            append(message_key(model_fingerprint, shape, row))
+            continue
+        append(sha(f"{head}{text}{tail}".encode("utf-8")).digest())
+    return out
+
+
+def _shape_skeleton(model_fingerprint: str, request: Request) -> tuple[str | None, str | None]:
+    """The key skeleton of ``request``'s shape (:func:`_skeleton`), kept in :data:`_SKELETONS`."""
+    p = request.params
+    shape_key = (model_fingerprint, request.prompt, repr(p.temperature), repr(p.top_p), type(p.max_tokens), p.max_tokens,
+                 type(p.seed), p.seed, p.stop, type(request.sample_index), request.sample_index, request.choices,
+                 request.json_schema, bool(request.logprobs), bool(request.reward))
+    skeleton = _SKELETONS.get(shape_key)
+    if skeleton is None:
+        if len(_SKELETONS) >= 4096:
+            _SKELETONS.clear()
+        skeleton = _SKELETONS[shape_key] = _skeleton(model_fingerprint, request)
+    return skeleton
 
 
 def _request_key_reference(model_fingerprint: str, request: Request) -> bytes:
@@ -224,6 +270,47 @@ class PromptCache:
                 raw = get(key, db=db)
                 if raw is not None:
                     out[key] = self._response(raw)
+        return out
+
+    def get_records(self, keys: Iterable[bytes]) -> list[dict[str, Any] | None]:
+        """The decoded cache records of ``keys``, in order (None where a key is missing), in one
+        read transaction, without building a :class:`Response` per hit.
+
+        Parameters
+        ----------
+        keys : iterable of bytes
+            Request keys (:func:`request_key`).
+
+        Returns
+        -------
+        list of dict or None
+            Per key, the stored record (``text``, ``input_tokens``, ``output_tokens``,
+            ``finish_reason``, and ``choice_logprobs`` / ``score`` when stored) or None.
+            :meth:`Response.from_record` of a record is what :meth:`get_many` returns.
+
+        Raises
+        ------
+        CacheError
+            A value that is not a record of this cache format (as :meth:`get_many`).
+
+        Cost: one LMDB read transaction and one msgpack decode per hit.
+        """
+        out: list[dict[str, Any] | None] = []
+        append, unpack = out.append, msgpack.unpackb
+        with self._txn(buffers=True) as txn:
+            get, db = txn.get, self._db
+            for key in keys:
+                raw = get(key, db=db)
+                if raw is None:
+                    append(None)
+                    continue
+                try:
+                    record = unpack(raw)
+                except Exception:  # noqa: BLE001 - reported by the full check below
+                    record = None
+                if type(record) is not dict or record.get("v") != CACHE_FORMAT or "text" not in record:
+                    record = self._checked(raw)[0]  # raises the CacheError that names the problem
+                append(record)
         return out
 
     def contains_many(self, keys: Iterable[bytes]) -> set[bytes]:

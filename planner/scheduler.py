@@ -47,6 +47,7 @@ from lazyllm.core.protocols import Message, Request, Response
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, message_key, request_key
+from .columnar import serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -148,6 +149,8 @@ class _ChainRun:
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self.from_cache: set[bytes] = set()
+        #: (input, output) tokens of cache hits served by the columnar path (no Response kept)
+        self.cached_tokens: dict[bytes, tuple[int, int]] = {}
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
         self.owner = lease_owner()  # leases of this run's requests in flight
         self.awaited: dict[bytes, _Work] = {}  # leased by another process: awaited from the cache
@@ -279,10 +282,31 @@ class _ChainRun:
                 work.slots.extend(slots)
             todo = next_todo
 
+    def queue_row(self, i: int, r: int, shapes: Sequence[Request], messages: tuple[Message, ...],
+                  keys: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Queue row ``r`` of node ``i``, rendered and keyed by the columnar path: its requests
+        are ``shapes`` with ``messages``; known responses are delivered, the others wait for
+        the engine as in :meth:`make_ready`. Returns the (node, row) pairs made ready."""
+        st = self.states[i]
+        self.responses[(i, r)] = [None] * len(keys)
+        st.pending[r] = len(keys)
+        ready: list[tuple[int, int]] = []
+        for k, key in enumerate(keys):
+            if key in self.known:
+                ready.extend(self.deliver(i, r, k, self.known[key]))
+                continue
+            work = self.queued.get(key) or self.awaited.get(key)
+            if work is None:
+                work = _Work(key, dataclasses.replace(shapes[k], messages=messages), i,
+                             size=sum(len(m.content) for m in messages))
+                self._enqueue(work)
+            work.slots.append((i, r, k))
+        return ready
+
     # -- running -------------------------------------------------------------------------
     def run(self) -> list[pl.DataFrame]:
         start = time.perf_counter()
-        self.make_ready([(i, r) for i, st in enumerate(self.states) if not st.deps for r in range(self.df.height)])
+        self.make_ready(serve_columns(self))  # cached columns at once; the other rows row by row
         if self.ctx.dry_run:
             self._dry_drain()
         else:
@@ -299,9 +323,11 @@ class _ChainRun:
             if not self.ctx.dry_run:
                 for key in st.keys:
                     response = self.known.get(key)
-                    if response is not None:
-                        _count(st.stats.input_tokens_histogram, response.input_tokens)
-                        _count(st.stats.output_tokens_histogram, response.output_tokens)
+                    tokens = ((response.input_tokens, response.output_tokens) if response is not None
+                              else self.cached_tokens.get(key))
+                    if tokens is not None:
+                        _count(st.stats.input_tokens_histogram, tokens[0])
+                        _count(st.stats.output_tokens_histogram, tokens[1])
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]

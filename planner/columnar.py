@@ -1,0 +1,233 @@
+"""The scheduler's columnar path: LLM nodes whose rows are all ready at the start, served
+from the cache a whole column at a time.
+
+A node of a chain is *columnar* when its rows need nothing the run has still to compute:
+it reads input columns only, or columns of lower nodes of the chain that this path has
+already served for every row; it filters no rows (no LLM filter below it either: those
+are lower nodes it depends on) and its requests depend on a row only through messages
+that render in bulk (:meth:`~lazyllm.planner.nodes.LLMNode.messages_column`). For such a
+node the run does, for the whole column at once:
+
+- render the messages (polars), key the requests (:func:`~lazyllm.planner.cache.message_keys`)
+  and read them in one LMDB read transaction (:meth:`~lazyllm.planner.cache.PromptCache.get_records`);
+- a row whose template reads a null fails without a request, naming the input (the
+  null-input rule of the per-row path);
+- a row whose every request is cached gets its output values straight from the decoded
+  records: no ``Request``, ``Response`` or delivery per row for plain generations (text
+  values, ``n`` samples as lists) and for judges (an integer score, or the expected score
+  and its distribution); other nodes (choices, JSON schemas, rationales) and any answer
+  the fast rules do not take go through the node's own ``combine``, so the values and
+  errors are the per-row path's by construction;
+- a row with a request that is not cached is queued as the per-row path queues it
+  (``queue_row`` of the run): only the misses go to the engines, and their results are
+  delivered row by row as before.
+
+Everything else (nodes below which a value is still to be computed, LLM filters,
+pairwise judges, rewards, dry runs for ``explain()``) takes the per-row path unchanged.
+The statistics (rows, requests, distinct requests, cache hits, failures, token
+histograms) are those the per-row path records; ``tests/planner/test_columnar.py`` runs
+both paths on the same plans and compares frames, run logs and engine calls.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import polars as pl
+
+from lazyllm.backends.logprobs import normalize
+from lazyllm.core.protocols import Message, Response
+
+from .cache import message_keys
+from .nodes import Generate, Judge, LLMNode
+
+__all__ = ["serve_columns", "enabled"]
+
+
+def enabled() -> bool:
+    """Whether the columnar path is on (``LAZYLLM_COLUMNAR=0`` turns it off, to compare).
+
+    Returns
+    -------
+    bool
+        False when the environment variable ``LAZYLLM_COLUMNAR`` is ``0``.
+    """
+    return os.environ.get("LAZYLLM_COLUMNAR", "1") != "0"
+
+
+def serve_columns(run: Any) -> list[tuple[int, int]]:
+    """Serve the columnar nodes of a chain run; return the (node, row) pairs left to the per-row path.
+
+    Parameters
+    ----------
+    run : scheduler chain run
+        The run of one chain (``_ChainRun`` of :mod:`lazyllm.planner.scheduler`): its
+        node states, input frame, cache, and ``queue_row`` for cache misses.
+
+    Returns
+    -------
+    list of (int, int)
+        (node index, row) pairs for the run's ``make_ready``: every row of the nodes not
+        served here, and the rows of served nodes that the columnar rules leave alone.
+
+    Cost: per columnar node, one bulk render, one SHA-256 per request, one LMDB read
+    transaction and one msgpack decode per hit; no LLM call (misses are queued).
+    """
+    rows = run.df.height
+    served: set[int] = set()  # every row done
+    handled: set[int] = set()  # served here, hits and misses
+    left: list[tuple[int, int]] = []
+    if enabled() and not run.ctx.dry_run and rows:
+        for i, st in enumerate(run.states):
+            node = st.node
+            if node.filters_rows or not node.requests_from_messages or not set(st.deps) <= served:
+                continue
+            messages = st.bulk if not st.deps else node.messages_column(_frame(run, i))
+            if messages is None:
+                continue
+            rest, complete, ready = _serve_node(run, i, messages)
+            # rendered once: let the memory go; rows left here are rendered row by row (Jinja)
+            st.bulk = st.shapes = None
+            handled.add(i)
+            left.extend((i, r) for r in rest)
+            left.extend(ready)
+            if complete:
+                served.add(i)
+    for i, st in enumerate(run.states):
+        if i not in handled and (not st.deps or handled & set(st.deps)):
+            left.extend((i, r) for r in range(rows))
+    return left
+
+
+def _frame(run: Any, i: int) -> pl.DataFrame:
+    """The columns node ``i`` reads, from the input and the (served) lower nodes, as the
+    per-row path sees them: the nearest lower node writing a column wins."""
+    node = run.states[i].node
+    cols: dict[str, pl.Series] = {}
+    for col in sorted(node.columns_read()):
+        for j in range(i - 1, -1, -1):
+            low = run.states[j]
+            if col in low.values:
+                cols[col] = pl.Series(col, low.values[col], dtype=low.node.output_schema()[col])
+                break
+            if col == low.node.error_column:
+                cols[col] = pl.Series(col, low.errors, dtype=pl.String)
+                break
+        else:
+            if col in run.df.columns:
+                cols[col] = run.df.get_column(col)
+    # a node with a dependency reads a column of it, so the frame is never empty
+    return pl.DataFrame(list(cols.values()))
+
+
+def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
+                ) -> tuple[list[int], bool, list[tuple[int, int]]]:
+    """Serve node ``i`` from its bulk-rendered ``messages``; return the rows left to the
+    per-row path, whether every row is done, and the (node, row) pairs made ready."""
+    st = run.states[i]
+    node: LLMNode = st.node
+    shapes = st.shapes or node.requests_for({}, (Message("user", ""),))
+    n = len(shapes)
+    rendered = [r for r, m in enumerate(messages) if m is not None]
+    column = [messages[r] for r in rendered]
+    keys = [message_keys(st.model_fp, shape, column) for shape in shapes]  # type: ignore[arg-type]
+    flat = [key for per_sample in keys for key in per_sample]
+    records = run.cache.get_records(flat)
+    m = len(rendered)
+    left: list[int] = []
+    ready: list[tuple[int, int]] = []
+    # rows with a null input: fail without a request, as the per-row path does
+    for r, msg in enumerate(messages):
+        if msg is not None:
+            continue
+        nulls = node.null_inputs(run.row_context(i, r))
+        if not nulls:  # not the null-input rule: the per-row path decides
+            left.append(r)
+            continue
+        st.rendered[r] = True
+        st.stats.rows_in += 1
+        named = ", ".join(map(repr, nulls))
+        ready.extend(run.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
+                           "(handle it in the template with {{ x | default('...') }} or {% if x %}, "
+                           "or filter the row out)"))
+    st.stats.rows_in += m
+    st.stats.requests += m * n
+    st.keys.update(flat)
+    hit_keys = [key for key, rec in zip(flat, records) if rec is not None]
+    run.from_cache.update(hit_keys)
+    tokens = run.cached_tokens
+    for key, rec in zip(flat, records):
+        if rec is not None and key not in tokens:
+            tokens[key] = (int(rec.get("input_tokens", 0)), int(rec.get("output_tokens", 0)))
+    values = _values(node, n)
+    misses: list[tuple[int, int]] = []  # (row, position in the column)
+    for pos, r in enumerate(rendered):
+        st.rendered[r] = True
+        row = [records[k * m + pos] for k in range(n)]
+        if any(rec is None for rec in row):
+            misses.append((r, pos))
+            continue
+        out, error = values(row)
+        for col, value in out.items():
+            st.values[col][r] = value
+        st.errors[r] = error
+        if error is not None:
+            st.stats.failures += 1
+        st.done[r] = True
+    for r, pos in misses:  # only these go to the engines
+        row_keys = [keys[k][pos] for k in range(n)]
+        for k, key in enumerate(row_keys):
+            rec = records[k * m + pos]
+            if rec is not None and key not in run.known:  # a partial hit: its cached samples are served
+                run.known[key] = Response.from_record(rec)
+        ready.extend(run.queue_row(i, r, shapes, messages[r], row_keys))
+    return left, not misses and not left, ready
+
+
+def _values(node: LLMNode, n: int) -> Any:
+    """``row_records -> (values, error)`` for a row whose every request is cached: the
+    node's ``combine`` on the records, with fast rules that give the same result without a
+    ``Response`` for plain generations and judges."""
+
+    def combined(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+        return node.combine([Response.from_record(rec) for rec in records])
+
+    if isinstance(node, Generate) and node.choices is None and node.json_schema is None:
+        column = node.column
+
+        def generated(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+            texts = [rec["text"] for rec in records]
+            if any(t is None for t in texts):
+                return combined(records)
+            return {column: texts if n > 1 else texts[0]}, None
+
+        return generated
+    if isinstance(node, Judge) and node.method == "argmax" and not node.rationale:
+        lo, hi = node.scale
+        score_col = node.column
+
+        def scored(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+            text = records[0]["text"]
+            if isinstance(text, str) and text.isascii() and text.isdigit() and lo <= int(text) <= hi:
+                return {score_col: int(text)}, None
+            return combined(records)  # the judge's own message for anything else
+
+        return scored
+    if isinstance(node, Judge) and node.method == "expected":
+        lo, hi = node.scale
+        scores = node.scores()
+        score_col, probs_col = node.column, node.probs_column
+
+        def expected(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+            rec = records[0]
+            lps = rec.get("choice_logprobs")
+            if rec["text"] is None or lps is None or len(lps) != hi - lo + 1:
+                return combined(records)
+            probs = normalize([float(v) for v in lps])
+            if probs is None:
+                return combined(records)
+            return {score_col: float(sum(s * p for s, p in zip(scores, probs))), probs_col: probs}, None
+
+        return expected
+    return combined

@@ -1,0 +1,124 @@
+"""The columnar path (``planner/columnar.py``) gives what the per-row path gives.
+
+Each test runs the same steps twice, in two fresh workspaces: once with the columnar
+path off (``LAZYLLM_COLUMNAR=0``: every row goes through the scheduler's per-row loop)
+and once with it on, and compares the collected frames, the run logs' node statistics
+(rows, requests, distinct requests, cache hits, calls, failures, tokens and their
+histograms), ``explain()`` and the engine calls. Each also checks which nodes the
+columnar path served, so a test fails if the path silently stops being taken.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import lazyllm
+from lazyllm.core.layout import read_run_logs
+from lazyllm.planner import columnar
+
+_VOLATILE = {"seconds", "fingerprint"}
+
+
+def _nodes(ws) -> list[list[dict]]:
+    """Per run log (oldest first): its node statistics without wall times."""
+    return [[{k: v for k, v in node.items() if k not in _VOLATILE} for node in record["nodes"]]
+            for _, record in read_run_logs(ws)]
+
+
+def _run(steps, ws, counters, monkeypatch, on: bool):
+    """Collect each frame of ``steps`` in turn on ``ws``; what the last one returned, the
+    run logs, explain() of the last, engine calls and batches, and the nodes served in columns."""
+    served: list[str] = []
+    original = columnar._serve_node
+
+    def spy(run, i, messages):
+        served.append(run.states[i].node.column)
+        return original(run, i, messages)
+
+    counters.reset_counters()
+    df = None
+    with monkeypatch.context() as patch:
+        patch.setenv("LAZYLLM_COLUMNAR", "1" if on else "0")
+        patch.setattr(columnar, "_serve_node", spy)
+        for frame in steps:
+            df = frame.collect(workspace=ws, progress=False)
+        explained = steps[-1].explain(workspace=ws)
+    return df, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
+
+
+def _same(steps, tmp_path, counters, monkeypatch) -> tuple[pl.DataFrame, list[str]]:
+    """Run ``steps`` per row and in columns; assert identical results; return the frame and
+    the nodes served in columns."""
+    rows = _run(steps, tmp_path / "rows", counters, monkeypatch, on=False)
+    cols = _run(steps, tmp_path / "cols", counters, monkeypatch, on=True)
+    assert rows[5] == []  # the switch turns the columnar path off
+    assert_frame_equal(rows[0], cols[0])
+    assert json.dumps(rows[1], sort_keys=True) == json.dumps(cols[1], sort_keys=True)
+    assert rows[2] == cols[2]  # explain()
+    assert rows[3:5] == cols[3:5]  # engine calls and batches
+    return cols[0], cols[5]
+
+
+def topics(n: int, nulls: tuple[int, ...] = ()) -> lazyllm.Frame:
+    return lazyllm.from_dicts([{"id": i, "topic": None if i in nulls else f"topic {i}"} for i in range(n)],
+                              schema={"id": pl.Int64, "topic": pl.String})
+
+
+def test_partial_hits_and_null_inputs_match_the_per_row_path(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(batch_size=4, fail_on=("topic 7",), rules=(("topic 5", " spaced answer\n"),))
+    full = topics(12, nulls=(3, 9)).generate("q", model, prompt="Ask about {{ topic }}")
+    warm_half = topics(6, nulls=(3,)).generate("q", model, prompt="Ask about {{ topic }}")
+    df, served = _same([warm_half, full, full], tmp_path, counters, monkeypatch)
+    assert served == ["q", "q", "q"]
+    assert df["q"][3] is None and "'topic'" in df["q_error"][3] and df["q"][9] is None
+    assert df["q"][7] is None and df["q_error"][7] is not None  # an engine error, retried each run
+    assert df["q"].null_count() == 3
+
+
+def test_n_samples_with_some_samples_cached(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(batch_size=8)
+    two = topics(5).generate("q", model, prompt="Ask about {{ topic }}", n=2, temperature=0.8, seed=3)
+    three = topics(5, nulls=(1,)).generate("q", model, prompt="Ask about {{ topic }}", n=3, temperature=0.8, seed=3)
+    df, served = _same([two, three, three], tmp_path, counters, monkeypatch)
+    assert served == ["q", "q", "q"]
+    assert df.schema["q"] == pl.List(pl.String) and len(df["q"][0]) == 3 and df["q"][1] is None
+
+
+def test_judges_scores_and_probabilities(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(
+        batch_size=4,
+        rules=(("topic 1", "11"), ("topic 2", "abc"), ("topic 4", " 7"), ("Rate", "6")),
+        distributions=(("topic 3", (("2", 0.5), ("4", 0.5))), ("Grade", (("3", 0.25), ("5", 0.75)))),
+    )
+    base = topics(6, nulls=(5,))
+    frame = (base.judge("s", model, prompt="Rate {{ topic }}", scale=(1, 10))
+             .judge("e", model, prompt="Grade {{ topic }}", scale=(1, 5), method="expected"))
+    df, served = _same([base.head(3).judge("s", model, prompt="Rate {{ topic }}", scale=(1, 10)), frame, frame],
+                       tmp_path, counters, monkeypatch)
+    assert served[-2:] == ["s", "e"]
+    assert df["s"].to_list()[:5] == [6, None, None, 2, 7] and "not a score" in df["s_error"][1]
+    assert df["e"][3] == pytest.approx(3.0) and df["e"][0] == pytest.approx(4.5)
+    assert df["e_probs"][0].to_list() == pytest.approx([0, 0, 0.25, 0, 0.75])
+
+
+def test_a_chain_of_nodes_with_constraints_a_filter_and_a_dependent_node(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(batch_size=4, rules=(("Label topic 2", "maybe"), ("Label", "yes"),
+                                                   ("Keep", "yes"), ("JSON", '{"k": 1}')))
+    keep = lazyllm.llm_predicate(model, "Keep {{ q }}?")
+    chain = (topics(8, nulls=(6,))
+             .generate("q", model, prompt="Ask about {{ topic }}")
+             .generate("a", model, prompt="Answer {{ q }}")  # depends on q: columnar once q is served
+             .generate("label", model, prompt="Label {{ topic }}", choices=["yes", "no"])
+             .generate("obj", model, prompt="JSON {{ topic }}", json_schema={"type": "object",
+                                                                              "properties": {"k": {"type": "integer"}}})
+             .judge("s", model, prompt="Rate {{ a }}", scale=(1, 10), rationale=True))
+    above = chain.filter(keep).generate("after", model, prompt="After {{ a }}")  # above an LLM filter: per row
+    warm = topics(4).generate("q", model, prompt="Ask about {{ topic }}")
+    df, served = _same([warm, above, above, chain], tmp_path, counters, monkeypatch)
+    assert {"q", "a", "label", "obj", "s"} <= set(served) and "after" not in served
+    assert df["label"][2] is None and "maybe" in df["label_error"][2]
+    assert df["a"][6] is None and "'q'" in df["a_error"][6]  # a null that came from a lower node's failure
