@@ -51,7 +51,7 @@ from lazyllm.core.errors import CacheError
 from lazyllm.core.protocols import Request, Response
 
 __all__ = ["PromptCache", "request_key", "message_key", "message_keys", "CACHE_FORMAT", "CacheCheck", "verify_cache", "repair_cache", "LeaseResult",
-           "lease_owner", "LEASE_SECONDS"]
+           "lease_owner", "lease_seconds", "LEASE_SECONDS"]
 
 CACHE_FORMAT = 1
 _DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
@@ -366,7 +366,7 @@ class PromptCache:
             ``cached`` (stored meanwhile) and ``elsewhere`` (leased by another live owner).
         """
         now = time.time() if now is None else now
-        expires = now + (seconds if seconds is not None else _lease_seconds())
+        expires = now + (seconds if seconds is not None else lease_seconds())
         out = LeaseResult()
         while True:
             try:
@@ -505,8 +505,17 @@ def lease_owner() -> str:
     return f"{_HOST}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
-def _lease_seconds() -> float:
+def lease_seconds() -> float:
+    """The lease duration in seconds: ``LAZYLLM_LEASE_SECONDS``, else :data:`LEASE_SECONDS`.
+
+    Returns
+    -------
+    float
+        Seconds from a lease transaction to the expiry of the leases it takes.
+    """
     return float(os.environ.get("LAZYLLM_LEASE_SECONDS") or LEASE_SECONDS)
+
+
 
 
 def _lapsed(lease: Mapping[str, Any], owner: str, now: float) -> bool:

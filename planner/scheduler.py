@@ -46,7 +46,7 @@ from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.protocols import Message, Request, Response
 from lazyllm.core.redact import redact
 
-from .cache import lease_owner, message_key, request_key
+from .cache import lease_owner, lease_seconds, message_key, request_key
 from .columnar import serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
@@ -56,6 +56,11 @@ __all__ = ["run_chain", "UNCOMPUTED"]
 
 #: Seconds between two looks at the cache while waiting for requests other processes lease.
 _AWAIT_POLL = 0.2
+
+#: Engine batches leased in one LMDB write transaction: the batch about to be sent and the
+#: next ones of its model's queue (leased ahead: sent without another lease transaction while
+#: their lease is fresh, see :meth:`_ChainRun._lease`).
+LEASE_AHEAD = 8
 
 #: Stands for an LLM value that a dry run has not computed.
 UNCOMPUTED = "\u2047uncomputed\u2047"
@@ -154,6 +159,8 @@ class _ChainRun:
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
         self.owner = lease_owner()  # leases of this run's requests in flight
         self.awaited: dict[bytes, _Work] = {}  # leased by another process: awaited from the cache
+        self.ahead: set[bytes] = set()  # queued requests leased ahead by this run, not sent yet
+        self._ahead_at = 0.0  # time.monotonic() of the lease transaction that took ``ahead``
 
     # -- per-row bookkeeping -------------------------------------------------------------
     def alive(self, i: int, r: int) -> bool:
@@ -310,7 +317,11 @@ class _ChainRun:
         if self.ctx.dry_run:
             self._dry_drain()
         else:
-            self._drain()
+            try:
+                self._drain()
+            finally:  # leases taken ahead and not sent go back to the other processes at once
+                self.cache.release(self.ahead | set(self.queued), self.owner)
+                self.ahead.clear()
         elapsed = time.perf_counter() - start
         outputs: list[pl.DataFrame] = []
         current = self.df
@@ -384,16 +395,45 @@ class _ChainRun:
 
     def _lease(self, works: list[_Work]) -> list[_Work]:
         """The works this run may send: leased here. Works cached meanwhile are served; works
-        leased by another live process are awaited (:meth:`_await_others`)."""
-        got = self.cache.lease([w.key for w in works], self.owner)
-        if len(got.acquired) == len(works):
+        leased by another live process are awaited (:meth:`_await_others`).
+
+        One write transaction leases the batch and the next ``LEASE_AHEAD - 1`` batches of its
+        model's queue; a later batch whose every request was leased ahead, less than
+        :func:`_ahead_fresh` seconds ago, is sent without a transaction. Requests leased ahead
+        are never sent by another process; those not sent are released when the run ends
+        (a killed process's leases lapse at once on this machine, as before)."""
+        if not works:
+            return works
+        fresh = time.monotonic() - self._ahead_at < _ahead_fresh()
+        if fresh and all(w.key in self.ahead for w in works):
+            self.ahead.difference_update(w.key for w in works)
+            return works
+        ahead = self._peek(self.states[works[0].node_index].model_fp, (LEASE_AHEAD - 1) * len(works))
+        got = self.cache.lease([w.key for w in works] + ahead, self.owner)
+        acquired = set(got.acquired)
+        self.ahead = {k for k in ahead if k in acquired}
+        self._ahead_at = time.monotonic()
+        if all(w.key in acquired for w in works):
             return works
         by_key = {w.key: w for w in works}
         for key in got.elsewhere:
-            self.awaited[key] = by_key[key]
-        self._serve_cached([by_key[k] for k in got.cached])
-        acquired = set(got.acquired)
+            if key in by_key:
+                self.awaited[key] = by_key[key]
+        self._serve_cached([by_key[k] for k in got.cached if k in by_key])
         return [w for w in works if w.key in acquired]
+
+    def _peek(self, model_fp: str, n: int) -> list[bytes]:
+        """The keys of the next ``n`` queued works of one model, in :meth:`_take`'s order,
+        left in the queue (heap entries popped and pushed back unchanged)."""
+        q, order = self.queues[model_fp], self._order[model_fp]
+        popped: list[tuple[int, int, int, bytes]] = []
+        while order and len(popped) < n:
+            entry = heapq.heappop(order)
+            if entry[3] in q:  # else a stale entry: taken already
+                popped.append(entry)
+        for entry in popped:
+            heapq.heappush(order, entry)
+        return [entry[3] for entry in popped]
 
     def _serve_cached(self, works: list[_Work]) -> bool:
         """Complete the works whose responses another process has stored; True if any was."""
@@ -510,6 +550,12 @@ class _ChainRun:
         for i, st in enumerate(self.states):
             bars.refresh(i, done=sum(st.done), total=len(st.done), hits=len(st.keys & self.from_cache),
                          tokens=st.stats.output_tokens)
+
+
+def _ahead_fresh() -> float:
+    """Seconds a lease taken ahead stays good for sending: a tenth of the lease duration, at
+    most 30 s, so a request leased ahead keeps nearly all of its lease while in flight."""
+    return min(30.0, lease_seconds() / 10)
 
 
 def _cache_model_fingerprint(model: Any, ctx: Any) -> str:

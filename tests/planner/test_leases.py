@@ -151,3 +151,72 @@ def test_a_lease_of_a_dead_process_on_this_machine_lapses_at_once(tmp_path):
     alive = f"{host}:{os.getpid()}:other-run"
     assert cache.lease([b"j" * 32], alive, seconds=3600).acquired == [b"j" * 32]
     assert cache.lease([b"j" * 32], lease_owner(), seconds=3600).elsewhere == [b"j" * 32]
+
+
+# -- leasing ahead: one lease transaction for several engine batches ---------------------------
+
+
+def _count_leases(monkeypatch) -> list[int]:
+    """Spy on lease transactions: the number of keys each one leased."""
+    calls: list[int] = []
+    original = PromptCache.lease
+
+    def counting(self, keys, owner, **kwargs):
+        keys = list(keys)
+        calls.append(len(keys))
+        return original(self, keys, owner, **kwargs)
+
+    monkeypatch.setattr(PromptCache, "lease", counting)
+    return calls
+
+
+def _keys(model, rows: int) -> list[bytes]:
+    """The cache keys of ``generate(prompt="A: {{ q }}")`` over ``question 0..rows-1``."""
+    from lazyllm.core.hashing import model_fingerprint
+    from lazyllm.core.protocols import Message, Request
+    from lazyllm.core.protocols import SamplingParams
+    from lazyllm.planner.cache import request_key
+
+    params = SamplingParams(max_tokens=256)
+    return [request_key(model_fingerprint(model), Request(messages=(Message("user", f"A: question {i}"),),
+                                                          params=params)) for i in range(rows)]
+
+
+def _job(model, rows: int):
+    import lazyllm
+
+    return lazyllm.from_dicts([{"q": f"question {i}"} for i in range(rows)]).generate("a", model, prompt="A: {{ q }}")
+
+
+def test_one_lease_transaction_covers_several_batches_and_nothing_stays_leased(tmp_path, monkeypatch, counters):
+    import lazyllm
+    from lazyllm.planner import scheduler
+
+    calls = _count_leases(monkeypatch)
+    model = lazyllm.TestModel(batch_size=2)
+    df = _job(model, 40).collect(workspace=tmp_path / "ws", progress=False)
+    batches = 40 // 2
+    assert counters.SUBMISSIONS == [2] * batches and df["a"].null_count() == 0
+    window = scheduler.LEASE_AHEAD
+    assert len(calls) == -(-batches // window) and calls[0] == 2 * window  # not one per batch
+    cache = PromptCache(tmp_path / "ws" / "cache")
+    keys = _keys(model, 40)
+    assert len(cache.get_many(keys)) == 40  # the keys are the run's: every one computed and committed
+    assert cache.leased_elsewhere(keys, "another-host:1:x") == set()
+
+
+def test_a_failed_run_releases_what_it_leased_ahead(tmp_path, monkeypatch, counters):
+    import lazyllm
+    from lazyllm.errors import EngineError
+
+    calls = _count_leases(monkeypatch)
+    model = lazyllm.TestModel(batch_size=2, raise_on=("question 3",))
+    with pytest.raises(EngineError):
+        _job(model, 12).collect(workspace=tmp_path / "ws", progress=False)
+    assert calls == [2 * 6]  # the whole queue was leased by the first batch's transaction
+    cache = PromptCache(tmp_path / "ws" / "cache")
+    keys = _keys(model, 12)
+    committed = cache.get_many(keys)
+    assert len(committed) == 2 * (len(counters.SUBMISSIONS) - 1) < 12  # the batch that raised was not committed
+    assert cache.leased_elsewhere(keys, "another-host:1:x") == set()  # nothing left leased: no one waits
+    assert cache.lease(keys, "another-host:1:x").acquired == [k for k in keys if k not in committed]
