@@ -23,6 +23,7 @@ Usage::
     python -m benchmarks.run overhead --quick               # 100k rows only, one round, no sink
     python -m benchmarks.overhead --profile 50000           # pyinstrument per phase (text)
     python -m benchmarks.overhead --compare /tmp/venv-integ/bin/python --rows 100000  # before/after
+    LAZYLLM_VLLM_VENV=/path/.venv-vllm python -m benchmarks.overhead --real 300  # OpenAI engine + local vLLM
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -163,13 +165,17 @@ def _compare(baseline: str, sizes: tuple[int, ...], rounds: int) -> None:
 
     pythons = {"before": baseline, "after": sys.executable}
     lines = ["| rows | phase | before µs/row | after µs/row | after / before |", "|---|---|---|---|---|"]
+    # the children run this benchmark from a folder holding only a copy of it, so that each
+    # imports lazyllm from its own install (not the lazyllm/ folder of this checkout)
+    neutral = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-bench-"))
+    shutil.copytree(Path(__file__).resolve().parent, neutral / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
     for n in sizes:
         got: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "explain": []} for k in pythons}
         for _ in range(rounds):
             for name, python in pythons.items():
                 proc = subprocess.run([python, "-m", "benchmarks.overhead", "--phases-child", str(n)],
-                                      capture_output=True, text=True, check=True,
-                                      cwd=Path(__file__).resolve().parent.parent)
+                                      capture_output=True, text=True, check=True, cwd=neutral)
                 for phase, seconds in json.loads(proc.stdout.strip().splitlines()[-1]).items():
                     got[name][phase].append(seconds * 1e6 / n)
         for phase in ("cold", "warm", "explain"):
@@ -180,6 +186,112 @@ def _compare(baseline: str, sizes: tuple[int, ...], rounds: int) -> None:
         f"processes alternate before/after, {rounds} round(s) per size, medians. Same workload as above; the "
         "machine was shared while measuring.")
     write_section("Per-row overhead before vs after (issue 19)", body, " ".join(sys.argv))
+
+
+def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
+    """One ``generate`` over ``n`` rows with the OpenAI engine against a local vLLM server
+    (``vllm.entrypoints.openai.api_server`` from ``$LAZYLLM_VLLM_VENV``, SmolLM2-135M, float32,
+    started as ``tests/backends/test_openai.py`` starts it): wall time of the cold collect,
+    time spent inside the engine's ``generate`` (waiting for the server and decoding its
+    answers), and the rest, which is lazyllm's own work; then the warm rerun."""
+    import urllib.error
+    import urllib.request
+
+    import polars as pl
+
+    import lazyllm
+    from lazyllm.backends.openai_api import OpenAIEngine
+    from lazyllm.backends.vllm_engine import find_vllm_python
+    from lazyllm.core.model_store import resolve_model_dir
+
+    from .run import write_section
+
+    python = find_vllm_python()
+    if python is None:
+        raise SystemExit("no vLLM install: set LAZYLLM_VLLM_VENV (see scripts/install_vllm.sh)")
+    folder = resolve_model_dir(lazyllm.Transformers(), model_ws)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    log_path = model_ws / f"vllm-server-{port}.log"
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--enforce-eager", "--gpu-memory-utilization", "0.5", "--max-model-len", "2048", "--seed", "0",
+               "--no-enable-chunked-prefill"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    inside = [0.0]
+    original = OpenAIEngine.generate
+
+    def timed(self: Any, requests: Any) -> Any:
+        parts = original(self, requests)
+        while True:
+            start = time.perf_counter()
+            try:
+                part = next(parts)
+            except StopIteration:
+                inside[0] += time.perf_counter() - start
+                return
+            inside[0] += time.perf_counter() - start
+            yield part
+
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the vLLM server exited:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the vLLM server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        OpenAIEngine.generate = timed  # type: ignore[method-assign]
+        df = pl.DataFrame({"x": [f"item {i}" for i in range(n)]})
+        frame = lazyllm.from_polars(df).generate("y", lazyllm.OpenAI("smollm2", base_url=url),
+                                                 prompt="Say {{ x }} in French.", max_tokens=max_tokens)
+        ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-real-"))
+        try:
+            start = time.perf_counter()
+            out = frame.collect(workspace=ws, progress=False)
+            cold = time.perf_counter() - start
+            engine = inside[0]
+            start = time.perf_counter()
+            frame.collect(workspace=ws, progress=False)
+            warm = time.perf_counter() - start
+        finally:
+            shutil.rmtree(ws, ignore_errors=True)
+    finally:
+        OpenAIEngine.generate = original  # type: ignore[method-assign]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    assert out.height == n and out["y_error"].null_count() == n  # every row answered
+    own = cold - engine
+    lines = ["| rows | max_tokens | cold s | inside the engine s | lazyllm's own s | share of wall time | "
+             "µs/row (own) | warm s |", "|---|---|---|---|---|---|---|---|",
+             f"| {n:,} | {max_tokens} | {cold:.2f} | {engine:.2f} | {own:.3f} | {own / cold:.1%} | "
+             f"{own * 1e6 / n:.0f} | {warm:.3f} |"]
+    body = "\n".join(lines) + (
+        "\n\nWorkload: one `generate` (`\"Say {{ x }} in French.\"`) with `lazyllm.OpenAI(\"smollm2\", base_url=...)` "
+        "against a local vLLM OpenAI-compatible server (SmolLM2-135M-Instruct, float32, CPU, from "
+        "`$LAZYLLM_VLLM_VENV`), fresh workspace. *Inside the engine*: time spent in the OpenAI engine's "
+        "`generate` (HTTP requests in flight, decoding the answers); *lazyllm's own*: the rest of the cold "
+        "collect (plan, render, keys, cache lookups, leases and commits, assembling the frame). Warm: the same "
+        "collect again (every row from the cache, no HTTP call). The server shares the 2 cores with lazyllm.")
+    write_section("Per-row overhead with a real engine (issue 19)", body, " ".join(sys.argv))
 
 
 def _profile(n: int) -> None:
@@ -209,6 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, metavar="ROWS", help="pyinstrument profile of each phase")
     parser.add_argument("--compare", metavar="PYTHON", help="before/after: the Python of another install")
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000], help="--compare: input sizes")
+    parser.add_argument("--real", type=int, metavar="ROWS",
+                        help="the OpenAI engine against a local vLLM server ($LAZYLLM_VLLM_VENV): overhead share")
+    parser.add_argument("--max-tokens", type=int, default=16, help="--real: tokens generated per row")
+    parser.add_argument("--model-workspace", default=None, help="--real: workspace holding the converted model")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
@@ -223,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(ws, ignore_errors=True)
     elif args.compare:
         _compare(args.compare, tuple(args.rows), args.repeats or 2)
+    elif args.real:
+        model_ws = Path(args.model_workspace or tempfile.mkdtemp(prefix="lazyllm-overhead-models-"))
+        _real_engine(args.real, args.max_tokens, model_ws)
     elif args.profile:
         _profile(args.profile)
     else:
