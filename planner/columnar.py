@@ -31,18 +31,22 @@ both paths on the same plans and compares frames, run logs and engine calls.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import polars as pl
 
 from lazyllm.backends.logprobs import normalize
-from lazyllm.core.protocols import Message, Response
+from lazyllm.core.protocols import Message, Request, Response
 
 from .cache import message_keys
 from .nodes import Generate, Judge, LLMNode
 
 __all__ = ["serve_columns", "enabled"]
+
+#: The fields of a request other than its messages (copied from a node's request shape).
+_REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
 
 
 def enabled() -> bool:
@@ -175,13 +179,16 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
         if error is not None:
             st.stats.failures += 1
         st.done[r] = True
+    # a miss's request: its shape with the row's messages (``dataclasses.replace`` without its per-call cost)
+    fields = [dict((name, getattr(shape, name)) for name in _REQUEST_FIELDS) for shape in shapes]
     for r, pos in misses:  # only these go to the engines
         row_keys = [keys[k][pos] for k in range(n)]
         for k, key in enumerate(row_keys):
             rec = records[k * m + pos]
             if rec is not None and key not in run.known:  # a partial hit: its cached samples are served
                 run.known[key] = Response.from_record(rec)
-        ready.extend(run.queue_row(i, r, shapes, messages[r], row_keys))
+        msgs = messages[r]
+        ready.extend(run.queue_row(i, r, [Request(messages=msgs, **kw) for kw in fields], row_keys))
     return left, not misses and not left, ready
 
 

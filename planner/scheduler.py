@@ -289,11 +289,10 @@ class _ChainRun:
                 work.slots.extend(slots)
             todo = next_todo
 
-    def queue_row(self, i: int, r: int, shapes: Sequence[Request], messages: tuple[Message, ...],
-                  keys: Sequence[bytes]) -> list[tuple[int, int]]:
-        """Queue row ``r`` of node ``i``, rendered and keyed by the columnar path: its requests
-        are ``shapes`` with ``messages``; known responses are delivered, the others wait for
-        the engine as in :meth:`make_ready`. Returns the (node, row) pairs made ready."""
+    def queue_row(self, i: int, r: int, requests: Sequence[Request], keys: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Queue row ``r`` of node ``i``, rendered and keyed by the columnar path (``requests``
+        and their ``keys``): known responses are delivered, the others wait for the engine as
+        in :meth:`make_ready`. Returns the (node, row) pairs made ready."""
         st = self.states[i]
         self.responses[(i, r)] = [None] * len(keys)
         st.pending[r] = len(keys)
@@ -304,8 +303,8 @@ class _ChainRun:
                 continue
             work = self.queued.get(key) or self.awaited.get(key)
             if work is None:
-                work = _Work(key, dataclasses.replace(shapes[k], messages=messages), i,
-                             size=sum(len(m.content) for m in messages))
+                req = requests[k]
+                work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
                 self._enqueue(work)
             work.slots.append((i, r, k))
         return ready
