@@ -87,7 +87,7 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
             node = st.node
             if node.filters_rows or not node.requests_from_messages or not set(st.deps) <= served:
                 continue
-            messages = st.bulk if not st.deps else node.messages_column(_frame(run, i))
+            messages = st.bulk if not st.deps else _render(run, i)
             if messages is None:
                 continue
             rest, complete, ready = _serve_node(run, i, messages)
@@ -102,6 +102,16 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
         if i not in handled and (not st.deps or handled & set(st.deps)):
             left.extend((i, r) for r in range(rows))
     return left
+
+
+def _render(run: Any, i: int) -> list[tuple[Message, ...] | None] | None:
+    """The bulk-rendered messages of node ``i`` over the served lower nodes' outputs, or None
+    (the per-row path renders it) when its columns do not make a frame or do not render in bulk."""
+    try:
+        frame = _frame(run, i)
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        return None  # values polars does not take as the node's dtype: Jinja renders them row by row
+    return run.states[i].node.messages_column(frame)
 
 
 def _frame(run: Any, i: int) -> pl.DataFrame:
