@@ -174,21 +174,24 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
     for key, rec in zip(flat, records):
         if rec is not None and key not in tokens:
             tokens[key] = (int(rec.get("input_tokens", 0)), int(rec.get("output_tokens", 0)))
-    values = _values(node, n)
-    misses: list[tuple[int, int]] = []  # (row, position in the column)
-    for pos, r in enumerate(rendered):
+    if n == 1:
+        hit_pos = [pos for pos, rec in enumerate(records) if rec is not None]
+    else:
+        hit_pos = [pos for pos in range(m) if all(records[k * m + pos] is not None for k in range(n))]
+    misses = _misses(rendered, hit_pos)  # (row, position in the column)
+    for r in rendered:
         st.rendered[r] = True
-        row = [records[k * m + pos] for k in range(n)]
-        if any(rec is None for rec in row):
-            misses.append((r, pos))
-            continue
-        out, error = values(row)
-        for col, value in out.items():
-            st.values[col][r] = value
-        st.errors[r] = error
-        if error is not None:
-            st.stats.failures += 1
-        st.done[r] = True
+    if not _plain_texts(st, node, n, records, m, [rendered[pos] for pos in hit_pos], hit_pos):
+        values = _values(node, n)
+        for pos in hit_pos:
+            r = rendered[pos]
+            out, error = values([records[k * m + pos] for k in range(n)])
+            for col, value in out.items():
+                st.values[col][r] = value
+            st.errors[r] = error
+            if error is not None:
+                st.stats.failures += 1
+            st.done[r] = True
     # a miss's request: its shape with the row's messages (``dataclasses.replace`` without its per-call cost)
     fields = [dict((name, getattr(shape, name)) for name in _REQUEST_FIELDS) for shape in shapes]
     for r, pos in misses:  # only these go to the engines
@@ -200,6 +203,36 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
         msgs = messages[r]
         ready.extend(run.queue_row(i, r, [Request(messages=msgs, **kw) for kw in fields], row_keys))
     return left, not misses and not left, ready
+
+
+def _misses(rendered: list[int], hit_pos: list[int]) -> list[tuple[int, int]]:
+    """(row, position) of the rendered rows that are not all hits."""
+    if len(hit_pos) == len(rendered):
+        return []
+    hits = set(hit_pos)
+    return [(r, pos) for pos, r in enumerate(rendered) if pos not in hits]
+
+
+def _plain_texts(st: Any, node: LLMNode, n: int, records: list[Any], m: int, rows: list[int],
+                 hit_pos: list[int]) -> bool:
+    """A plain generation (no choices, no JSON schema): its values are the cached texts (a
+    list of the ``n`` samples when ``n > 1``) and its errors null, the column at once.
+    False, doing nothing, for any other node or when a cached text is null (``combine`` decides)."""
+    if not isinstance(node, Generate) or node.choices is not None or node.json_schema is not None:
+        return False
+    texts = [[records[k * m + pos]["text"] for pos in hit_pos] for k in range(n)]
+    if any(t is None for sample in texts for t in sample):
+        return False
+    values = texts[0] if n == 1 else [list(row) for row in zip(*texts)]
+    column = st.values[node.column]
+    if len(rows) == len(column):  # every row, in order
+        column[:] = values
+        st.done[:] = [True] * len(rows)
+        return True
+    for r, value in zip(rows, values):
+        column[r] = value
+        st.done[r] = True
+    return True
 
 
 def _values(node: LLMNode, n: int) -> Any:
