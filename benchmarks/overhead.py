@@ -23,6 +23,7 @@ Usage::
     python -m benchmarks.run overhead --quick               # 100k rows only, one round, no sink
     python -m benchmarks.overhead --profile 50000           # pyinstrument per phase (text)
     python -m benchmarks.overhead --compare /tmp/venv-integ/bin/python --rows 100000  # before/after
+    python -m benchmarks.overhead --compare /tmp/venv-integ/bin/python --ablate  # + columnar off, lease per batch
     LAZYLLM_VLLM_VENV=/path/.venv-vllm python -m benchmarks.overhead --real 300  # OpenAI engine + local vLLM
 """
 
@@ -156,14 +157,26 @@ def bench_overhead(args: argparse.Namespace) -> None:
     write_section("Per-row overhead at scale (issue 19)", body, " ".join(sys.argv))
 
 
-def _compare(baseline: str, sizes: tuple[int, ...], rounds: int) -> None:
+#: ``--ablate`` variants of this tree: (name, extra child arguments, extra environment).
+_ABLATIONS = (("columnar off", [], {"LAZYLLM_COLUMNAR": "0"}), ("lease per batch", ["--lease-ahead", "1"], {}))
+
+
+def _compare(baseline: str, sizes: tuple[int, ...], rounds: int, ablate: bool = False) -> None:
     """Alternate (A B A B) child processes of another install (``baseline``: its Python, e.g.
-    a virtual environment with the integration branch) and this one; write medians and ratios."""
+    a virtual environment with the integration branch) and this one; write medians and ratios.
+    With ``ablate``, also this tree with the columnar path off and with one lease transaction
+    per engine batch, in the same alternation."""
     import statistics
 
     from .run import write_section
 
     pythons = {"before": baseline, "after": sys.executable}
+    variants: dict[str, tuple[str, list[str], dict[str, str]]] = {
+        "before": (baseline, [], {}), "after": (sys.executable, [], {})}
+    if ablate:
+        variants.update({name: (sys.executable, extra, env) for name, extra, env in _ABLATIONS})
+        _ablate(variants, sizes, rounds)
+        return
     lines = ["| rows | phase | before µs/row | after µs/row | after / before |", "|---|---|---|---|---|"]
     # the children run this benchmark from a folder holding only a copy of it, so that each
     # imports lazyllm from its own install (not the lazyllm/ folder of this checkout)
@@ -186,6 +199,40 @@ def _compare(baseline: str, sizes: tuple[int, ...], rounds: int) -> None:
         f"processes alternate before/after, {rounds} round(s) per size, medians. Same workload as above; the "
         "machine was shared while measuring.")
     write_section("Per-row overhead before vs after (issue 19)", body, " ".join(sys.argv))
+
+
+def _ablate(variants: dict[str, tuple[str, list[str], dict[str, str]]], sizes: tuple[int, ...], rounds: int) -> None:
+    """:func:`_compare` with the ablation variants: one column per variant, ratios to before."""
+    import statistics
+
+    from .run import write_section
+
+    neutral = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-bench-"))
+    shutil.copytree(Path(__file__).resolve().parent, neutral / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    names = list(variants)
+    lines = ["| rows | phase | " + " | ".join(f"{v} µs/row" for v in names) + " | after / before |",
+             "|---|---|" + "---|" * (len(names) + 1)]
+    for n in sizes:
+        got: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "explain": []} for k in names}
+        for _ in range(rounds):
+            for name, (python, extra, env) in variants.items():
+                proc = subprocess.run([python, "-m", "benchmarks.overhead", "--phases-child", str(n), *extra],
+                                      capture_output=True, text=True, check=True, cwd=neutral,
+                                      env={**os.environ, **env})
+                for phase, seconds in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                    got[name][phase].append(seconds * 1e6 / n)
+        for phase in ("cold", "warm", "explain"):
+            med = {k: statistics.median(got[k][phase]) for k in names}
+            cells = " | ".join(f"{med[k]:.1f}" for k in names)
+            lines.append(f"| {n:,} | {phase} | {cells} | {med['after'] / med['before']:.2f} |")
+    body = "\n".join(lines) + (
+        f"\n\nBefore: `{variants['before'][0]}`; after: this tree; *columnar off*: this tree with "
+        "`LAZYLLM_COLUMNAR=0` (every row through the scheduler's per-row loop); *lease per batch*: this tree "
+        f"with one lease transaction per engine batch (`LEASE_AHEAD = 1`). Child processes alternate in that "
+        f"order, {rounds} round(s) per size, medians. Same workload as above; the machine was shared while "
+        "measuring.")
+    write_section("Per-row overhead before vs after, with ablations (issue 19)", body, " ".join(sys.argv))
 
 
 def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
@@ -325,6 +372,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the OpenAI engine against a local vLLM server ($LAZYLLM_VLLM_VENV): overhead share")
     parser.add_argument("--max-tokens", type=int, default=16, help="--real: tokens generated per row")
     parser.add_argument("--model-workspace", default=None, help="--real: workspace holding the converted model")
+    parser.add_argument("--ablate", action="store_true",
+                        help="--compare: also this tree with the columnar path off and one lease per batch")
+    parser.add_argument("--lease-ahead", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
@@ -332,13 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.sink_child:
         _sink_child(int(args.sink_child[0]), int(args.sink_child[1]), Path(args.sink_child[2]))
     elif args.phases_child:
+        if args.lease_ahead is not None:
+            from lazyllm.planner import scheduler
+
+            scheduler.LEASE_AHEAD = args.lease_ahead  # type: ignore[attr-defined]
         ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-ws-"))
         try:
             print(json.dumps(_phases(args.phases_child, ws)))
         finally:
             shutil.rmtree(ws, ignore_errors=True)
     elif args.compare:
-        _compare(args.compare, tuple(args.rows), args.repeats or 2)
+        _compare(args.compare, tuple(args.rows), args.repeats or 2, ablate=args.ablate)
     elif args.real:
         model_ws = Path(args.model_workspace or tempfile.mkdtemp(prefix="lazyllm-overhead-models-"))
         _real_engine(args.real, args.max_tokens, model_ws)
