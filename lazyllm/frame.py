@@ -28,8 +28,8 @@ from lazyllm.core.errors import PlanError
 from lazyllm.core.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
-from lazyllm.planner.explain import render_plan, savings
-from lazyllm.planner.optimizer import optimize
+from lazyllm.planner.explain import render_plan, rule_lines, savings
+from lazyllm.planner.optimizer import optimize, rule_savings
 from lazyllm.planner.templates import check_columns
 from lazyllm.planner.train import TrainedModel
 from lazyllm.planner.workspace import Workspace
@@ -1102,16 +1102,17 @@ class Frame:
         >>> print(frame.explain(fingerprints=False).splitlines()[0])
         optimized plan
         """
-        if optimized:
-            result = optimize(self._node)
-            plan = result.plan
-            header = ["optimized plan"]
-            header += [f"  rule {name}: {note}" for name, note in result.fired] or ["  (no rule fired)"]
-        else:
-            plan, header = self._node, ["logical plan"]
+        if not optimized:
+            plan = self._node
+            stats = _exec.dry_run([plan], workspace)
+            return "logical plan\n" + render_plan(plan, stats, fingerprints=fingerprints)
+        result = optimize(self._node)
+        plan = result.plan
         stats = _exec.dry_run([plan], workspace)
-        if optimized:
-            header.insert(1, "  " + savings(_exec.dry_run([self._node], workspace), stats))
+        header = ["optimized plan", "  " + savings(_exec.dry_run([self._node], workspace), stats)]
+        saved = rule_savings(self._node, result,
+                             lambda node: sum(s.calls for s in _exec.dry_run([node], workspace).values()))
+        header += rule_lines(result.fired, saved) or ["  (no rule fired)"]
         return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
 
     def sink_parquet(self, directory: str | os.PathLike[str], *, rows_per_shard: int = 100_000,

@@ -258,7 +258,7 @@ def test_main_job_module_filter_passes_the_score_filter(ws, counters):
     in_modules = docs_to_qa.load_docs(64)["module"].is_in(modules).sum()
     assert counted(frame, ws, counters) == (3 * in_modules, 3 * 64)
     text = frame.explain(workspace=ws.path / "explain")
-    assert "rule predicate_pushdown: filter col(\"module\")" in text
+    assert "rule predicate_pushdown · saves " in text and "    - filter col(\"module\")" in text
     assert f"LLM calls to make: {3 * in_modules} optimized vs {3 * 64} as written ({3 * 64 - 3 * in_modules} saved)" in text
 
 
@@ -429,3 +429,27 @@ def test_select_computations_blocked_on_llm_columns_and_aggregates(ws, counters)
     frame = gen(rows(8)).select("id", "q", m=pl.col("len").mean()).filter(pl.col("m") > 0)
     assert kinds(optimize(frame.plan).plan)[:3] == ["Filter", "Select", "Generate"]
     counted(frame, ws, counters)
+
+
+# -- explain: each rule that fired, with the calls it saves (ablation) ---------------------
+
+
+def test_explain_gives_each_fired_rule_the_calls_it_saves(ws):
+    # pruning removes the generate; without it, the filter would still pass the generate
+    # (derivation + predicate pushdown) and 20 calls remain: that is what pruning alone saves
+    frame = gen(rows()).with_columns(big=pl.col("len") >= 90).filter(pl.col("big")).drop("q", "q_error")
+    lines = frame.explain(workspace=ws.path / "explain").splitlines()
+    assert lines[1].startswith("  LLM calls to make: 0 optimized vs 200 as written (200 saved)")
+    assert lines[2:4] == ["  rule projection_pruning · saves 20 LLM calls",
+                          "    - generate 'q' pruned: its output is never read"]
+
+
+def test_explain_rule_savings_are_the_calls_without_that_rule(ws):
+    frame = gen(rows()).filter(Q_LEN > 0).filter(pl.col("grp") == 0)
+    lines = frame.explain(workspace=ws.path / "explain").splitlines()
+    assert "  rule predicate_pushdown · saves 180 LLM calls" in lines
+    two = gen(rows()).filter(pl.col("grp") == 0).filter(pl.col("len") > 10)
+    lines = two.explain(workspace=ws.path / "explain").splitlines()
+    assert lines[1].startswith("  LLM calls to make: 16 optimized vs 200 as written (184 saved)")
+    assert lines[2] == "  rule predicate_pushdown · saves 184 LLM calls"
+    assert lines[3].startswith("    - ") and lines[4].startswith("    - ") and "moved below generate 'q'" in lines[4]
