@@ -333,6 +333,57 @@ def test_llm_filters_run_cheapest_first_by_rank(ws, counters):
     assert optimize(same.plan).fired == []
 
 
+LONG = "Read this carefully and decide how good a question the topic deserves: " * 8 + "{{ topic }}"
+
+
+def judged(frame, column, model, prompt, threshold=5):
+    return frame.judge(column, model, prompt=prompt).filter(pl.col(column) >= threshold)
+
+
+def test_judge_filter_moves_below_a_generate_it_does_not_read(ws, counters):
+    judge = lazyllm.TestModel(name="j", rules=(("Rate topic 1", "9"), ("Rate", "2")))
+    frame = judged(gen(rows(20)), "s", judge, "Rate {{ topic }}")
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Select", "Generate", "Filter", "Judge", "DataFrameSource"]
+    assert result.plan.columns == frame.columns  # the projection keeps the column order
+    assert any("filter on judge 's' moved below generate 'q'" in note for _, note in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)  # topic 1, 10..19 pass
+
+
+def test_judge_filter_on_generated_text_stays_above(ws, counters):
+    judge = lazyllm.TestModel(name="j", rules=(("Rate", "2"),))
+    frame = judged(gen(rows(8)), "s", judge, "Rate {{ q }}")
+    assert kinds(optimize(frame.plan).plan) == ["Filter", "Judge", "Generate", "DataFrameSource"]
+    counted(frame, ws, counters)
+
+
+def test_judge_filters_run_by_rank_and_the_costly_judge_sees_fewer_rows(ws, counters, tmp_path):
+    from lazyllm.planner.rules.llm_filter_placement import rank
+
+    big = lazyllm.TestModel(name="big", rules=(("", "8"),), log_path=str(tmp_path / "big.log"))
+    small = lazyllm.TestModel(name="small", rules=(("topic 1", "9"), ("", "1")), log_path=str(tmp_path / "small.log"))
+    frame = judged(judged(rows(20), "s_big", big, LONG), "s_small", small, "{{ topic }}")
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Select", "Filter", "Judge", "Filter", "Judge", "DataFrameSource"]
+    inner = result.plan.child.child.child.child
+    assert inner.column == "s_small" and rank(inner) > rank(result.plan.child.child)
+    assert any("ordered by rank" in note and "filter on judge 's_small'" in note for _, note in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)
+    # already in rank order, or the cheap filter reads the costly judge's score: nothing moves
+    assert optimize(judged(judged(rows(20), "s_small", small, "{{ topic }}"), "s_big", big, LONG).plan).fired == []
+    reads = judged(judged(rows(20), "s_big", big, LONG), "s_small", small, "{{ topic }} {{ s_big }}")
+    assert not any("ordered by rank" in note for _, note in optimize(reads.plan).fired)
+
+
+def test_judge_filter_and_llm_predicate_are_ranked_together(ws, counters):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(name="k", rules=(("topic 1", "yes"), ("", "no"))), "{{ topic }}?")
+    big = lazyllm.TestModel(name="big", rules=(("", "8"),))
+    frame = judged(rows(20), "s", big, LONG).filter(keep)
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Filter", "Judge", "LLMFilter", "DataFrameSource"]
+    assert counted(frame, ws, counters) == (20 + 11, 40)
+
+
 def test_explain_keeps_token_estimates_under_waves(ws):
     keep = lazyllm.llm_predicate(lazyllm.TestModel(rules=(("topic 1", "yes"), ("Keep", "no"))), "Keep {{ topic }}?")
     frame = gen(rows(30)).filter(keep).head(2)
