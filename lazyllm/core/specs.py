@@ -73,6 +73,13 @@ class Transformers(ModelSpec):
         may read differently from what this one would sample (the cache keeps the first).
         :func:`default_model` picks it per machine.
 
+    Raises
+    ------
+    ParameterError
+        At construction: no model, an unknown ``engine`` or ``dtype``, a GGUF file with
+        ``engine="vllm"``, a ``batch_size`` or ``num_threads`` that is not a positive int.
+        Nothing is loaded until an engine needs the model.
+
     Examples
     --------
     >>> Transformers(engine="vllm").identity() == Transformers().identity()
@@ -312,6 +319,14 @@ class OpenAI(ModelSpec):
         them on a model without them fails when it is built. Not fingerprinted: it
         allows or refuses a plan, never changes an answer.
 
+    Raises
+    ------
+    ParameterError
+        At construction: no model id, a ``base_url`` that is not http(s), an unknown
+        ``guided`` mode, a non-positive limit (concurrency, batch size, requests or
+        tokens per minute, timeouts), negative retries or backoff, malformed
+        ``price_per_million``. No request is made until an engine needs the model.
+
     Examples
     --------
     >>> spec = OpenAI("gpt-4o-mini", api_key="sk-not-shown")
@@ -472,6 +487,14 @@ class VLLM(ModelSpec):
     python : str, optional
         The interpreter that has vLLM (default: see
         :func:`lazyllm.backends.vllm_engine.find_vllm_python`). Performance only.
+
+    Raises
+    ------
+    ParameterError
+        At construction: no model, an unknown ``dtype`` or ``device``, a size that is
+        neither a positive int nor ``"auto"``, ``max_model_len`` below 16, a
+        ``gpu_memory_utilization`` outside (0, 1], a ``lora_path`` that is not a folder.
+        vLLM is not imported until an engine needs the model.
 
     Examples
     --------
