@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from lazyllm.core.errors import PlanError
+from lazyllm.core.errors import ParameterError, PlanError
 from lazyllm.core.protocols import ModelSpec, SamplingParams
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
@@ -571,7 +571,7 @@ class Frame:
         column: str,
         model: Any = None,
         *,
-        prompt: str,
+        prompt: str | None = None,
         system: str | None = None,
         n: int = 1,
         temperature: float = 0.0,
@@ -583,8 +583,11 @@ class Frame:
         json_schema: Any = None,
         error_column: str | None = None,
         overwrite: bool = False,
+        messages: str | None = None,
+        append_to: str | None = None,
+        reasoning: str = "drop",
     ) -> "Frame":
-        """Generate ``column`` with an LLM, one prompt per row.
+        """Generate ``column`` with an LLM, one prompt (or conversation) per row.
 
         Parameters
         ----------
@@ -594,11 +597,13 @@ class Frame:
             for one row per sample.
         model : model spec or str, optional
             e.g. ``lazyllm.Transformers("smollm2-135m-instruct")`` (the default).
-        prompt : str
+        prompt : str, optional
             Jinja2 template over the row's columns, e.g. ``"Answer: {{ question }}"``.
             Sent as the user message; chat models get their chat template applied.
+            Required unless ``messages`` is given; with ``messages`` it is a final user
+            turn after the conversation (none when omitted).
         system : str, optional
-            Jinja2 template of a system message.
+            Jinja2 template of a system message (sent first, before a conversation).
         n : int
             Samples per row; sample ``i`` uses a seed derived from ``seed`` and ``i``.
         temperature, top_p : float
@@ -621,11 +626,33 @@ class Frame:
         overwrite : bool
             Replace ``column`` (and the error column) if the frame already has them;
             without it that is an error.
+        messages : str, optional
+            A conversation column: per row a list of ``{role, content}`` structs
+            (roles ``system``, ``user``, ``assistant``), as the Hub's chat datasets store
+            them. The request is ``system`` (if given), the conversation, then
+            ``prompt`` (if given) as a user turn; the model's chat template is applied
+            and the whole conversation is part of the request's fingerprint (cache key).
+            A null or empty conversation sends nothing: the row's output is null and
+            its error names the column.
+        append_to : str, optional
+            Also write this conversation column: the request's messages without the
+            system message, then the answer as an ``assistant`` message (null when the
+            row failed). Pass it as ``messages=`` of the next ``generate`` for the next
+            turn of a multi-turn dialogue. Needs ``n == 1``.
+        reasoning : {"drop", "keep"}
+            What to do with a reasoning model's trace (``<think>...</think>`` before
+            the answer, or a server's ``reasoning_content``). The trace is never in
+            ``column``, so judges, filters and later prompts read the answer alone.
+            ``"keep"`` adds ``f"{column}_reasoning"`` (String; null when the answer had
+            no trace), cached with the answer; ``"drop"`` (the default, so existing
+            plans keep their columns and fingerprints) adds no column; the trace stays
+            in the cache either way, so switching to ``"keep"`` costs no LLM call.
 
         Returns
         -------
         Frame
-            Every input row and column in order, plus ``column`` and the error column.
+            Every input row and column in order, plus ``column``, the reasoning and
+            ``append_to`` columns when asked, and the error column.
 
         Raises
         ------
@@ -637,19 +664,38 @@ class Frame:
         ParameterError
             A parameter of the wrong type or out of range (see :mod:`lazyllm.validation`).
         PlanError
-            ``json_schema`` is not a valid JSON Schema; an output column exists already.
+            ``json_schema`` is not a valid JSON Schema; an output column exists already;
+            neither ``prompt`` nor ``messages``; ``messages`` is not a column of lists of
+            ``{role, content}`` structs (here), or a message has another role or a
+            null content (at ``collect()``/``explain()``, before any model is loaded).
 
         Notes
         -----
         Cost: ``n`` LLM calls per row, minus cache hits and duplicate prompts.
         A row whose generation fails keeps a null and a message in the error column.
+        Reasoning traces count in the output tokens (``max_tokens`` bounds trace and
+        answer together); the run's stats report ``reasoning_tokens`` apart.
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> chat = lazyllm.from_dicts([{"conv": [{"role": "user", "content": "Hi"}]}])
+        >>> out = chat.generate("reply", lazyllm.TestModel(), messages="conv", append_to="conv2").collect(progress=False)
+        >>> [m["role"] for m in out["conv2"][0]]
+        ['user', 'assistant']
         """
         sampling = V.sampling("generate", temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                               stop=stop)
+        if prompt is None and messages is None:
+            raise ParameterError("generate() needs prompt=... (a Jinja2 template, e.g. 'Answer: {{ question }}') or "
+                                 "messages=... (a column of chat messages).")
         node = N.Generate(children=(self._node,), column=V.column_name("generate", "column", column),
-                          model=as_model_spec(model), prompt=prompt, system=system,
+                          model=as_model_spec(model), prompt=prompt or "", system=system,
                           n=V.integer("generate", "n", n, low=1), sampling=sampling, error_column=error_column or "",
-                          choices=V.choices("generate", choices), json_schema=canonical_json_schema(json_schema))
+                          choices=V.choices("generate", choices), json_schema=canonical_json_schema(json_schema),
+                          reasoning=reasoning,
+                          conversation=None if messages is None else V.column_name("generate", "messages", messages),
+                          append_to=None if append_to is None else V.column_name("generate", "append_to", append_to))
         V.check_node("generate", self.columns, node, overwrite)
         return self._wrap(node)
 

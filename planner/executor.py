@@ -560,7 +560,7 @@ def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wav
         total = ctx.stats.setdefault(original.fingerprint, NodeStats(original.fingerprint, got.kind, got.column,
                                                                        got.model))
         for f in ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "input_tokens",
-                  "output_tokens", "uncertain_rows", "est_input_tokens", "est_output_tokens"):
+                  "output_tokens", "reasoning_tokens", "uncertain_rows", "est_input_tokens", "est_output_tokens"):
             setattr(total, f, getattr(total, f) + getattr(got, f))
         total.seconds += got.seconds
         # a dry run's estimates under waves: the bases and the cost add up too

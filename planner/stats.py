@@ -26,6 +26,8 @@ class NodeStats:
     failures: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    #: of ``output_tokens``: reasoning traces (the answers' tokens are the difference)
+    reasoning_tokens: int = 0
     seconds: float = 0.0
     uncertain_rows: int = 0  # dry run: rows whose inputs are not computed yet
     est_input_tokens: int = 0  # dry run: prompt tokens of the calls to make
