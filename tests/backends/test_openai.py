@@ -872,3 +872,30 @@ def test_vllm_server_logprobs_give_expected_scores_like_the_transformers_engine(
                .judge_pairwise("w", spec, a="x", b="y", question="q").collect(workspace=model_workspace,
                                                                                progress=False))
     assert verdict["w_error"].is_null().all() and verdict["w_margin"].is_between(-1, 1).all()
+
+
+@pytest.mark.server
+def test_vllm_server_takes_a_conversation_through_the_models_chat_template(vllm_server, model_workspace, tmp_path):
+    """``generate(messages=...)`` on the real server: every turn goes through the served model's
+    chat template (the same prompt tokens as the transformers engine), and ``append_to`` chains turns."""
+    from lazyllm.backends.transformers import TransformersEngine
+
+    dialogue = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada!"},
+                {"role": "user", "content": "What is the capital of France?"}]
+    spec = OpenAI("smollm2", base_url=vllm_server)
+    out = (lazyllm.from_dicts([{"conv": dialogue}])
+           .generate("r1", spec, messages="conv", system="Be brief.", max_tokens=16, append_to="conv2")
+           .generate("r2", spec, messages="conv2", prompt="And of Spain?", max_tokens=16, append_to="conv3")
+           .collect(workspace=tmp_path, progress=False))
+    assert out["r1_error"][0] is None and out["r2_error"][0] is None
+    assert [m["role"] for m in out["conv3"][0]] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert out["conv3"][0][3]["content"] == out["r1"][0]
+    request = Request(messages=(Message("system", "Be brief."),) + tuple(Message(m["role"], m["content"])
+                                                                         for m in dialogue),
+                      params=SamplingParams(max_tokens=16))
+    with OpenAIEngine(spec, workspace=model_workspace.path) as api:
+        served = run(api, [request])[0]
+    with TransformersEngine(Transformers(), workspace=model_workspace.path) as local:
+        offline = run(local, [request])[0]
+    assert served.text == out["r1"][0]  # the frame sent exactly this conversation
+    assert served.input_tokens == offline.input_tokens  # the same chat template over every turn
