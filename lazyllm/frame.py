@@ -26,6 +26,7 @@ import polars as pl
 
 from lazyllm.core.errors import ParameterError, PlanError
 from lazyllm.core.protocols import ModelSpec, SamplingParams
+from lazyllm.planner.budget import Budget, check_prices, over_budget
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
 from lazyllm.planner.explain import render_plan, rule_lines, savings
@@ -1064,7 +1065,8 @@ class Frame:
 
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
-                optimize: bool = True, executor: "str | Any | None" = None) -> pl.DataFrame:
+                optimize: bool = True, executor: "str | Any | None" = None, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> pl.DataFrame:
         """Run the plan and return a ``polars.DataFrame``.
 
         Parameters
@@ -1081,6 +1083,16 @@ class Frame:
             ``LAZYLLM_EXECUTOR``), ``"ray"`` (a local Ray cluster, or the one named by
             ``LAZYLLM_RAY_ADDRESS``) or ``lazyllm.RayExecutor(address=..., replicas=...)``.
             Results and the cache are the same either way.
+        max_cost : float, optional
+            A hard budget in USD over the LLM calls this collect sends (cache hits are
+            free), priced with each model's ``prices()``. A request is sent only while
+            the cost reported so far, plus the estimated cost of the requests in flight
+            and of this one (prompt tokens plus ``max_tokens``: an upper bound), stays
+            within it; the first that does not fit stops all sending. Rows not sent are
+            null with an error naming the budget; answers back are cached, so a rerun
+            with a larger budget continues where this one stopped.
+        max_total_tokens : int, optional
+            The same hard budget in tokens (prompt plus generated), for any model.
 
         Returns
         -------
@@ -1096,6 +1108,10 @@ class Frame:
             ``executor="ray"`` without Ray installed (before anything runs).
         WorkspaceError
             ``workspace`` is not a usable folder (before anything runs).
+        ParameterError
+            ``max_cost`` or ``max_total_tokens`` is not a positive number.
+        PlanError
+            ``max_cost`` with a model that has no price (before anything runs).
 
         Notes
         -----
@@ -1105,10 +1121,11 @@ class Frame:
         batch in flight and a rerun resumes. A rerun of the same plan loads no model.
         """
         return _exec.collect(self._node, workspace=workspace, progress=progress, optimize=optimize,
-                             executor=executor).frames[0]
+                             executor=executor, budget=Budget(max_cost, max_total_tokens)).frames[0]
 
     def explain(self, *, optimized: bool = True, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
-                fingerprints: bool = True) -> str:
+                fingerprints: bool = True, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> str:
         """The plan as text, with per-LLM-node rows in, predicted cache hits and LLM calls.
 
         Parameters
@@ -1121,6 +1138,9 @@ class Frame:
             Whose cache predicts the cache hits (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
         fingerprints : bool
             Show each node's short fingerprint.
+        max_cost, max_total_tokens : float, int, optional
+            The budget :meth:`collect` would run under: when the estimate passes it, a
+            ``warning:`` line under the header says so, before anything runs.
 
         Returns
         -------
@@ -1129,6 +1149,11 @@ class Frame:
             make, predicted cache hits, estimated input tokens (the model's tokenizer
             when it is on disk, else characters / 4) and output tokens, and the cost for
             priced models.
+
+        Raises
+        ------
+        ParameterError, PlanError
+            A budget as :meth:`collect` refuses it.
 
         Notes
         -----
@@ -1148,17 +1173,23 @@ class Frame:
         >>> print(frame.explain(fingerprints=False).splitlines()[0])
         optimized plan
         """
+        budget = Budget(max_cost, max_total_tokens)
+        check_prices([self._node], budget)
         if not optimized:
             plan = self._node
             stats = _exec.dry_run([plan], workspace)
-            return "logical plan\n" + render_plan(plan, stats, fingerprints=fingerprints)
-        result = optimize(self._node)
-        plan = result.plan
-        stats = _exec.dry_run([plan], workspace)
-        header = ["optimized plan", "  " + savings(_exec.dry_run([self._node], workspace), stats)]
-        saved = rule_savings(self._node, result,
-                             lambda node: sum(s.calls for s in _exec.dry_run([node], workspace).values()))
-        header += rule_lines(result.fired, saved) or ["  (no rule fired)"]
+            header = ["logical plan"]
+        else:
+            result = optimize(self._node)
+            plan = result.plan
+            stats = _exec.dry_run([plan], workspace)
+            header = ["optimized plan", "  " + savings(_exec.dry_run([self._node], workspace), stats)]
+            saved = rule_savings(self._node, result,
+                                 lambda node: sum(s.calls for s in _exec.dry_run([node], workspace).values()))
+            header += rule_lines(result.fired, saved) or ["  (no rule fired)"]
+        warning = over_budget(stats, budget)
+        if warning is not None:
+            header.insert(1, "  " + warning)
         return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
 
     def sink_parquet(self, directory: str | os.PathLike[str], *, rows_per_shard: int = 100_000,
@@ -1541,15 +1572,16 @@ def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
 
 
 def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
-                progress: bool | None = None, executor: "str | Any | None" = None) -> list[pl.DataFrame]:
+                progress: bool | None = None, executor: "str | Any | None" = None, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> list[pl.DataFrame]:
     """Collect several frames in one run: a subplan they share runs once.
 
     Parameters
     ----------
     frames : sequence of Frame
         The frames to compute.
-    workspace, progress, executor
-        As for :meth:`Frame.collect`.
+    workspace, progress, executor, max_cost, max_total_tokens
+        As for :meth:`Frame.collect`; the budget covers every frame's LLM calls together.
 
     Returns
     -------
@@ -1558,7 +1590,7 @@ def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # 
 
     Raises
     ------
-    EngineError, MissingDependencyError, WorkspaceError
+    EngineError, MissingDependencyError, WorkspaceError, ParameterError, PlanError
         As for :meth:`Frame.collect`.
 
     Notes
@@ -1576,4 +1608,4 @@ def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # 
     True
     """
     return _exec.collect_all([f.plan for f in frames], workspace=workspace, progress=progress,
-                             executor=executor).frames
+                             executor=executor, budget=Budget(max_cost, max_total_tokens)).frames

@@ -37,6 +37,7 @@ from lazyllm.core.layout import RUN_LOG_FORMAT
 from lazyllm.core.system import NOT_INSTALLED, library_versions
 from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 
+from .budget import Budget, BudgetLedger, check_prices
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
 from .optimizer import optimize as _optimize, shared_subplans
 from .scheduler import run_chain
@@ -65,8 +66,11 @@ class RunResult:
 
 
 class _Context:
-    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool, executor: Any = None) -> None:
+    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool, executor: Any = None,
+                 budget: Budget | None = None) -> None:
         self.workspace = workspace
+        #: the collect's cost/token budget: every engine submission passes it (:mod:`.budget`)
+        self.budget = BudgetLedger(budget) if budget is not None and budget.active else None
         self.executor = executor  # None (this process) or a lazyllm.backends.distributed.RayExecutor
         self.replica_stats: list[dict[str, Any]] = []
         self.dry_run = dry_run
@@ -110,6 +114,8 @@ class _Context:
                 self.say(f"{spec.display_name} · {getattr(self.engines[key], 'parallelism', 1)} replicas on {self.executor.name}")
             else:
                 self.engines[key] = factory(run_spec, workspace=self.workspace.path)
+        if self.budget is not None:
+            return self.budget.guard(self.engines[key], spec, self.token_counter(spec)[0])
         return self.engines[key]
 
     @contextmanager
@@ -226,12 +232,14 @@ def collect_all(
     progress: bool | None = None,
     optimize: bool = True,
     executor: Any = None,
+    budget: Budget | None = None,
 ) -> RunResult:
     """Execute plans together: a subplan shared by several roots runs once.
 
     With ``optimize`` (default) each plan is first rewritten by the optimizer rules.
     ``executor``: ``"local"`` (this process), ``"ray"`` or a
     :class:`lazyllm.backends.distributed.RayExecutor`; None reads ``LAZYLLM_EXECUTOR``.
+    ``budget``: a :class:`~lazyllm.planner.budget.Budget` the run's LLM calls must stay within.
     """
     chosen = resolve_executor(executor)
     ws = resolve_workspace(workspace)
@@ -245,12 +253,17 @@ def collect_all(
     pending = untrained_models(roots, ws.path)
     if pending:  # a missing trainer fails now, not after the LLM work that feeds the training
         check_training_installed(f"Training {pending[0].display_name} (Frame.train)")
-    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
+    if budget is not None:
+        check_prices(roots, budget)  # before anything runs
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen, budget=budget)
     start = time.perf_counter()
     try:
         frames = [_evaluate(root, ctx).collect() for root in roots]
     finally:
         ctx.close()
+    if ctx.budget is not None and ctx.budget.refused:
+        ctx.say(f"budget reached ({budget.describe()}): {ctx.budget.refused} requests not sent; "  # type: ignore[union-attr]
+                "rerun with a larger budget to continue from the cache")
     result = RunResult(frames, ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
     result.log_path = _write_run_log(ws, logical, roots, fired, result)
     return result
