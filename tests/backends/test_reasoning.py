@@ -1,12 +1,10 @@
 """Reasoning traces in the engines: the ``<think>`` split, and the OpenAI-compatible engine's
 reading of a server's separate trace field.
 
-The real local vLLM server cannot show a trace with the embedded model: vLLM's ``deepseek_r1``
-and ``qwen3`` parsers need ``<think>``/``</think>`` as single tokens, which SmolLM2 lacks, and
-SmolLM2-135M does not write trace tags on its own. The OpenAI engine's parsing is therefore
-tested on **recorded server responses** (the JSON shape of vLLM 0.32's ``reasoning`` field and of
-the older ``reasoning_content`` field, with OpenAI's ``completion_tokens_details``), clearly
-not a live server.
+The live vLLM server is tested in ``test_vllm_reasoning.py`` (its ``olmo3`` parser, the one
+that runs on SmolLM2's tokenizer). The shapes that server cannot give are tested here on
+**recorded server responses**, clearly not a live server: the older ``reasoning_content`` field
+(vLLM before 0.32, DeepSeek's API) and OpenAI's reported ``reasoning_tokens`` (vLLM reports 0).
 """
 
 from __future__ import annotations
@@ -94,3 +92,13 @@ def test_openai_engine_splits_an_inline_trace_and_a_trace_cut_by_max_tokens(tmp_
                     {"prompt_tokens": 10, "completion_tokens": 64, "total_tokens": 74}, finish="length")
     r = engine._parse(ASK, cut, "chat", None)
     assert (r.text, r.reasoning, r.finish_reason, r.error) == ("", "Two plus", "length", None)
+
+
+def test_vllm_worker_answers_are_split_like_the_other_engines():
+    from lazyllm.backends.vllm_engine import _response
+
+    raw = {"text": "<think>Two plus two.</think> 4", "input_tokens": 7, "output_tokens": 12, "finish_reason": "stop"}
+    r = _response(ASK, raw)
+    assert (r.text, r.reasoning, r.reasoning_tokens) == ("4", "Two plus two.", share_of_tokens(12, "Two plus two.", "4"))
+    constrained = Request(messages=ASK.messages, choices=("4", "5"))
+    assert _response(constrained, {**raw, "text": "4"}).reasoning is None
