@@ -22,9 +22,10 @@ planner sends one request per sample index), at most ``spec.concurrency`` at a t
 - Rate limits: with ``spec.requests_per_minute`` / ``spec.tokens_per_minute``, each
   attempt first takes one request and its estimated tokens (prompt characters / 4 plus
   4 per message, plus ``max_tokens``) from a :class:`~lazyllm.backends.ratelimit.RateLimiter`;
-  the reported usage settles the estimate, and ``x-ratelimit-remaining-*`` headers at 0
-  pause every request until their reset. A request waiting for the limiter holds no
-  concurrency slot (one backing off after a failure does, as above).
+  the reported usage settles the estimate. With or without those limits, the provider's
+  ``x-ratelimit-remaining-*`` headers at 0 pause every request until their reset. A
+  request waiting for the limiter holds no concurrency slot (one backing off after a
+  failure does, as above).
 - Timeout: ``spec.timeout`` seconds per HTTP attempt.
 - Failures: a request that fails for good (other 4xx, retries exhausted, an answer
   that breaks its constraint) becomes an error response with the reason; it never
@@ -238,7 +239,7 @@ class OpenAIEngine:
                 self._semaphore = asyncio.Semaphore(self.spec.concurrency)
                 self._guided_lock = asyncio.Lock()
                 limiter = RateLimiter(self.spec.requests_per_minute, self.spec.tokens_per_minute)
-                self._limiter = limiter if limiter.active else None
+                self._limiter = limiter  # without limits set, it still reads the rate-limit headers
 
             asyncio.run_coroutine_threadsafe(setup(), loop).result()
             self._loop, self._thread = loop, thread
@@ -368,6 +369,8 @@ class OpenAIEngine:
                 await self._limiter.acquire(estimate)
             retry_after: float | None = None
             async with self._semaphore:
+                if self._limiter is not None:  # the headers of an answer received meanwhile may say wait
+                    await self._limiter.wait_pause()
                 self.stats["http_calls"] += 1
                 try:
                     result = await create(**body, extra_body=extra or None, timeout=self.spec.timeout)

@@ -264,9 +264,10 @@ class FaultProxy:
     message; ``attempt`` counts from 1 per row. Every request is recorded.
     """
 
-    def __init__(self, upstream: str, schedule: Any = None, delay: float = 0.0) -> None:
+    def __init__(self, upstream: str, schedule: Any = None, delay: float = 0.0, headers: Any = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.schedule = schedule or (lambda row, attempt: None)
+        self.headers = headers  # optional: () -> headers added to every forwarded answer
         self.delay = delay
         self.lock = threading.Lock()
         self.attempts: Counter[int] = Counter()
@@ -309,7 +310,7 @@ class FaultProxy:
         if row is not None and status == 200:
             with self.lock:
                 self.forwarded.setdefault(row, []).append(json.loads(data)["choices"][0]["message"]["content"])
-        h.send(status, data)
+        h.send(status, data, self.headers() if self.headers is not None else None)
 
     def stop(self) -> None:
         self.running.stop()
@@ -842,6 +843,58 @@ def test_requests_per_minute_keep_a_limited_server_from_answering_429(upstream, 
         burst = 4  # the client's bucket holds one second's worth
         steady = (len(limit.arrivals) - 1 - burst) / (limit.arrivals[-1] - limit.arrivals[burst])
         assert steady == pytest.approx(4.0, rel=0.10), steady
+    finally:
+        proxy.stop()
+
+
+class WindowLimit:
+    """A fault schedule that allows ``n`` requests per fixed window of ``window`` seconds (429
+    past it) and reports what is left in OpenAI's headers (``x-ratelimit-remaining-requests``,
+    ``x-ratelimit-reset-requests``) on every forwarded answer."""
+
+    def __init__(self, n: int, window: float) -> None:
+        self.n, self.window = n, window
+        self.start = time.monotonic()
+        self.count = self.refused = 0
+
+    def __call__(self, row: int, attempt: int) -> str | None:
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            self.start, self.count = now, 0
+        if self.count >= self.n:
+            self.refused += 1
+            return "429"
+        self.count += 1
+        return None
+
+    def headers(self) -> dict[str, str]:
+        reset = max(self.start + self.window - time.monotonic(), 0.0)
+        return {"x-ratelimit-remaining-requests": str(self.n - self.count),
+                "x-ratelimit-reset-requests": f"{reset * 1000:.0f}ms"}
+
+
+def test_the_providers_rate_limit_headers_are_read_without_limits_set(fake_api, tmp_path):
+    """No requests_per_minute on the spec: only the proxy's headers keep the client from 429s."""
+    requests = [ask(f"Say one word about row {k}.", max_tokens=4) for k in range(9)]
+    def spec(url: str) -> OpenAI:
+        return OpenAI("fake", base_url=url, concurrency=1, max_retries=8, backoff=0.05, max_backoff=0.5)
+
+    blind = WindowLimit(n=3, window=0.5)  # the same limit, no headers: the client runs into it
+    proxy = FaultProxy(fake_api.url, blind)
+    try:
+        with OpenAIEngine(spec(proxy.url), workspace=tmp_path) as engine:
+            run(engine, requests)
+        assert blind.refused > 0
+    finally:
+        proxy.stop()
+    told = WindowLimit(n=3, window=0.5)
+    proxy = FaultProxy(fake_api.url, told, headers=told.headers)
+    try:
+        with OpenAIEngine(spec(proxy.url), workspace=tmp_path) as engine:
+            answers = run(engine, requests)
+            assert engine._limiter is not None and engine._limiter.stats["header_pauses"] >= 2
+        assert told.refused == 0 and proxy.requests == len(requests)
+        assert all(r.error is None and r.text for r in answers.values())
     finally:
         proxy.stop()
 
