@@ -290,7 +290,8 @@ class FaultProxy:
                     row = int(found.group(1))
                     self.attempts[row] += 1
                     attempt = self.attempts[row]
-                    fault = self.schedule(row, attempt)
+                    fault = (self.schedule(row, attempt, json.loads(body)) if getattr(self.schedule, "reads_body", False)
+                             else self.schedule(row, attempt))
                 self.log.append((row, attempt, fault))
         if fault in ("429", "500", "503", "400"):
             return h.send(int(fault), {"error": {"message": f"injected {fault}", "type": "injected"}},
@@ -310,6 +311,8 @@ class FaultProxy:
         if row is not None and status == 200:
             with self.lock:
                 self.forwarded.setdefault(row, []).append(json.loads(data)["choices"][0]["message"]["content"])
+                if hasattr(self.schedule, "settle"):  # a limit that settles on the reported usage
+                    self.schedule.settle(row, json.loads(data)["usage"])
         h.send(status, data, self.headers() if self.headers is not None else None)
 
     def stop(self) -> None:
@@ -895,6 +898,81 @@ def test_the_providers_rate_limit_headers_are_read_without_limits_set(fake_api, 
             assert engine._limiter is not None and engine._limiter.stats["header_pauses"] >= 2
         assert told.refused == 0 and proxy.requests == len(requests)
         assert all(r.error is None and r.text for r in answers.values())
+    finally:
+        proxy.stop()
+
+
+class TokenLimit:
+    """A fault schedule that enforces a tokens-per-second limit as OpenAI describes its TPM limit:
+    a request is charged its prompt estimate plus ``max_tokens`` when it arrives (429 when the
+    bucket of ``rate`` tokens per second, holding ``burst`` tokens, has less) and settled on
+    the usage the upstream reports. It records each admitted request's arrival and usage."""
+
+    reads_body = True
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.capacity, self.level = rate, burst, burst
+        self.stamp = time.monotonic()
+        self.charged: dict[int, int] = {}
+        self.arrivals: list[tuple[float, int]] = []  # (time, row)
+        self.used: dict[int, int] = {}
+        self.refused = 0
+
+    @staticmethod
+    def cost(body: dict[str, Any]) -> int:
+        prompt = sum(len(m["content"]) // 4 + 4 for m in body["messages"])
+        return prompt + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+
+    def _refill(self) -> float:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return now
+
+    def __call__(self, row: int, attempt: int, body: dict[str, Any]) -> str | None:
+        now, cost = self._refill(), self.cost(body)
+        if self.level < cost:
+            self.refused += 1
+            return "429"
+        self.level -= cost
+        self.charged[row] = cost
+        self.arrivals.append((now, row))
+        return None
+
+    def settle(self, row: int, usage: dict[str, int]) -> None:
+        self._refill()
+        self.used[row] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.level = min(self.capacity, self.level + self.charged[row] - self.used[row])
+
+
+def test_tokens_per_minute_keep_a_token_limited_server_from_answering_429(fake_api, tmp_path):
+    requests = [ask(f"Say one word about row {k}.", max_tokens=4) for k in range(40)]
+    rate = 100.0  # tokens per second: about 7 of these requests per second
+    # a quarter second of slack over the client's one-second bucket, as for requests above: the
+    # client's bucket starts refilling when it sends, the server's only when the request arrives
+    limit = TokenLimit(rate, burst=1.25 * rate)  # without a limit on the client, it answers 429s
+    proxy = FaultProxy(fake_api.url, limit)
+    try:
+        spec = OpenAI("fake", base_url=proxy.url, concurrency=8, max_retries=8, backoff=0.05, max_backoff=0.5)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            run(engine, requests)
+        assert limit.refused > 0
+    finally:
+        proxy.stop()
+    limit = TokenLimit(rate, burst=1.25 * rate)  # with the limit set right (6,000 TPM): no 429, at the limit
+    proxy = FaultProxy(fake_api.url, limit)
+    try:
+        spec = OpenAI("fake", base_url=proxy.url, concurrency=8, tokens_per_minute=rate * 60)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            answers = run(engine, requests)
+            assert engine._limiter is not None and engine._limiter.stats["waits"] > 0
+        assert limit.refused == 0 and proxy.requests == len(requests)
+        assert all(r.error is None and r.text for r in answers.values())
+        # after the first second's bucket, the usage admitted per second is the limit
+        burst = next(k for k, (t, _) in enumerate(limit.arrivals) if t - limit.arrivals[0][0] > 1.0)
+        (t0, _), (t1, _) = limit.arrivals[burst], limit.arrivals[-1]
+        steady = sum(limit.used[row] for _, row in limit.arrivals[burst + 1:]) / (t1 - t0)
+        assert steady == pytest.approx(rate, rel=0.10), steady
     finally:
         proxy.stop()
 
