@@ -1206,7 +1206,8 @@ class Frame:
         rows_per_shard : int
             Input rows per partition (default 100,000); a shard has at most that many rows.
         **collect_kwargs
-            ``workspace``, ``progress``, ``optimize``, ``executor`` as for :meth:`collect`.
+            ``workspace``, ``progress``, ``optimize``, ``executor``, ``max_cost``,
+            ``max_total_tokens`` as for :meth:`collect` (the budget covers every shard).
 
         Returns
         -------
@@ -1221,7 +1222,9 @@ class Frame:
             aggregate, head, sample, non-elementwise expression); raised before
             anything is read or any model is loaded.
         """
-        return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, **collect_kwargs)[0]
+        budget = Budget(collect_kwargs.pop("max_cost", None), collect_kwargs.pop("max_total_tokens", None))
+        return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, budget=budget,
+                                      **collect_kwargs)[0]
 
     def sink_hub(self, repo_id: str, *, rows_per_shard: int = 100_000, **kwargs: Any) -> str:
         """Stream the result to a Hugging Face dataset repo, one commit per partition, with a

@@ -478,6 +478,7 @@ def sink_partitioned(
     executor: Any = None,
     skip: Container[int] = (),
     on_shard: "Callable[[int, int, pl.DataFrame, Path, dict[str, NodeStats]], None] | None" = None,
+    budget: Budget | None = None,
 ) -> tuple[list[Path], RunResult]:
     """Run a row-by-row plan one input partition at a time and write each partition's
     result as ``part-00000.parquet``, ``part-00001.parquet``, ... in ``directory``.
@@ -491,7 +492,7 @@ def sink_partitioned(
     ``skip`` holds partition indices not to run (their shards exist elsewhere, e.g. on the
     Hub): they are read but neither evaluated nor written. ``on_shard(index, rows_in, df,
     path, stats)`` is called after each shard is written, with the run's cumulative stats
-    (keys: node fingerprints of the original plan).
+    (keys: node fingerprints of the original plan). ``budget`` covers every partition together.
 
     Returns the shard paths and the run's stats (``frames`` is empty: nothing is
     gathered).
@@ -512,11 +513,13 @@ def sink_partitioned(
         res = _optimize(root)
         plan, fired = res.plan, res.fired
     chain, source = partition_chain(plan)
+    if budget is not None:
+        check_prices([plan], budget)
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("part-*.parquet"):
         old.unlink()  # shards of an earlier run would mix with this one's
-    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen, budget=budget)
     if chosen is not None and isinstance(source, FileSource) and source.format == "parquet":
         parts: Iterator[pl.DataFrame] = chosen.read_parquet(source.paths, rows_per_shard, dict(source.options))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import lazyllm
@@ -111,3 +112,10 @@ def test_without_a_budget_nothing_is_wrapped(ws, counters):
     assert PRICED.prices() == (1000.0, 1000.0)
     assert lazyllm.TestModel().prices() is None
     assert executor.model_fingerprint(PRICED) == executor.model_fingerprint(lazyllm.TestModel(batch_size=2))
+
+
+def test_sink_parquet_runs_under_one_budget_across_shards(ws, counters, tmp_path):
+    shards = frame().sink_parquet(tmp_path / "out", rows_per_shard=3, workspace=ws, progress=False, max_cost=0.05)
+    df = pl.read_parquet(shards)
+    assert len(shards) == 4 and df.height == 10
+    assert df["a_error"].null_count() == counters.CALLS < 10
