@@ -94,7 +94,11 @@ def test_the_planner_knows_the_node_reads_the_conversation_column():
     pushed = optimize(frame.filter(pl.col("conv").list.len() > 1).plan).plan
     assert pushed.kind == "Generate" and pushed.child.kind == "Filter"  # pushdown below the LLM node
     appended = frame.generate("r2", MODEL, messages="conv", append_to="conv2").filter(pl.col("conv2").is_not_null())
-    assert optimize(appended.plan).plan.kind == "Filter"  # reads what the LLM node writes: stays above
+    spine = [optimize(appended.plan).plan]
+    while spine[-1].children:
+        spine.append(spine[-1].children[0])
+    below = next(n.child for n in spine if n.kind == "Filter")
+    assert below.kind == "Generate" and below.column == "r2"  # reads what r2 writes: stays above it
 
 
 def test_bad_conversation_columns_fail_before_any_model_loads(ws, counters):
