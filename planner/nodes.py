@@ -1344,11 +1344,6 @@ class Generate(LLMNode):
         cols = LLMNode.columns_read(self)
         return cols | {self.conversation} if self.conversation is not None else cols
 
-    def templates(self) -> list[PromptTemplate]:
-        if self.conversation is not None and not self.prompt:  # no final user turn
-            return list(_templates("", self.system))
-        return LLMNode.templates(self)
-
     def null_inputs(self, row: Mapping[str, Any]) -> list[str]:
         out = LLMNode.null_inputs(self, row)
         if self.conversation is not None and not row.get(self.conversation):  # null or empty: nothing to send
@@ -1409,7 +1404,8 @@ class Generate(LLMNode):
         errors: list[str] = []
         for i, r in enumerate(responses):
             prefix = f"sample {i}: " if self.n > 1 else ""
-            r = split_response(r)  # a trace inline in a response cached before engines split it
+            if self.choices is None and self.json_schema is None:  # a constrained answer is never a trace
+                r = split_response(r)  # an inline trace in a response cached before engines split them
             traces.append(r.reasoning)
             if r.error is not None or r.text is None:
                 values.append(None)
@@ -1436,7 +1432,9 @@ class Generate(LLMNode):
         if self.append_to is None or values.get(self.append_to) is None:
             return values
         messages = self.messages(self.context(row()))[1 if self.system is not None else 0:]
-        answer = split_response(Response(text=values[self.append_to])).text
+        answer = values[self.append_to]
+        if self.choices is None and self.json_schema is None:
+            answer = split_response(Response(text=answer)).text
         conversation = [{"role": m.role, "content": m.content} for m in messages]
         return {**values, self.append_to: conversation + [{"role": "assistant", "content": answer}]}
 

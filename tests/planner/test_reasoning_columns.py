@@ -90,3 +90,11 @@ def test_a_trace_cut_by_max_tokens_is_an_error_not_an_answer(ws, counters):
 def test_an_unknown_option_is_refused_when_the_plan_is_built():
     with pytest.raises(PlanError, match="keep"):
         frame().generate("a", MODEL, prompt="{{ q }}", reasoning="yes")
+
+
+def test_a_constrained_answer_is_never_taken_for_a_trace(ws, counters):
+    model = lazyllm.TestModel(rules=(("France", '{"city": "Paris</think>"}'),))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    df = frame().head(1).generate("a", model, prompt="{{ q }}", json_schema=schema, reasoning="keep").collect(
+        workspace=ws)
+    assert df["a"][0] == {"city": "Paris</think>"} and df["a_reasoning"][0] is None
