@@ -46,5 +46,10 @@ class NodeStats:
     calls_interval: tuple[int, int] | None = None
 
     @property
+    def answer_tokens(self) -> int:
+        """Generated tokens of the answers alone (``output_tokens`` less the reasoning traces')."""
+        return self.output_tokens - self.reasoning_tokens
+
+    @property
     def tokens_per_second(self) -> float:
         return self.output_tokens / self.seconds if self.seconds > 0 else 0.0

@@ -63,6 +63,7 @@ def test_stats_count_trace_and_answer_tokens_apart(ws, counters):
     # (TestModel counts words); the echo answer of row 2 has no trace
     assert stats.reasoning_tokens == 8
     assert stats.output_tokens == 9 + len("echo[0|greedy]: Capital of Spain?".split())
+    assert stats.answer_tokens == 1 + 4  # "Paris" and the echo
 
 
 def test_judges_and_filters_read_the_answer_not_the_trace(ws, counters):
