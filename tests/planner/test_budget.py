@@ -7,8 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import lazyllm
+from lazyllm.backends import testing
 from lazyllm.backends.testing import DeterministicEngine
 from lazyllm.core.errors import ParameterError, PlanError
 from lazyllm.core.protocols import Message, Request, SamplingParams
@@ -119,3 +122,19 @@ def test_sink_parquet_runs_under_one_budget_across_shards(ws, counters, tmp_path
     df = pl.read_parquet(shards)
     assert len(shards) == 4 and df.height == 10
     assert df["a_error"].null_count() == counters.CALLS < 10
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(budget=st.integers(1, 400), batch=st.integers(1, 12), rows=st.integers(1, 20), max_tokens=st.integers(3, 30))
+def test_the_usage_never_passes_the_budget_and_a_rerun_completes_it(tmp_path_factory, budget, batch, rows, max_tokens):
+    """Property: whatever the budget, batch size and rows, the usage the engine reports stays within
+    max_total_tokens, and a rerun without a budget sends exactly the requests the first run did not."""
+    ws = tmp_path_factory.mktemp("ws")
+    plan = lazyllm.from_dicts([{"q": f"question number {i}"} for i in range(rows)]).generate(
+        "a", lazyllm.TestModel(batch_size=batch), prompt="{{ q }}", max_tokens=max_tokens)
+    first = executor.collect(plan.plan, workspace=ws, progress=False, budget=Budget(max_total_tokens=budget))
+    assert spent(first.stats) <= budget
+    done = first.frames[0]["a_error"].null_count()
+    testing.reset_counters()
+    second = plan.collect(workspace=ws, progress=False)
+    assert testing.CALLS == rows - done and second["a_error"].null_count() == rows
