@@ -1137,6 +1137,12 @@ class LLMNode(PlanNode):
                     out.add(col)
         return sorted(out)
 
+    def null_error(self, columns: Sequence[str]) -> str:
+        """The error of a row not sent because of the null inputs ``columns`` (:meth:`null_inputs`)."""
+        named = ", ".join(map(repr, columns))
+        return (f"input column(s) {named} null, so no request was sent (handle it in the template with "
+                "{{ x | default('...') }} or {% if x %}, or filter the row out)")
+
     def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
         templates = self.templates()
         out = [Message("system", templates[1].render(ctx))] if self.system is not None else []
@@ -1349,6 +1355,15 @@ class Generate(LLMNode):
         if self.conversation is not None and not row.get(self.conversation):  # null or empty: nothing to send
             out = sorted({*out, self.conversation})
         return out
+
+    def null_error(self, columns: Sequence[str]) -> str:
+        if self.conversation not in columns:
+            return LLMNode.null_error(self, columns)
+        others = [c for c in columns if c != self.conversation]
+        return (f"conversation column {self.conversation!r} null or empty"
+                + (f" (and input column(s) {', '.join(map(repr, others))} null)" if others else "")
+                + ", so no request was sent (filter such rows out, e.g. "
+                f".filter(pl.col({self.conversation!r}).list.len() > 0))")
 
     def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
         if self.conversation is None:

@@ -221,11 +221,7 @@ class _ChainRun:
                 # rendered in bulk: a row renders to None exactly when a template input is null
                 nulls = st.node.null_inputs(row) if st.bulk is None or st.bulk[r] is None else None
                 if nulls:  # never render None into a prompt: the row fails, naming the input
-                    named = ", ".join(map(repr, nulls))
-                    next_todo.extend(self.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
-                                                         "(handle it in the template with "
-                                                         "{{ x | default('...') }} or {% if x %}, or filter the "
-                                                         "row out)"))
+                    next_todo.extend(self.fail_row(i, r, st.node.null_error(nulls)))
                     continue
                 messages: tuple[Message, ...] | None = None  # with shapes: the row's messages
                 try:
