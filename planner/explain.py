@@ -179,6 +179,12 @@ def _(node: Generate) -> tuple[str, list[str]]:
         extra += f" · choices={list(node.choices)}"
     if node.json_schema is not None:
         extra += f" · json_schema={_short(node.json_schema, 60)}"
+    if node.conversation is not None:
+        extra += f" · messages={node.conversation}"
+    if node.append_to is not None:
+        extra += f" · append_to={node.append_to}"
+    if node.reasoning != "drop":
+        extra += f" · reasoning={node.reasoning}"
     return f"GENERATE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
 
 

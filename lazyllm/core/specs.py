@@ -213,6 +213,10 @@ class TestModel(ModelSpec):
         A batch holding such a request ends the engine's process at once
         (``os._exit(3)``: a crashed worker, for Ray failure tests; never use it with
         the local executor, whose process is yours).
+    price_per_million : (float, float), optional
+        USD per million (input, output) tokens, to test cost estimates and budgets
+        (tokens are the engine's words). None (the default): no price, like a local
+        model. Performance only: it changes no answer.
     """
 
     __test__ = False  # not a pytest test class
@@ -228,6 +232,11 @@ class TestModel(ModelSpec):
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)
+    price_per_million: tuple[float, float] | None = performance_only(None)
+
+    def prices(self) -> tuple[float, float] | None:
+        """``price_per_million``: USD per million (input, output) tokens, or None."""
+        return None if self.price_per_million is None else tuple(self.price_per_million)  # type: ignore[return-value]
 
     def identity(self) -> dict[str, Any]:
         out = ModelSpec.identity(self)
