@@ -104,6 +104,12 @@ class RayExecutor:
     runtime_env : tuple of (key, value), optional
         Passed to ``ray.init`` (e.g. ``(("env_vars", {...}),)``).
 
+    Raises
+    ------
+    ParameterError
+        At construction: fewer than 1 replica, non-positive ``cpus_per_replica``,
+        negative ``max_batch_retries``. Ray is started only when a collect needs it.
+
     Notes
     -----
     Performance-only: an executor changes how fast a plan runs, never its results or

@@ -22,9 +22,10 @@ planner sends one request per sample index), at most ``spec.concurrency`` at a t
 - Rate limits: with ``spec.requests_per_minute`` / ``spec.tokens_per_minute``, each
   attempt first takes one request and its estimated tokens (prompt characters / 4 plus
   4 per message, plus ``max_tokens``) from a :class:`~lazyllm.backends.ratelimit.RateLimiter`;
-  the reported usage settles the estimate, and ``x-ratelimit-remaining-*`` headers at 0
-  pause every request until their reset. A request waiting for the limiter holds no
-  concurrency slot (one backing off after a failure does, as above).
+  the reported usage settles the estimate. With or without those limits, the provider's
+  ``x-ratelimit-remaining-*`` headers at 0 pause every request until their reset. A
+  request waiting for the limiter holds no concurrency slot (one backing off after a
+  failure does, as above).
 - Timeout: ``spec.timeout`` seconds per HTTP attempt.
 - Failures: a request that fails for good (other 4xx, retries exhausted, an answer
   that breaks its constraint) becomes an error response with the reason; it never
@@ -101,6 +102,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import math
@@ -120,6 +122,7 @@ from lazyllm.core.errors import EngineError
 from .logprobs import choice_logprobs_from_top
 from lazyllm.core.protocols import Request, Response
 from .ratelimit import RateLimiter
+from .reasoning import share_of_tokens, split_response
 from lazyllm.core.redact import redact, redact_url, register_secret
 from lazyllm.core.specs import OpenAI
 
@@ -236,7 +239,7 @@ class OpenAIEngine:
                 self._semaphore = asyncio.Semaphore(self.spec.concurrency)
                 self._guided_lock = asyncio.Lock()
                 limiter = RateLimiter(self.spec.requests_per_minute, self.spec.tokens_per_minute)
-                self._limiter = limiter if limiter.active else None
+                self._limiter = limiter  # without limits set, it still reads the rate-limit headers
 
             asyncio.run_coroutine_threadsafe(setup(), loop).result()
             self._loop, self._thread = loop, thread
@@ -366,6 +369,8 @@ class OpenAIEngine:
                 await self._limiter.acquire(estimate)
             retry_after: float | None = None
             async with self._semaphore:
+                if self._limiter is not None:  # the headers of an answer received meanwhile may say wait
+                    await self._limiter.wait_pause()
                 self.stats["http_calls"] += 1
                 try:
                     result = await create(**body, extra_body=extra or None, timeout=self.spec.timeout)
@@ -512,9 +517,11 @@ class OpenAIEngine:
         usage = getattr(result, "usage", None)
         if request.logprobs:
             return _logprob_response(request, getattr(choice, "logprobs", None), endpoint, usage)
-        return self._response(request, text, reason, usage, guided)
+        reasoning = _reasoning_field(choice.message) if endpoint == "chat" else None
+        return self._response(request, text, reason, usage, guided, reasoning)
 
-    def _response(self, request: Request, text: Any, reason: Any, usage: Any, guided: str | None) -> Response:
+    def _response(self, request: Request, text: Any, reason: Any, usage: Any, guided: str | None,
+                  reasoning: str | None = None) -> Response:
         def tokens(name: str) -> int:
             value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
             return int(value or 0)
@@ -523,12 +530,15 @@ class OpenAIEngine:
         if reason == "content_filter":
             return Response(text=None, finish_reason="error", error="The server's content filter blocked the answer.",
                             **counts)
+        if text is None and reasoning is not None and reason == "length":
+            text = ""  # max_tokens ran out inside the trace: no answer yet
         if not isinstance(text, str):
             return Response(text=None, finish_reason="error",
                             error=f"The server returned no text (finish_reason={reason!r}).", **counts)
         finish = "length" if reason == "length" else "stop"
         if request.choices is None and request.json_schema is None:
-            return Response(text=text.strip(), finish_reason=finish, **counts)
+            return _with_reasoning(Response(text=text.strip(), finish_reason=finish, **counts), request, reasoning,
+                                   usage)
         if finish == "length":  # cut by max_tokens: the partial answer, as the transformers engine returns it
             return Response(text=text, finish_reason="length", **counts)
         try:
@@ -542,7 +552,8 @@ class OpenAIEngine:
         """The Response of one chat completion choice (a dict, as the Batch API returns it)."""
         if request.logprobs:
             return _logprob_response(request, choice.get("logprobs"), "chat", usage)
-        return self._response(request, choice["message"].get("content"), choice.get("finish_reason"), usage, guided)
+        return self._response(request, choice["message"].get("content"), choice.get("finish_reason"), usage, guided,
+                              _reasoning_field(choice["message"]))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -560,6 +571,30 @@ def _estimate_tokens(request: Request, body: dict[str, Any]) -> int:
 
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _reasoning_field(message: Any) -> str | None:
+    """The trace a server with a reasoning parser returns apart from the answer:
+    ``reasoning_content`` (vLLM, DeepSeek), or ``reasoning`` (newer vLLM); None when absent."""
+    for name in ("reasoning_content", "reasoning"):
+        value = _get(message, name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _with_reasoning(response: Response, request: Request, reasoning: str | None, usage: Any) -> Response:
+    """``response`` with its trace: the server's separate field, else a ``<think>`` block in the
+    text. Trace tokens: the usage's ``completion_tokens_details.reasoning_tokens`` when the
+    server reports it, else estimated by characters (:func:`~lazyllm.backends.reasoning.share_of_tokens`)."""
+    reported = _get(_get(usage, "completion_tokens_details"), "reasoning_tokens") if usage is not None else None
+    if reasoning is None:
+        response = split_response(response, request)
+        if response.reasoning is None or not reported:
+            return response
+        return dataclasses.replace(response, reasoning_tokens=min(int(reported), response.output_tokens))
+    tokens = int(reported) if reported else share_of_tokens(response.output_tokens, reasoning, response.text or "")
+    return dataclasses.replace(response, reasoning=reasoning, reasoning_tokens=min(tokens, response.output_tokens))
 
 
 def _logprob_response(request: Request, logprobs: Any, endpoint: str, usage: Any) -> Response:

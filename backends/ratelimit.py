@@ -167,6 +167,23 @@ class RateLimiter:
             self.stats["waits"] += 1
         return waited
 
+    async def wait_pause(self) -> float:
+        """Wait until a pause the provider's headers asked for (:meth:`observe`) is over: the
+        last look before a request that took its share in :meth:`acquire` goes out, so that
+        requests already queued for a connection also hold back.
+
+        Returns
+        -------
+        float
+            Seconds waited.
+        """
+        waited = 0.0
+        while (delay := self._paused_until - self._clock()) > 1e-6:
+            waited += delay
+            await self._sleep(delay)
+        self.stats["waited_s"] += waited
+        return waited
+
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token bucket once the server reports a request's real usage
         (prompt + completion tokens): the difference to the estimate is given back or

@@ -47,6 +47,8 @@ from pathlib import Path
 from lazyllm.core.protocols import Request, Response
 from lazyllm.core.specs import TestModel
 
+from .reasoning import split_response
+
 __all__ = ["DeterministicEngine", "CALLS", "BATCHES", "SUBMISSIONS", "reset_counters", "request_key", "render"]
 
 #: Requests answered by DeterministicEngine in this process (errors included).
@@ -112,7 +114,10 @@ class DeterministicEngine:
     transformers engine does; ``finish_reason="stop"``) and, if it has more than
     ``max_tokens`` words, cut to ``max_tokens`` words (``finish_reason="length"``).
     Token counts are whitespace-separated words: ``input_tokens`` of ``text``,
-    ``output_tokens`` of the answer. Choice and JSON schema constraints are not
+    ``output_tokens`` of the answer. An answer that starts with a ``<think>...</think>``
+    trace (a scripted rule's answer) is split as a reasoning model's
+    (:func:`lazyllm.backends.reasoning.split_response`): the trace goes to
+    ``reasoning``, its words to ``reasoning_tokens``. Choice and JSON schema constraints are not
     enforced: the answer is returned as is.
 
     A request with ``logprobs`` gets ``choice_logprobs``: ``log(probability)`` of
@@ -213,7 +218,9 @@ class DeterministicEngine:
             words = words[: request.params.max_tokens]
             answer = " ".join(words)
             finish_reason = "length"
-        return Response(text=answer, input_tokens=input_tokens, output_tokens=len(words), finish_reason=finish_reason)
+        response = Response(text=answer, input_tokens=input_tokens, output_tokens=len(words),
+                            finish_reason=finish_reason)
+        return split_response(response, request, count=lambda t: len(t.split()))
 
     def _distribution(self, request: Request, text: str, input_tokens: int) -> Response:
         choices = tuple(request.choices or ())

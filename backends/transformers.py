@@ -59,6 +59,7 @@ from lazyllm.core.errors import EngineError
 from .logprobs import choice_logprobs, prefix_paths
 from lazyllm.core.model_store import existing_model_dir, resolve_model_dir
 from lazyllm.core.protocols import Request, Response
+from .reasoning import split_response
 from lazyllm.core.system import env_threads
 from lazyllm.core.specs import Transformers
 
@@ -667,6 +668,12 @@ class TransformersEngine:
         return responses
 
     def _response(self, prepared: _Prepared, tokens: list[int]) -> Response:
+        """One row's response (:meth:`_cut`), with a ``<think>`` trace moved to ``reasoning``
+        (its tokens counted with the tokenizer)."""
+        return split_response(self._cut(prepared, tokens), prepared.request,
+                              count=lambda t: len(self._tokenizer.encode(t, add_special_tokens=False)))
+
+    def _cut(self, prepared: _Prepared, tokens: list[int]) -> Response:
         """Cut one row's generated tokens at max_tokens, a stop string or end-of-sequence.
 
         Unconstrained text is stripped; constrained text is kept as generated (a choice

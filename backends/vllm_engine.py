@@ -78,6 +78,7 @@ from .answers import check_constraint
 from lazyllm.core.errors import EngineError, MissingDependencyError
 from .logprobs import choice_logprobs
 from lazyllm.core.protocols import Request, Response
+from .reasoning import split_response
 from lazyllm.core.specs import Transformers, VLLM
 from lazyllm.core.model_store import resolve_model_dir
 from .hardware import detect_machine
@@ -544,8 +545,8 @@ def _response(request: Request, raw: dict[str, Any]) -> Response:
         return _scored_response(request, raw)
     counts = {"input_tokens": int(raw["input_tokens"]), "output_tokens": int(raw["output_tokens"])}
     text, finish = raw["text"], raw["finish_reason"]
-    if request.choices is None and request.json_schema is None:
-        return Response(text=text.strip(), finish_reason=finish, **counts)
+    if request.choices is None and request.json_schema is None:  # a <think> trace goes to reasoning
+        return split_response(Response(text=text.strip(), finish_reason=finish, **counts), request)
     if finish == "length":
         return Response(text=text, finish_reason="length", **counts)
     try:

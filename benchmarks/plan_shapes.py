@@ -65,6 +65,12 @@ def shapes() -> list[Shape]:
     keep_cheap = lazyllm.llm_predicate(lazyllm.TestModel(name="cheap", rules=(("topic 1", "yes"), ("", "no"))),
                                        "{{ topic }}?")
 
+    judge_costly = lazyllm.TestModel(name="costly-judge", rules=(("", "8"),))
+    judge_cheap = lazyllm.TestModel(name="cheap-judge", rules=(("topic 1", "9"), ("", "2")))
+
+    def judged(f, column, m, prompt):
+        return f.judge(column, m, prompt=prompt).filter(pl.col(column) >= 5)
+
     def src(n: int = ROWS):
         return lazyllm.from_dicts([{"id": i, "topic": f"topic {i}", "len": (i * 37) % 100, "grp": i % 10}
                                    for i in range(n)])
@@ -169,6 +175,14 @@ def shapes() -> list[Shape]:
                   pl.col("score") >= 7).filter(pl.col("grp") == 1),
               lambda: gen(src().filter(pl.col("grp") == 1)).judge("score", model, prompt="grade {{ topic }}: {{ q }}")
               .filter(pl.col("score") >= 7)),
+        Shape("two judge filters, costly one first", 'src.judge(costly).filter(s1 >= 5).judge(cheap).filter(s2 >= 5)',
+              lambda: judged(judged(src(), "s1", judge_costly, long_prompt), "s2", judge_cheap, "{{ topic }}"),
+              lambda: judged(judged(src(), "s2", judge_cheap, "{{ topic }}"), "s1", judge_costly, long_prompt)
+              .select("id", "topic", "len", "grp", "s1", "s1_error", "s2", "s2_error")),
+        Shape("judge filter on an input column above a generate", 'gen.judge("{{ topic }}").filter(s >= 5)',
+              lambda: judged(gen(src()), "s", judge_cheap, "{{ topic }}"),
+              lambda: gen(judged(src(), "s", judge_cheap, "{{ topic }}"))
+              .select("id", "topic", "len", "grp", "q", "q_error", "s", "s_error")),
         Shape("main job: kept.filter(module in 4).head(8)", 'job.kept.filter(module.is_in(...)).head(8)',
               lambda: job.kept.filter(pl.col("module").is_in(modules)).head(8), lambda: hand_job(8)),
         Shape("main job: kept.filter(module in 4)", 'job.kept.filter(module.is_in(...))',

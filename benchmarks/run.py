@@ -13,6 +13,7 @@ Usage (from the repository root)::
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
     python -m benchmarks.run overhead         # per-row overhead at 100k / 1M rows, explain(), peak RSS
     python -m benchmarks.run demo             # the README main job, cold + warm, native vs AVX2 kernels
+    python -m benchmarks.run judge-methods    # judge argmax vs expected: right vs wrong answers ranked
 
 Results are appended to ``benchmarks/RESULTS.md`` (one section per comparison, with
 the machine, date and command).
@@ -422,6 +423,16 @@ BENCHES["overhead"] = bench_overhead  # registered on its own line: merges touch
 DEFAULT_BENCHES = ("planner", "cache", "engines")
 #: lazyllm's engines against the raw engines they drive (benchmarks/engines_raw.py): name them.
 BENCHES.update({"vllm-raw": bench_vllm_raw, "chain": bench_chain, "openai-raw": bench_openai_raw})
+
+
+def bench_judge_methods(args: argparse.Namespace) -> None:
+    """Judge methods (argmax vs expected) by pairwise accuracy on right vs wrong answers (issue 16)."""
+    from .judge_methods import bench_judge_methods as run
+
+    run(args)
+
+
+BENCHES["judge-methods"] = bench_judge_methods
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,12 +24,13 @@ from typing import Any
 
 import polars as pl
 
-from lazyllm.core.errors import PlanError
+from lazyllm.core.errors import ParameterError, PlanError
 from lazyllm.core.protocols import ModelSpec, SamplingParams
+from lazyllm.planner.budget import Budget, check_prices, over_budget
 from lazyllm.planner import executor as _exec
 from lazyllm.planner import nodes as N
-from lazyllm.planner.explain import render_plan, savings
-from lazyllm.planner.optimizer import optimize
+from lazyllm.planner.explain import render_plan, rule_lines, savings
+from lazyllm.planner.optimizer import optimize, rule_savings
 from lazyllm.planner.templates import check_columns
 from lazyllm.planner.train import TrainedModel
 from lazyllm.planner.workspace import Workspace
@@ -571,7 +572,7 @@ class Frame:
         column: str,
         model: Any = None,
         *,
-        prompt: str,
+        prompt: str | None = None,
         system: str | None = None,
         n: int = 1,
         temperature: float = 0.0,
@@ -583,8 +584,11 @@ class Frame:
         json_schema: Any = None,
         error_column: str | None = None,
         overwrite: bool = False,
+        messages: str | None = None,
+        append_to: str | None = None,
+        reasoning: str = "drop",
     ) -> "Frame":
-        """Generate ``column`` with an LLM, one prompt per row.
+        """Generate ``column`` with an LLM, one prompt (or conversation) per row.
 
         Parameters
         ----------
@@ -594,11 +598,13 @@ class Frame:
             for one row per sample.
         model : model spec or str, optional
             e.g. ``lazyllm.Transformers("smollm2-135m-instruct")`` (the default).
-        prompt : str
+        prompt : str, optional
             Jinja2 template over the row's columns, e.g. ``"Answer: {{ question }}"``.
             Sent as the user message; chat models get their chat template applied.
+            Required unless ``messages`` is given; with ``messages`` it is a final user
+            turn after the conversation (none when omitted).
         system : str, optional
-            Jinja2 template of a system message.
+            Jinja2 template of a system message (sent first, before a conversation).
         n : int
             Samples per row; sample ``i`` uses a seed derived from ``seed`` and ``i``.
         temperature, top_p : float
@@ -621,11 +627,33 @@ class Frame:
         overwrite : bool
             Replace ``column`` (and the error column) if the frame already has them;
             without it that is an error.
+        messages : str, optional
+            A conversation column: per row a list of ``{role, content}`` structs
+            (roles ``system``, ``user``, ``assistant``), as the Hub's chat datasets store
+            them. The request is ``system`` (if given), the conversation, then
+            ``prompt`` (if given) as a user turn; the model's chat template is applied
+            and the whole conversation is part of the request's fingerprint (cache key).
+            A null or empty conversation sends nothing: the row's output is null and
+            its error names the column.
+        append_to : str, optional
+            Also write this conversation column: the request's messages without the
+            system message, then the answer as an ``assistant`` message (null when the
+            row failed). Pass it as ``messages=`` of the next ``generate`` for the next
+            turn of a multi-turn dialogue. Needs ``n == 1``.
+        reasoning : {"drop", "keep"}
+            What to do with a reasoning model's trace (``<think>...</think>`` before
+            the answer, or a server's ``reasoning_content``). The trace is never in
+            ``column``, so judges, filters and later prompts read the answer alone.
+            ``"keep"`` adds ``f"{column}_reasoning"`` (String; null when the answer had
+            no trace), cached with the answer; ``"drop"`` (the default, so existing
+            plans keep their columns and fingerprints) adds no column; the trace stays
+            in the cache either way, so switching to ``"keep"`` costs no LLM call.
 
         Returns
         -------
         Frame
-            Every input row and column in order, plus ``column`` and the error column.
+            Every input row and column in order, plus ``column``, the reasoning and
+            ``append_to`` columns when asked, and the error column.
 
         Raises
         ------
@@ -637,19 +665,38 @@ class Frame:
         ParameterError
             A parameter of the wrong type or out of range (see :mod:`lazyllm.validation`).
         PlanError
-            ``json_schema`` is not a valid JSON Schema; an output column exists already.
+            ``json_schema`` is not a valid JSON Schema; an output column exists already;
+            neither ``prompt`` nor ``messages``; ``messages`` is not a column of lists of
+            ``{role, content}`` structs (here), or a message has another role or a
+            null content (at ``collect()``/``explain()``, before any model is loaded).
 
         Notes
         -----
         Cost: ``n`` LLM calls per row, minus cache hits and duplicate prompts.
         A row whose generation fails keeps a null and a message in the error column.
+        Reasoning traces count in the output tokens (``max_tokens`` bounds trace and
+        answer together); the run's stats report ``reasoning_tokens`` apart.
+
+        Examples
+        --------
+        >>> import lazyllm
+        >>> chat = lazyllm.from_dicts([{"conv": [{"role": "user", "content": "Hi"}]}])
+        >>> out = chat.generate("reply", lazyllm.TestModel(), messages="conv", append_to="conv2").collect(progress=False)
+        >>> [m["role"] for m in out["conv2"][0]]
+        ['user', 'assistant']
         """
         sampling = V.sampling("generate", temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                               stop=stop)
+        if prompt is None and messages is None:
+            raise ParameterError("generate() needs prompt=... (a Jinja2 template, e.g. 'Answer: {{ question }}') or "
+                                 "messages=... (a column of chat messages).")
         node = N.Generate(children=(self._node,), column=V.column_name("generate", "column", column),
-                          model=as_model_spec(model), prompt=prompt, system=system,
+                          model=as_model_spec(model), prompt=prompt or "", system=system,
                           n=V.integer("generate", "n", n, low=1), sampling=sampling, error_column=error_column or "",
-                          choices=V.choices("generate", choices), json_schema=canonical_json_schema(json_schema))
+                          choices=V.choices("generate", choices), json_schema=canonical_json_schema(json_schema),
+                          reasoning=reasoning,
+                          conversation=None if messages is None else V.column_name("generate", "messages", messages),
+                          append_to=None if append_to is None else V.column_name("generate", "append_to", append_to))
         V.check_node("generate", self.columns, node, overwrite)
         return self._wrap(node)
 
@@ -1018,7 +1065,8 @@ class Frame:
 
     # -- sinks ---------------------------------------------------------------------------
     def collect(self, *, workspace: WorkspaceLike = None, progress: bool | None = None,  # type: ignore[valid-type]
-                optimize: bool = True, executor: "str | Any | None" = None) -> pl.DataFrame:
+                optimize: bool = True, executor: "str | Any | None" = None, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> pl.DataFrame:
         """Run the plan and return a ``polars.DataFrame``.
 
         Parameters
@@ -1035,6 +1083,16 @@ class Frame:
             ``LAZYLLM_EXECUTOR``), ``"ray"`` (a local Ray cluster, or the one named by
             ``LAZYLLM_RAY_ADDRESS``) or ``lazyllm.RayExecutor(address=..., replicas=...)``.
             Results and the cache are the same either way.
+        max_cost : float, optional
+            A hard budget in USD over the LLM calls this collect sends (cache hits are
+            free), priced with each model's ``prices()``. A request is sent only while
+            the cost reported so far, plus the estimated cost of the requests in flight
+            and of this one (prompt tokens plus ``max_tokens``: an upper bound), stays
+            within it; the first that does not fit stops all sending. Rows not sent are
+            null with an error naming the budget; answers back are cached, so a rerun
+            with a larger budget continues where this one stopped.
+        max_total_tokens : int, optional
+            The same hard budget in tokens (prompt plus generated), for any model.
 
         Returns
         -------
@@ -1050,6 +1108,10 @@ class Frame:
             ``executor="ray"`` without Ray installed (before anything runs).
         WorkspaceError
             ``workspace`` is not a usable folder (before anything runs).
+        ParameterError
+            ``max_cost`` or ``max_total_tokens`` is not a positive number.
+        PlanError
+            ``max_cost`` with a model that has no price (before anything runs).
 
         Notes
         -----
@@ -1059,10 +1121,11 @@ class Frame:
         batch in flight and a rerun resumes. A rerun of the same plan loads no model.
         """
         return _exec.collect(self._node, workspace=workspace, progress=progress, optimize=optimize,
-                             executor=executor).frames[0]
+                             executor=executor, budget=Budget(max_cost, max_total_tokens)).frames[0]
 
     def explain(self, *, optimized: bool = True, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
-                fingerprints: bool = True) -> str:
+                fingerprints: bool = True, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> str:
         """The plan as text, with per-LLM-node rows in, predicted cache hits and LLM calls.
 
         Parameters
@@ -1075,6 +1138,9 @@ class Frame:
             Whose cache predicts the cache hits (default ``LAZYLLM_HOME`` or ``./.lazyllm``).
         fingerprints : bool
             Show each node's short fingerprint.
+        max_cost, max_total_tokens : float, int, optional
+            The budget :meth:`collect` would run under: when the estimate passes it, a
+            ``warning:`` line under the header says so, before anything runs.
 
         Returns
         -------
@@ -1083,6 +1149,11 @@ class Frame:
             make, predicted cache hits, estimated input tokens (the model's tokenizer
             when it is on disk, else characters / 4) and output tokens, and the cost for
             priced models.
+
+        Raises
+        ------
+        ParameterError, PlanError
+            A budget as :meth:`collect` refuses it.
 
         Notes
         -----
@@ -1102,16 +1173,23 @@ class Frame:
         >>> print(frame.explain(fingerprints=False).splitlines()[0])
         optimized plan
         """
-        if optimized:
+        budget = Budget(max_cost, max_total_tokens)
+        check_prices([self._node], budget)
+        if not optimized:
+            plan = self._node
+            stats = _exec.dry_run([plan], workspace)
+            header = ["logical plan"]
+        else:
             result = optimize(self._node)
             plan = result.plan
-            header = ["optimized plan"]
-            header += [f"  rule {name}: {note}" for name, note in result.fired] or ["  (no rule fired)"]
-        else:
-            plan, header = self._node, ["logical plan"]
-        stats = _exec.dry_run([plan], workspace)
-        if optimized:
-            header.insert(1, "  " + savings(_exec.dry_run([self._node], workspace), stats))
+            stats = _exec.dry_run([plan], workspace)
+            header = ["optimized plan", "  " + savings(_exec.dry_run([self._node], workspace), stats)]
+            saved = rule_savings(self._node, result,
+                                 lambda node: sum(s.calls for s in _exec.dry_run([node], workspace).values()))
+            header += rule_lines(result.fired, saved) or ["  (no rule fired)"]
+        warning = over_budget(stats, budget)
+        if warning is not None:
+            header.insert(1, "  " + warning)
         return "\n".join(header) + "\n" + render_plan(plan, stats, fingerprints=fingerprints)
 
     def sink_parquet(self, directory: str | os.PathLike[str], *, rows_per_shard: int = 100_000,
@@ -1128,7 +1206,8 @@ class Frame:
         rows_per_shard : int
             Input rows per partition (default 100,000); a shard has at most that many rows.
         **collect_kwargs
-            ``workspace``, ``progress``, ``optimize``, ``executor`` as for :meth:`collect`.
+            ``workspace``, ``progress``, ``optimize``, ``executor``, ``max_cost``,
+            ``max_total_tokens`` as for :meth:`collect` (the budget covers every shard).
 
         Returns
         -------
@@ -1143,7 +1222,9 @@ class Frame:
             aggregate, head, sample, non-elementwise expression); raised before
             anything is read or any model is loaded.
         """
-        return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, **collect_kwargs)[0]
+        budget = Budget(collect_kwargs.pop("max_cost", None), collect_kwargs.pop("max_total_tokens", None))
+        return _exec.sink_partitioned(self._node, directory, rows_per_shard=rows_per_shard, budget=budget,
+                                      **collect_kwargs)[0]
 
     def sink_hub(self, repo_id: str, *, rows_per_shard: int = 100_000, **kwargs: Any) -> str:
         """Stream the result to a Hugging Face dataset repo, one commit per partition, with a
@@ -1494,15 +1575,16 @@ def concat(frames: Sequence[Frame], *, how: str = "vertical") -> Frame:
 
 
 def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # type: ignore[valid-type]
-                progress: bool | None = None, executor: "str | Any | None" = None) -> list[pl.DataFrame]:
+                progress: bool | None = None, executor: "str | Any | None" = None, max_cost: float | None = None,
+                max_total_tokens: int | None = None) -> list[pl.DataFrame]:
     """Collect several frames in one run: a subplan they share runs once.
 
     Parameters
     ----------
     frames : sequence of Frame
         The frames to compute.
-    workspace, progress, executor
-        As for :meth:`Frame.collect`.
+    workspace, progress, executor, max_cost, max_total_tokens
+        As for :meth:`Frame.collect`; the budget covers every frame's LLM calls together.
 
     Returns
     -------
@@ -1511,7 +1593,7 @@ def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # 
 
     Raises
     ------
-    EngineError, MissingDependencyError, WorkspaceError
+    EngineError, MissingDependencyError, WorkspaceError, ParameterError, PlanError
         As for :meth:`Frame.collect`.
 
     Notes
@@ -1529,4 +1611,4 @@ def collect_all(frames: Sequence[Frame], *, workspace: WorkspaceLike = None,  # 
     True
     """
     return _exec.collect_all([f.plan for f in frames], workspace=workspace, progress=progress,
-                             executor=executor).frames
+                             executor=executor, budget=Budget(max_cost, max_total_tokens)).frames

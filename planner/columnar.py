@@ -184,10 +184,7 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
             continue
         st.rendered[r] = True
         st.stats.rows_in += 1
-        named = ", ".join(map(repr, nulls))
-        ready.extend(run.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
-                           "(handle it in the template with {{ x | default('...') }} or {% if x %}, "
-                           "or filter the row out)"))
+        ready.extend(run.fail_row(i, r, node.null_error(nulls)))
     st.stats.rows_in += m
     st.stats.requests += m * n
     st.keys.update(flat)
@@ -209,6 +206,7 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
         for pos in hit_pos:
             r = rendered[pos]
             out, error = values([records[k * m + pos] for k in range(n)])
+            out = node.row_values(out, lambda r=r: run.row_context(i, r))  # type: ignore[misc]
             for col, value in out.items():
                 st.values[col][r] = value
             st.errors[r] = error
@@ -241,10 +239,13 @@ def _plain_texts(st: Any, node: LLMNode, n: int, records: list[Any], m: int, row
     """A plain generation (no choices, no JSON schema): its values are the cached texts (a
     list of the ``n`` samples when ``n > 1``) and its errors null, the column at once.
     False, doing nothing, for any other node or when a cached text is null (``combine`` decides)."""
-    if not isinstance(node, Generate) or node.choices is not None or node.json_schema is not None:
+    if (not isinstance(node, Generate) or node.choices is not None or node.json_schema is not None
+            or getattr(node, "reasoning", "drop") != "drop" or getattr(node, "append_to", None) is not None):
         return False
     texts = [[records[k * m + pos]["text"] for pos in hit_pos] for k in range(n)]
-    if any(t is None for sample in texts for t in sample):
+    if any(t is None or "think>" in t for sample in texts for t in sample):
+        return False  # combine decides (an inline reasoning trace is split off there)
+    if any(records[k * m + pos].get("reasoning") is not None for k in range(n) for pos in hit_pos):
         return False
     values = texts[0] if n == 1 else [list(row) for row in zip(*texts)]
     column = st.values[node.column]
@@ -266,16 +267,8 @@ def _values(node: LLMNode, n: int) -> Any:
     def combined(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
         return node.combine([Response.from_record(rec) for rec in records])
 
-    if isinstance(node, Generate) and node.choices is None and node.json_schema is None:
-        column = node.column
-
-        def generated(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
-            texts = [rec["text"] for rec in records]
-            if any(t is None for t in texts):
-                return combined(records)
-            return {column: texts if n > 1 else texts[0]}, None
-
-        return generated
+    if isinstance(node, Generate):
+        return combined  # a plain generation's fast rule is _plain_texts (a column at a time)
     if isinstance(node, Judge) and node.method == "argmax" and not node.rationale:
         lo, hi = node.scale
         score_col = node.column

@@ -37,6 +37,7 @@ from lazyllm.core.layout import RUN_LOG_FORMAT
 from lazyllm.core.system import NOT_INSTALLED, library_versions
 from lazyllm.core.protocols import TOKEN_COUNTER_HOOK, Engine, Message, ModelSpec
 
+from .budget import Budget, BudgetLedger, check_prices
 from .nodes import DataFrameSource, FileSource, Head, LLMNode, PlanNode, wave_chain
 from .optimizer import optimize as _optimize, shared_subplans
 from .scheduler import run_chain
@@ -65,8 +66,11 @@ class RunResult:
 
 
 class _Context:
-    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool, executor: Any = None) -> None:
+    def __init__(self, workspace: Workspace, *, dry_run: bool, progress: bool, executor: Any = None,
+                 budget: Budget | None = None) -> None:
         self.workspace = workspace
+        #: the collect's cost/token budget: every engine submission passes it (:mod:`.budget`)
+        self.budget = BudgetLedger(budget) if budget is not None and budget.active else None
         self.executor = executor  # None (this process) or a lazyllm.backends.distributed.RayExecutor
         self.replica_stats: list[dict[str, Any]] = []
         self.dry_run = dry_run
@@ -110,6 +114,8 @@ class _Context:
                 self.say(f"{spec.display_name} · {getattr(self.engines[key], 'parallelism', 1)} replicas on {self.executor.name}")
             else:
                 self.engines[key] = factory(run_spec, workspace=self.workspace.path)
+        if self.budget is not None:
+            return self.budget.guard(self.engines[key], spec, self.token_counter(spec)[0])
         return self.engines[key]
 
     @contextmanager
@@ -226,12 +232,14 @@ def collect_all(
     progress: bool | None = None,
     optimize: bool = True,
     executor: Any = None,
+    budget: Budget | None = None,
 ) -> RunResult:
     """Execute plans together: a subplan shared by several roots runs once.
 
     With ``optimize`` (default) each plan is first rewritten by the optimizer rules.
     ``executor``: ``"local"`` (this process), ``"ray"`` or a
     :class:`lazyllm.backends.distributed.RayExecutor`; None reads ``LAZYLLM_EXECUTOR``.
+    ``budget``: a :class:`~lazyllm.planner.budget.Budget` the run's LLM calls must stay within.
     """
     chosen = resolve_executor(executor)
     ws = resolve_workspace(workspace)
@@ -245,12 +253,17 @@ def collect_all(
     pending = untrained_models(roots, ws.path)
     if pending:  # a missing trainer fails now, not after the LLM work that feeds the training
         check_training_installed(f"Training {pending[0].display_name} (Frame.train)")
-    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
+    if budget is not None:
+        check_prices(roots, budget)  # before anything runs
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen, budget=budget)
     start = time.perf_counter()
     try:
         frames = [_evaluate(root, ctx).collect() for root in roots]
     finally:
         ctx.close()
+    if ctx.budget is not None and ctx.budget.refused:
+        ctx.say(f"budget reached ({budget.describe()}): {ctx.budget.refused} requests not sent; "  # type: ignore[union-attr]
+                "rerun with a larger budget to continue from the cache")
     result = RunResult(frames, ctx.stats, time.perf_counter() - start, replicas=ctx.replica_stats)
     result.log_path = _write_run_log(ws, logical, roots, fired, result)
     return result
@@ -465,6 +478,7 @@ def sink_partitioned(
     executor: Any = None,
     skip: Container[int] = (),
     on_shard: "Callable[[int, int, pl.DataFrame, Path, dict[str, NodeStats]], None] | None" = None,
+    budget: Budget | None = None,
 ) -> tuple[list[Path], RunResult]:
     """Run a row-by-row plan one input partition at a time and write each partition's
     result as ``part-00000.parquet``, ``part-00001.parquet``, ... in ``directory``.
@@ -478,7 +492,7 @@ def sink_partitioned(
     ``skip`` holds partition indices not to run (their shards exist elsewhere, e.g. on the
     Hub): they are read but neither evaluated nor written. ``on_shard(index, rows_in, df,
     path, stats)`` is called after each shard is written, with the run's cumulative stats
-    (keys: node fingerprints of the original plan).
+    (keys: node fingerprints of the original plan). ``budget`` covers every partition together.
 
     Returns the shard paths and the run's stats (``frames`` is empty: nothing is
     gathered).
@@ -499,11 +513,13 @@ def sink_partitioned(
         res = _optimize(root)
         plan, fired = res.plan, res.fired
     chain, source = partition_chain(plan)
+    if budget is not None:
+        check_prices([plan], budget)
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("part-*.parquet"):
         old.unlink()  # shards of an earlier run would mix with this one's
-    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen)
+    ctx = _Context(ws, dry_run=False, progress=_progress_enabled(progress), executor=chosen, budget=budget)
     if chosen is not None and isinstance(source, FileSource) and source.format == "parquet":
         parts: Iterator[pl.DataFrame] = chosen.read_parquet(source.paths, rows_per_shard, dict(source.options))
     else:
@@ -560,7 +576,7 @@ def _fold_wave_stats(ctx: _Context, before: set[str], chain: list[PlanNode], wav
         total = ctx.stats.setdefault(original.fingerprint, NodeStats(original.fingerprint, got.kind, got.column,
                                                                        got.model))
         for f in ("rows_in", "requests", "unique_requests", "cache_hits", "calls", "failures", "input_tokens",
-                  "output_tokens", "uncertain_rows", "est_input_tokens", "est_output_tokens"):
+                  "output_tokens", "reasoning_tokens", "uncertain_rows", "est_input_tokens", "est_output_tokens"):
             setattr(total, f, getattr(total, f) + getattr(got, f))
         total.seconds += got.seconds
         # a dry run's estimates under waves: the bases and the cost add up too

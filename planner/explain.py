@@ -8,7 +8,7 @@ predicted cache hits and LLM calls to make.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 
@@ -40,7 +40,7 @@ from .nodes import (
 from .stats import NodeStats
 from .train import TrainedModel
 
-__all__ = ["render_plan", "describe", "savings"]
+__all__ = ["render_plan", "describe", "savings", "rule_lines"]
 
 
 def _expr(e: pl.Expr) -> str:
@@ -179,6 +179,12 @@ def _(node: Generate) -> tuple[str, list[str]]:
         extra += f" · choices={list(node.choices)}"
     if node.json_schema is not None:
         extra += f" · json_schema={_short(node.json_schema, 60)}"
+    if node.conversation is not None:
+        extra += f" · messages={node.conversation}"
+    if node.append_to is not None:
+        extra += f" · append_to={node.append_to}"
+    if node.reasoning != "drop":
+        extra += f" · reasoning={node.reasoning}"
     return f"GENERATE {node.column} ← {node.model.display_name}", _llm_lines(node, extra)
 
 
@@ -271,3 +277,37 @@ def savings(logical: Mapping[str, NodeStats], optimized: Mapping[str, NodeStats]
     tokens = [sum(s.est_input_tokens for s in st.values()) for st in (optimized, logical)]
     return (f"LLM calls to make: {calls[0]:,} optimized vs {calls[1]:,} as written ({calls[1] - calls[0]:,} saved)"
             f" · est. input tokens: {tokens[0]:,} vs {tokens[1]:,}")
+
+
+def rule_lines(fired: Sequence[tuple[str, str]], saved: Mapping[str, int]) -> list[str]:
+    """The lines of ``explain()`` for the rules that fired: one per rule, with the LLM
+    calls it saves, then its rewrites, one per line.
+
+    Parameters
+    ----------
+    fired : sequence of (rule name, note)
+        ``Optimized.fired``, in firing order.
+    saved : mapping of str to int
+        Calls saved per rule (:func:`lazyllm.planner.optimizer.rule_savings`).
+
+    Returns
+    -------
+    list of str
+        Indented lines, the rules in the order they first fired.
+
+    >>> for line in rule_lines([("predicate_pushdown", "filter a moved below generate 'q'")],
+    ...                        {"predicate_pushdown": 180}):
+    ...     print(line)
+      rule predicate_pushdown · saves 180 LLM calls
+        - filter a moved below generate 'q'
+    """
+    notes: dict[str, list[str]] = {}
+    for name, note in fired:
+        notes.setdefault(name, []).append(note)
+    lines: list[str] = []
+    for name, items in notes.items():
+        n = saved.get(name)
+        gain = "" if n is None else f" · saves {n:,} LLM call{'s' if n != 1 else ''}"
+        lines.append(f"  rule {name}{gain}")
+        lines.extend(f"    - {note}" for note in items)
+    return lines

@@ -59,6 +59,7 @@ from lazyllm.core.protocols import Message, ModelSpec, Request, Response, Sampli
 from lazyllm.core.hashing import hash_canonical
 from .templates import PromptTemplate, check_columns, render_column
 from lazyllm.backends.logprobs import normalize
+from lazyllm.backends.reasoning import split_response
 
 __all__ = [
     "expr_columns",
@@ -1136,6 +1137,12 @@ class LLMNode(PlanNode):
                     out.add(col)
         return sorted(out)
 
+    def null_error(self, columns: Sequence[str]) -> str:
+        """The error of a row not sent because of the null inputs ``columns`` (:meth:`null_inputs`)."""
+        named = ", ".join(map(repr, columns))
+        return (f"input column(s) {named} null, so no request was sent (handle it in the template with "
+                "{{ x | default('...') }} or {% if x %}, or filter the row out)")
+
     def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
         templates = self.templates()
         out = [Message("system", templates[1].render(ctx))] if self.system is not None else []
@@ -1179,6 +1186,16 @@ class LLMNode(PlanNode):
         """Output values of a row whose requests could not even be built (a template error)."""
         return {col: None for col in self.output_schema()}
 
+    def row_values(self, values: dict[str, Any], row: Any) -> dict[str, Any]:
+        """Output values of one row that also need the row itself (``row()`` returns its
+        columns); :meth:`combine`'s ``values`` unchanged by default. Called once per row sent."""
+        return values
+
+    def check_input(self, df: pl.DataFrame) -> None:
+        """Check the values of the input columns this node reads in ``df`` (the chain's input
+        rows) before any request is sent; raise a :class:`~lazyllm.core.errors.PlanError`
+        naming the column. Nothing to check by default."""
+
 
 def _errors(responses: Sequence[Response], several: bool) -> list[str]:
     return [r.error if not several else f"request {i}: {r.error}" for i, r in enumerate(responses) if r.error]
@@ -1210,6 +1227,37 @@ def _to_dtype(value: Any, schema: Mapping[str, Any]) -> Any:
     return value
 
 
+#: Roles a message of a conversation column may have.
+CONVERSATION_ROLES = ("system", "user", "assistant")
+#: What ``generate(reasoning=...)`` does with a reasoning model's trace.
+REASONING_OPTIONS = ("drop", "keep")
+#: The dtype of a conversation column that :class:`Generate` writes (``append_to``).
+CONVERSATION_DTYPE = pl.List(pl.Struct({"role": pl.String(), "content": pl.String()}))
+
+
+def check_conversation_dtype(column: str, dtype: pl.DataType, where: str) -> None:
+    """Raise PlanError unless ``dtype`` is a list of structs with String ``role`` and ``content``."""
+    inner = dtype.inner if isinstance(dtype, pl.List) else None
+    fields = {f.name: f.dtype for f in inner.fields} if isinstance(inner, pl.Struct) else {}
+    if fields.get("role") != pl.String() or fields.get("content") != pl.String():
+        raise PlanError(f"{where}: column {column!r} is {dtype}, not a conversation. A conversation column holds "
+                        "lists of {role, content} structs (String fields), as the Hub's chat datasets store them, "
+                        "e.g. [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}].")
+
+
+def conversation_messages(value: Sequence[Mapping[str, Any]], column: str) -> tuple[Message, ...]:
+    """The messages of one conversation value (raises TemplateError on a bad message)."""
+    out: list[Message] = []
+    for k, m in enumerate(value):
+        role = m.get("role") if isinstance(m, Mapping) else None
+        content = m.get("content") if isinstance(m, Mapping) else None
+        if role not in CONVERSATION_ROLES or not isinstance(content, str):
+            raise TemplateError(f"conversation column {column!r}, message {k}: {m!r} is not a message with a role in "
+                                f"{list(CONVERSATION_ROLES)} and a String content.")
+        out.append(Message(role, content))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Generate(LLMNode):
     """Generate ``column`` with an LLM from a Jinja2 ``prompt`` over each row.
@@ -1218,6 +1266,14 @@ class Generate(LLMNode):
     ``error_column`` (String, null when the row succeeded). ``column`` is String;
     with ``choices`` one of the labels; with ``json_schema`` a Struct of the parsed
     fields; a List of those when ``n > 1`` (sample ``i`` at index ``i``).
+
+    ``reasoning="keep"`` adds ``f"{column}_reasoning"`` (String, or a List with
+    ``n > 1``): a reasoning model's trace, apart from the answer in ``column``
+    (``"drop"``, the default, adds nothing). ``conversation`` names a column of
+    chat messages sent before the ``prompt`` turn (an empty ``prompt``: none) and after
+    the ``system`` message. ``append_to`` adds a conversation column: the request's
+    messages without the system message, then the answer as an assistant message.
+    The three are left out of the fingerprint while at their defaults.
     """
 
     requests_from_messages: ClassVar[bool] = True
@@ -1225,10 +1281,35 @@ class Generate(LLMNode):
     n: int = 1
     choices: tuple[str, ...] | None = None
     json_schema: str | None = None  # canonical JSON text
+    reasoning: str = "drop"
+    conversation: str | None = None
+    append_to: str | None = None
+
+    def fingerprint_params(self) -> dict[str, Any]:
+        out = LLMNode.fingerprint_params(self)
+        for name, default in (("reasoning", "drop"), ("conversation", None), ("append_to", None)):
+            if out[name] == default:  # added later: plans without them keep their fingerprints
+                del out[name]
+        return out
 
     def validate(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
             raise PlanError(f"generate(n=...) must be a positive int, got {self.n!r}.")
+        if self.reasoning not in REASONING_OPTIONS:
+            raise PlanError(f"generate(reasoning={self.reasoning!r}) is not an option; choose one of "
+                            f"{list(REASONING_OPTIONS)} (keep: the trace in a column of its own; drop: no trace).")
+        if self.conversation is not None:
+            check_columns([self.conversation], self.child.columns, where="generate(messages=...)")
+            check_conversation_dtype(self.conversation, self.child.schema()[self.conversation],
+                                     "generate(messages=...)")
+        elif not self.prompt:
+            raise PlanError("generate() needs a prompt=... template, or messages=... (a conversation column).")
+        if self.append_to is not None:
+            if not isinstance(self.append_to, str) or not self.append_to:
+                raise PlanError("generate(append_to=...) must be a non-empty column name.")
+            if self.n > 1:
+                raise PlanError("generate(append_to=...) continues one conversation per row: use n=1 (with n > 1 "
+                                "there is no single answer to append).")
         if self.choices is not None and self.json_schema is not None:
             raise PlanError("generate() takes choices=... or json_schema=..., not both.")
         if self.choices is not None and (not self.choices or not all(isinstance(c, str) and c for c in self.choices)):
@@ -1252,9 +1333,71 @@ class Generate(LLMNode):
         schema = self.schema_dict()
         return json_schema_dtype(schema) if schema is not None else pl.String()
 
+    @property
+    def reasoning_column(self) -> str:
+        return f"{self.column}_reasoning"
+
     def output_schema(self) -> dict[str, pl.DataType]:
         dtype = self.value_dtype()
-        return {self.column: pl.List(dtype) if self.n > 1 else dtype}
+        out: dict[str, pl.DataType] = {self.column: pl.List(dtype) if self.n > 1 else dtype}
+        if self.reasoning == "keep":
+            out[self.reasoning_column] = pl.List(pl.String()) if self.n > 1 else pl.String()
+        if self.append_to is not None:
+            out[self.append_to] = CONVERSATION_DTYPE
+        return out
+
+    def columns_read(self) -> frozenset[str]:
+        cols = LLMNode.columns_read(self)
+        return cols | {self.conversation} if self.conversation is not None else cols
+
+    def null_inputs(self, row: Mapping[str, Any]) -> list[str]:
+        out = LLMNode.null_inputs(self, row)
+        if self.conversation is not None and not row.get(self.conversation):  # null or empty: nothing to send
+            out = sorted({*out, self.conversation})
+        return out
+
+    def null_error(self, columns: Sequence[str]) -> str:
+        if self.conversation not in columns:
+            return LLMNode.null_error(self, columns)
+        others = [c for c in columns if c != self.conversation]
+        return (f"conversation column {self.conversation!r} null or empty"
+                + (f" (and input column(s) {', '.join(map(repr, others))} null)" if others else "")
+                + ", so no request was sent (filter such rows out, e.g. "
+                f".filter(pl.col({self.conversation!r}).list.len() > 0))")
+
+    def messages(self, ctx: dict[str, Any]) -> tuple[Message, ...]:
+        if self.conversation is None:
+            return LLMNode.messages(self, ctx)
+        templates = self.templates()
+        out = [Message("system", templates[1].render(ctx))] if self.system is not None else []
+        out.extend(conversation_messages(ctx[self.conversation], self.conversation))
+        if self.prompt:
+            out.append(Message("user", templates[0].render(ctx)))
+        return tuple(out)
+
+    def messages_column(self, df: pl.DataFrame) -> list[tuple[Message, ...] | None] | None:
+        if self.conversation is not None:
+            return None  # rendered row by row
+        return LLMNode.messages_column(self, df)
+
+    def check_input(self, df: pl.DataFrame) -> None:
+        """Every message of the conversation column (when it is an input column) has a role in
+        :data:`CONVERSATION_ROLES` and a String content; raises PlanError naming the first bad row.
+
+        Cost: one polars expression over the column."""
+        c = self.conversation
+        if c is None or c not in df.columns:
+            return
+        msg = pl.element().struct
+        ok = df.select(pl.col(c).list.eval(msg.field("role").is_in(list(CONVERSATION_ROLES)).fill_null(False)
+                                           & msg.field("content").is_not_null()).list.all()).to_series()
+        bad = ok.not_().fill_null(False).arg_true()
+        if len(bad):
+            r = int(bad[0])
+            roles = [None if m is None else m.get("role") for m in df[c][r]]
+            raise PlanError(f"generate(messages={c!r}): row {r} (and {len(bad) - 1} more) holds a message whose role is "
+                            f"not one of {list(CONVERSATION_ROLES)} or whose content is null (roles {roles}). "
+                            "Fix or filter those rows before generate(), e.g. .filter(...) on the column.")
 
     def requests_for(self, row: dict[str, Any], messages: tuple[Message, ...] | None = None) -> list[Request]:
         messages = messages or self.messages(self.context(row))
@@ -1272,20 +1415,43 @@ class Generate(LLMNode):
 
     def combine(self, responses: Sequence[Response]) -> tuple[dict[str, Any], str | None]:
         values: list[Any] = []
+        traces: list[str | None] = []
         errors: list[str] = []
         for i, r in enumerate(responses):
             prefix = f"sample {i}: " if self.n > 1 else ""
+            if self.choices is None and self.json_schema is None:  # a constrained answer is never a trace
+                r = split_response(r)  # an inline trace in a response cached before engines split them
+            traces.append(r.reasoning)
             if r.error is not None or r.text is None:
                 values.append(None)
                 errors.append(prefix + (r.error or "no text"))
+                continue
+            if r.reasoning is not None and not r.text and r.finish_reason == "length":
+                values.append(None)
+                errors.append(prefix + "max_tokens ran out inside the reasoning trace, before any answer: raise "
+                                       "max_tokens (the trace counts against it)")
                 continue
             try:
                 values.append(self.parse(r.text))
             except ValueError as exc:
                 values.append(None)
                 errors.append(prefix + str(exc))
-        value = values if self.n > 1 else values[0]
-        return {self.column: value}, ("; ".join(errors) if errors else None)
+        out = {self.column: values if self.n > 1 else values[0]}
+        if self.reasoning == "keep":
+            out[self.reasoning_column] = traces if self.n > 1 else traces[0]
+        if self.append_to is not None:  # the answer text; row_values makes it the conversation
+            out[self.append_to] = responses[0].text if values[0] is not None else None
+        return out, ("; ".join(errors) if errors else None)
+
+    def row_values(self, values: dict[str, Any], row: Any) -> dict[str, Any]:
+        if self.append_to is None or values.get(self.append_to) is None:
+            return values
+        messages = self.messages(self.context(row()))[1 if self.system is not None else 0:]
+        answer = values[self.append_to]
+        if self.choices is None and self.json_schema is None:
+            answer = split_response(Response(text=answer)).text
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        return {**values, self.append_to: conversation + [{"role": "assistant", "content": answer}]}
 
 
 #: Judge methods: the constrained argmax score, or the expectation under the judge's distribution (G-Eval).

@@ -124,6 +124,8 @@ class _ChainRun:
         self.cache = ctx.workspace.cache
         rows = df.height
         self.states: list[_NodeState] = []
+        for node in chain:
+            node.check_input(df)  # bad input values fail here, before any request is sent
         for i, node in enumerate(chain):
             st = _NodeState(
                 node=node,
@@ -182,6 +184,7 @@ class _ChainRun:
             self.unknown.add((i, r))  # a dry run did not compute this output
         if responses is not None:
             values, error = st.node.combine(responses)
+            values = st.node.row_values(values, lambda: self.row_context(i, r))
             for col, value in values.items():
                 st.values[col][r] = value
             st.errors[r] = error
@@ -228,11 +231,7 @@ class _ChainRun:
                 # rendered in bulk: a row renders to None exactly when a template input is null
                 nulls = st.node.null_inputs(row) if st.bulk is None or st.bulk[r] is None else None
                 if nulls:  # never render None into a prompt: the row fails, naming the input
-                    named = ", ".join(map(repr, nulls))
-                    next_todo.extend(self.fail_row(i, r, f"input column(s) {named} null, so no request was sent "
-                                                         "(handle it in the template with "
-                                                         "{{ x | default('...') }} or {% if x %}, or filter the "
-                                                         "row out)"))
+                    next_todo.extend(self.fail_row(i, r, st.node.null_error(nulls)))
                     continue
                 messages: tuple[Message, ...] | None = None  # with shapes: the row's messages
                 try:
@@ -386,6 +385,7 @@ class _ChainRun:
                 self.known[work.key] = response
             owner.input_tokens += response.input_tokens
             owner.output_tokens += response.output_tokens
+            owner.reasoning_tokens += response.reasoning_tokens
             tokens += response.output_tokens
             for i, r, k in work.slots:
                 ready.extend(self.deliver(i, r, k, response))

@@ -26,6 +26,8 @@ class NodeStats:
     failures: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    #: of ``output_tokens``: reasoning traces (the answers' tokens are the difference)
+    reasoning_tokens: int = 0
     seconds: float = 0.0
     uncertain_rows: int = 0  # dry run: rows whose inputs are not computed yet
     est_input_tokens: int = 0  # dry run: prompt tokens of the calls to make
@@ -42,6 +44,11 @@ class NodeStats:
     rows_total: int = 0
     #: dry run on a sample: 95% interval (Wilson) of the LLM calls to make
     calls_interval: tuple[int, int] | None = None
+
+    @property
+    def answer_tokens(self) -> int:
+        """Generated tokens of the answers alone (``output_tokens`` less the reasoning traces')."""
+        return self.output_tokens - self.reasoning_tokens
 
     @property
     def tokens_per_second(self) -> float:

@@ -37,6 +37,8 @@ MODULES = [
     "lazyllm.backends.testing",
     "lazyllm.backends.constraints",
     "lazyllm.backends.answers",
+    "lazyllm.backends.reasoning",
+    "lazyllm.planner.budget",
     "lazyllm.core.prices",
     "lazyllm.core.redact",
     "lazyllm.backends.transformers",

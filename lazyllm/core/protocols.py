@@ -234,6 +234,12 @@ class Response:
     engine saw no probability for, such as one outside an API's top log-probs);
     not normalised over the choices. ``score`` answers a ``Request(reward=True)``
     (the reward model's scalar output; ``text`` is its ``repr``).
+
+    ``reasoning`` is a reasoning model's trace (the ``<think>`` text, or a server's
+    ``reasoning_content``) kept apart from the answer in ``text``; ``reasoning_tokens``
+    are its tokens, counted within ``output_tokens`` (the answer's tokens are
+    ``output_tokens - reasoning_tokens``). Both are stored in the cache record only when
+    set, so records of other responses are unchanged.
     """
 
     text: str | None
@@ -243,6 +249,8 @@ class Response:
     error: str | None = None
     choice_logprobs: tuple[float, ...] | None = None
     score: float | None = None
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
 
     @classmethod
     def failed(cls, message: str) -> "Response":
@@ -261,6 +269,10 @@ class Response:
             out["choice_logprobs"] = [float(v) for v in self.choice_logprobs]
         if self.score is not None:
             out["score"] = float(self.score)
+        if self.reasoning is not None:  # only when set: records without a trace are unchanged
+            out["reasoning"] = self.reasoning
+        if self.reasoning_tokens:
+            out["reasoning_tokens"] = int(self.reasoning_tokens)
         return out
 
     @classmethod
@@ -273,6 +285,8 @@ class Response:
             choice_logprobs=(None if record.get("choice_logprobs") is None
                              else tuple(float(v) for v in record["choice_logprobs"])),
             score=None if record.get("score") is None else float(record["score"]),
+            reasoning=record.get("reasoning"),
+            reasoning_tokens=int(record.get("reasoning_tokens", 0)),
         )
 
 

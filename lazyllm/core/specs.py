@@ -73,6 +73,13 @@ class Transformers(ModelSpec):
         may read differently from what this one would sample (the cache keeps the first).
         :func:`default_model` picks it per machine.
 
+    Raises
+    ------
+    ParameterError
+        At construction: no model, an unknown ``engine`` or ``dtype``, a GGUF file with
+        ``engine="vllm"``, a ``batch_size`` or ``num_threads`` that is not a positive int.
+        Nothing is loaded until an engine needs the model.
+
     Examples
     --------
     >>> Transformers(engine="vllm").identity() == Transformers().identity()
@@ -206,6 +213,10 @@ class TestModel(ModelSpec):
         A batch holding such a request ends the engine's process at once
         (``os._exit(3)``: a crashed worker, for Ray failure tests; never use it with
         the local executor, whose process is yours).
+    price_per_million : (float, float), optional
+        USD per million (input, output) tokens, to test cost estimates and budgets
+        (tokens are the engine's words). None (the default): no price, like a local
+        model. Performance only: it changes no answer.
     """
 
     __test__ = False  # not a pytest test class
@@ -221,6 +232,11 @@ class TestModel(ModelSpec):
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)
+    price_per_million: tuple[float, float] | None = performance_only(None)
+
+    def prices(self) -> tuple[float, float] | None:
+        """``price_per_million``: USD per million (input, output) tokens, or None."""
+        return None if self.price_per_million is None else tuple(self.price_per_million)  # type: ignore[return-value]
 
     def identity(self) -> dict[str, Any]:
         out = ModelSpec.identity(self)
@@ -311,6 +327,14 @@ class OpenAI(ModelSpec):
         known from the model (see :meth:`supports_logprobs`). A plan that needs
         them on a model without them fails when it is built. Not fingerprinted: it
         allows or refuses a plan, never changes an answer.
+
+    Raises
+    ------
+    ParameterError
+        At construction: no model id, a ``base_url`` that is not http(s), an unknown
+        ``guided`` mode, a non-positive limit (concurrency, batch size, requests or
+        tokens per minute, timeouts), negative retries or backoff, malformed
+        ``price_per_million``. No request is made until an engine needs the model.
 
     Examples
     --------
@@ -472,6 +496,14 @@ class VLLM(ModelSpec):
     python : str, optional
         The interpreter that has vLLM (default: see
         :func:`lazyllm.backends.vllm_engine.find_vllm_python`). Performance only.
+
+    Raises
+    ------
+    ParameterError
+        At construction: no model, an unknown ``dtype`` or ``device``, a size that is
+        neither a positive int nor ``"auto"``, ``max_model_len`` below 16, a
+        ``gpu_memory_utilization`` outside (0, 1], a ``lora_path`` that is not a folder.
+        vLLM is not imported until an engine needs the model.
 
     Examples
     --------

