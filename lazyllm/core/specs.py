@@ -197,6 +197,13 @@ class TestModel(ModelSpec):
     log_path : str, optional
         Append one JSON line per engine batch (to count calls across processes).
         Performance only.
+    streaming : bool
+        Offer a streaming session (continuous batching simulated in engine steps: see
+        :class:`lazyllm.backends.testing.DeterministicEngine`). Performance only.
+    steps : tuple of (needle, int)
+        With ``streaming``: a request containing a needle takes that many engine steps
+        (the first match; default 1), so answers finish out of submission order.
+        Performance only.
     fail_on : tuple of str
         Requests containing one of these strings fail (error responses).
     raise_on : tuple of str
@@ -221,6 +228,8 @@ class TestModel(ModelSpec):
     delay: float = performance_only(0.0)
     batch_size: int = performance_only(8)
     log_path: str | None = performance_only(None)
+    streaming: bool = performance_only(False)
+    steps: tuple[tuple[str, int], ...] = performance_only(())
 
     def identity(self) -> dict[str, Any]:
         out = ModelSpec.identity(self)
