@@ -39,6 +39,7 @@ MODULES = [
     "lazyllm.backends.answers",
     "lazyllm.core.prices",
     "lazyllm.core.redact",
+    "lazyllm.core.protocols",
     "lazyllm.backends.transformers",
 ]
 

@@ -59,7 +59,8 @@ class Transformers(ModelSpec):
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``. Performance only.
     batch_size : int
-        Prompts per forward batch. Performance only.
+        Prompts per forward batch: the rows that decode together (a finished row's
+        slot is refilled at once when the scheduler streams requests). Performance only.
     num_threads : int, optional
         torch CPU threads (default: ``LAZYLLM_NUM_THREADS`` or torch's default).
         On a shared 2-core machine, 1 thread can be faster than 2. Performance only.
@@ -293,8 +294,10 @@ class OpenAI(ModelSpec):
         Seconds: retry ``k`` (from 0) waits ``uniform(0, min(max_backoff, backoff * 2**k))``.
         Performance only.
     batch_size : int, optional
-        Requests per ``generate()`` call of the planner. Default 256 online, 50,000
-        (OpenAI's limit per batch) in batch mode. Performance only.
+        Online: requests in flight (the streaming session's capacity; ``concurrency``
+        of them are sent at a time, the others wait for a slot). Batch mode: requests
+        per batch. Default 256 online, 50,000 (OpenAI's limit per batch) in batch mode.
+        Performance only.
     price_per_million : (float, float), optional
         USD per million (input, output) tokens, overriding the price table of
         :mod:`lazyllm.core.prices`; give the price of the mode you use (batch
@@ -477,7 +480,9 @@ class VLLM(ModelSpec):
         Where vLLM runs, as far as the settings above go ("auto": CUDA when torch sees
         a GPU). Performance only.
     batch_size : int
-        Requests per worker call (vLLM batches them itself). Performance only.
+        Requests in flight: the scheduler keeps this many in vLLM's running batch
+        (its streaming session's capacity), and sends them to the worker in lines of
+        this many. Performance only.
     python : str, optional
         The interpreter that has vLLM (default: see
         :func:`lazyllm.backends.vllm_engine.find_vllm_python`). Performance only.
