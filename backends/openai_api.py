@@ -107,6 +107,7 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import threading
 from collections import Counter
@@ -128,7 +129,7 @@ from lazyllm.core.specs import OpenAI
 
 from .openai_batch import BatchSubmission, batch_record_path
 
-__all__ = ["OpenAIEngine", "CHOICE_WRAPPER_TOKENS", "RETRY_STATUSES", "batch_record_path"]
+__all__ = ["OpenAIEngine", "OpenAISession", "CHOICE_WRAPPER_TOKENS", "RETRY_STATUSES", "batch_record_path"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,6 @@ LOGPROB_TOKENS = 3
 CHOICE_WRAPPER_TOKENS = 16
 _FATAL_STATUSES = {401: "the API key was rejected", 403: "the API key may not use this model or endpoint",
                    404: "the model or the endpoint does not exist on this server"}
-_FLUSH_SECONDS = 0.5
 _PLACEHOLDER_KEY = "EMPTY"  # what self-hosted servers accept when they check no key
 
 
@@ -286,7 +286,8 @@ class OpenAIEngine:
         Yields
         ------
         list of (int, Response)
-            Online: groups of up to ``spec.concurrency`` responses as they complete.
+            Online: the responses that completed since the last group, as they complete
+            (through :class:`OpenAISession`).
             Batch mode: groups of up to ``spec.concurrency`` responses once the batch
             has completed. Every index is yielded exactly once.
 
@@ -311,33 +312,28 @@ class OpenAIEngine:
         if self.spec.batch:
             yield from BatchSubmission(self).generate(requests)
             return
-        assert self._loop is not None
-        futures = {asyncio.run_coroutine_threadsafe(self._one(r), self._loop): i for i, r in enumerate(requests)}
-        pending: set[concurrent.futures.Future[Response]] = set(futures)
-        group: list[tuple[int, Response]] = []
+        session = OpenAISession(self)
+        index = {t: i for i, t in enumerate(session.submit(requests))}
         try:
-            while pending:
-                done, pending = concurrent.futures.wait(
-                    pending, timeout=_FLUSH_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in sorted(done, key=futures.__getitem__):
-                    try:
-                        response = future.result()
-                    except _Fatal as exc:
-                        raise EngineError(
-                            f"The OpenAI-compatible server at {redact_url(self.spec.base_url)} refused the requests "
-                            f"for model {self.spec.model!r}: {exc}. Check the model id, base_url and API key "
-                            f"(OpenAI(api_key=...) or ${self.spec.api_key_env})."
-                        ) from None
-                    except Exception as exc:  # noqa: BLE001 - a bug in one row must not lose the others
-                        response = Response.failed(f"The request failed in the OpenAI engine: {type(exc).__name__}: {exc}")
-                    group.append((futures[future], self._account(response)))
-                if group and (len(group) >= self.spec.concurrency or not pending or not done):
-                    yield group
-                    group = []
+            left = len(requests)
+            while left:
+                part = session.poll()
+                left -= len(part)
+                if part:
+                    yield [(index[t], r) for t, r in part]
         finally:
-            for future in pending:
-                future.cancel()
+            session.close()
+
+    def session(self) -> OpenAISession | None:
+        """A streaming session: each submitted request starts at once on the async pool
+        (``spec.concurrency`` HTTP calls at a time); None in batch mode (``spec.batch``),
+        whose requests go to the server together.
+
+        Returns
+        -------
+        OpenAISession or None
+        """
+        return None if self.spec.batch else OpenAISession(self)
 
     def _account(self, response: Response) -> Response:
         stats = self.stats
@@ -557,6 +553,113 @@ class OpenAIEngine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class OpenAISession:
+    """Requests streamed into an :class:`OpenAIEngine`'s async pool.
+
+    :meth:`submit` schedules each request on the engine's event loop at once (it waits
+    there for one of the ``spec.concurrency`` slots and the rate limits); :meth:`poll`
+    returns the responses that completed.
+
+    Parameters
+    ----------
+    engine : OpenAIEngine
+
+    Attributes
+    ----------
+    capacity : int
+        ``spec.batch_size`` (default 256): requests in flight, so that the pool always
+        has the next request waiting when a slot frees.
+
+    Notes
+    -----
+    Cost: one HTTP call per request and attempt (see :meth:`OpenAIEngine.generate`).
+    """
+
+    continuous = True
+
+    def __init__(self, engine: OpenAIEngine) -> None:
+        self.engine = engine
+        self.capacity = int(engine.spec.batch_size or engine.spec.concurrency)
+        self._next = 0
+        self._futures: dict[int, concurrent.futures.Future[Response]] = {}
+        self._done: queue.Queue[int] = queue.Queue()
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Start ``requests`` on the pool; their tickets.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+
+        Returns
+        -------
+        list of int
+
+        Raises
+        ------
+        EngineError
+            No API key is set for api.openai.com.
+        """
+        engine = self.engine
+        engine.start()
+        assert engine._loop is not None
+        tickets = list(range(self._next, self._next + len(requests)))
+        self._next += len(requests)
+        for ticket, request in zip(tickets, requests):
+            future = asyncio.run_coroutine_threadsafe(engine._one(request), engine._loop)
+            self._futures[ticket] = future
+            future.add_done_callback(lambda _, ticket=ticket: self._done.put(ticket))
+        return tickets
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """The responses completed since the last poll (waits up to ``timeout`` seconds for one).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            None: until one completes.
+
+        Returns
+        -------
+        list of (int, Response)
+
+        Raises
+        ------
+        EngineError
+            The server rejected the key (401/403) or does not know the model (404).
+        """
+        out: list[tuple[int, Response]] = []
+        wait = timeout
+        while self._futures:
+            try:
+                ticket = self._done.get(timeout=wait) if wait is None or wait > 0 else self._done.get_nowait()
+            except queue.Empty:
+                break
+            wait = 0
+            future = self._futures.pop(ticket, None)
+            if future is None:
+                continue
+            try:
+                response = future.result()
+            except _Fatal as exc:
+                spec = self.engine.spec
+                raise EngineError(
+                    f"The OpenAI-compatible server at {redact_url(spec.base_url)} refused the requests "
+                    f"for model {spec.model!r}: {exc}. Check the model id, base_url and API key "
+                    f"(OpenAI(api_key=...) or ${spec.api_key_env})."
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - a bug in one row must not lose the others
+                response = Response.failed(f"The request failed in the OpenAI engine: {type(exc).__name__}: {exc}")
+            out.append((ticket, self.engine._account(response)))
+        return out
+
+    def close(self) -> None:
+        """Cancel the requests still in flight."""
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            future.cancel()
 
 
 def _estimate_tokens(request: Request, body: dict[str, Any]) -> int:

@@ -7,7 +7,12 @@ can assert exact outputs and count how much engine work a plan caused:
 - in this process, through the module counters :data:`CALLS`, :data:`BATCHES` and
   :data:`SUBMISSIONS` (reset with :func:`reset_counters`; read them as
   ``testing.CALLS``: ``from ... import CALLS`` copies the number);
-- across processes, through ``TestModel(log_path=...)``: one JSON line per batch.
+- across processes, through ``TestModel(log_path=...)``: one JSON line per batch;
+- the order of submissions and completions, through :data:`EVENTS`.
+
+With ``TestModel(streaming=True)`` the engine offers a streaming session
+(:meth:`DeterministicEngine.session`): continuous batching simulated in engine steps,
+each poll one step, a request finishing after its ``steps``.
 
 Examples
 --------
@@ -49,7 +54,8 @@ from lazyllm.core.specs import TestModel
 
 from .reasoning import split_response
 
-__all__ = ["DeterministicEngine", "CALLS", "BATCHES", "SUBMISSIONS", "reset_counters", "request_key", "render"]
+__all__ = ["DeterministicEngine", "CALLS", "BATCHES", "SUBMISSIONS", "EVENTS", "reset_counters", "request_key",
+           "render"]
 
 #: Requests answered by DeterministicEngine in this process (errors included).
 CALLS: int = 0
@@ -58,18 +64,22 @@ BATCHES: list[int] = []
 #: Number of requests of every ``generate()`` call in this process, in order
 #: (recorded when the call starts running, i.e. on its first ``next()``).
 SUBMISSIONS: list[int] = []
+#: ``("submit", text)`` when a request reaches the engine and ``("done", text)`` when its
+#: answer is returned (``text``: :func:`render` of the request), in order, in this process.
+EVENTS: list[tuple[str, str]] = []
 
 _LOCK = threading.Lock()
 _ECHO_CHARS = 60
 
 
 def reset_counters() -> None:
-    """Set :data:`CALLS` to 0 and empty :data:`BATCHES` and :data:`SUBMISSIONS`."""
+    """Set :data:`CALLS` to 0 and empty :data:`BATCHES`, :data:`SUBMISSIONS` and :data:`EVENTS`."""
     global CALLS
     with _LOCK:
         CALLS = 0
         BATCHES.clear()
         SUBMISSIONS.clear()
+        EVENTS.clear()
 
 
 def request_key(request: Request) -> str:
@@ -158,6 +168,7 @@ class DeterministicEngine:
         global CALLS
         with _LOCK:
             SUBMISSIONS.append(len(requests))
+            EVENTS.extend(("submit", render(r)) for r in requests)
         size = max(1, int(self.spec.batch_size))
         for start in range(0, len(requests), size):
             batch = list(enumerate(requests[start : start + size], start))
@@ -168,9 +179,34 @@ class DeterministicEngine:
             with _LOCK:
                 CALLS += len(batch)
                 BATCHES.append(len(batch))
+                EVENTS.extend(("done", render(r)) for _, r in batch)
             if self.spec.log_path:
                 self._log([r for _, r in batch])
             yield responses
+
+    def session(self) -> "SteppedSession | None":
+        """A streaming session when ``spec.streaming`` (else None: the scheduler uses
+        ``generate`` through :class:`lazyllm.core.protocols.BatchSession`).
+
+        Returns
+        -------
+        SteppedSession or None
+
+        Examples
+        --------
+        >>> from lazyllm.core.protocols import Request
+        >>> engine = DeterministicEngine(TestModel(streaming=True, steps=(("slow", 3),)))
+        >>> session = engine.session()
+        >>> session.submit([Request(prompt="slow one"), Request(prompt="fast one")])
+        [0, 1]
+        >>> [t for t, _ in session.poll()]  # step 1: the fast request finishes
+        [1]
+        >>> session.submit([Request(prompt="joins")])  # joins the running batch
+        [2]
+        >>> [t for t, _ in session.poll()], [t for t, _ in session.poll()]  # steps 2 and 3
+        ([2], [0])
+        """
+        return SteppedSession(self) if self.spec.streaming else None
 
     def _crash(self, batch: Sequence[Request]) -> None:
         """``exit_on``: end this process; ``raise_on``: raise out of ``generate``."""
@@ -251,3 +287,74 @@ class DeterministicEngine:
     def close(self) -> None:
         """Nothing to release; marks the engine closed (tests check the executor calls it)."""
         self.closed = True
+
+
+class SteppedSession:
+    """The streaming session of a :class:`DeterministicEngine` (``TestModel(streaming=True)``).
+
+    Continuous batching simulated in steps: each :meth:`poll` is one engine step (it
+    sleeps ``spec.delay``); a request finishes after the ``steps`` of the first needle
+    it contains (default 1) counted from the step after its submission, and requests
+    submitted between two steps join the running ones. ``capacity`` is
+    ``spec.batch_size``. Counters: :data:`SUBMISSIONS` per :meth:`submit`, :data:`CALLS`
+    per answer, :data:`BATCHES` per step that finished requests, :data:`EVENTS` per
+    request submitted and answered; ``log_path`` gets one line per such step.
+
+    Parameters
+    ----------
+    engine : DeterministicEngine
+    """
+
+    continuous = True
+
+    def __init__(self, engine: DeterministicEngine) -> None:
+        self.engine = engine
+        self.capacity = max(1, int(engine.spec.batch_size))
+        self._next = 0
+        self._running: list[list] = []  # [ticket, request, steps left]
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Add ``requests`` to the running batch; their tickets.
+
+        Raises
+        ------
+        RuntimeError
+            A request contains a ``raise_on`` string (``exit_on`` ends the process).
+        """
+        self.engine._crash(requests)
+        tickets = list(range(self._next, self._next + len(requests)))
+        self._next += len(requests)
+        spec = self.engine.spec
+        with _LOCK:
+            SUBMISSIONS.append(len(requests))
+            EVENTS.extend(("submit", render(r)) for r in requests)
+        for ticket, request in zip(tickets, requests):
+            text = render(request)
+            steps = next((int(n) for needle, n in spec.steps if needle in text), 1)
+            self._running.append([ticket, request, max(1, steps)])
+        return tickets
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """One engine step: the requests that finished in it (``[]`` when none is running)."""
+        global CALLS
+        if not self._running:
+            return []
+        if self.engine.spec.delay:
+            time.sleep(self.engine.spec.delay)
+        for item in self._running:
+            item[2] -= 1
+        done = [item for item in self._running if item[2] <= 0]
+        self._running = [item for item in self._running if item[2] > 0]
+        if not done:
+            return []
+        with _LOCK:
+            CALLS += len(done)
+            BATCHES.append(len(done))
+            EVENTS.extend(("done", render(request)) for _, request, _ in done)
+        if self.engine.spec.log_path:
+            self.engine._log([request for _, request, _ in done])
+        return [(ticket, self.engine.respond(request)) for ticket, request, _ in done]
+
+    def close(self) -> None:
+        """Forget the requests still running."""
+        self._running = []

@@ -20,6 +20,21 @@ a trained model reaches the engine as a plain spec of its weights folder.
 
 Determinism
 -----------
+Streaming
+---------
+:meth:`TransformersEngine.session` decodes with a refilling batch
+(:class:`TransformersSession`): up to ``batch_size`` rows decode together, and when a
+row ends its slot is given to the next submitted request at once (its prompt is
+prefilled and its key/value cache joins the batch's, left-padded), so a long answer
+holds back no other request and a request submitted while others decode starts at the
+next step. Per-row decoding is the same as in ``generate`` (greedy argmax, or the
+row's seeded draw; ``max_tokens``, end of sequence and stop strings). Requests with a
+``choices`` / ``json_schema`` constraint, ``logprobs`` or ``reward``, and models whose
+key/value cache is not a plain dynamic cache (sliding-window layers), run through
+``generate`` in batches of their own between decoding steps.
+
+Determinism
+-----------
 A sampled row draws its tokens from its own ``torch.Generator`` seeded with
 :meth:`Request.seed` (the base seed and the sample index), so the same request gives
 the same text whatever the other requests of its batch are, as long as its logits do
@@ -37,14 +52,17 @@ of the matrix products, hence the rounding.
 from __future__ import annotations
 
 import gc
+import inspect
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    DynamicLayer,
     AutoTokenizer,
     GenerationConfig,
     LogitsProcessor,
@@ -63,7 +81,7 @@ from .reasoning import split_response
 from lazyllm.core.system import env_threads
 from lazyllm.core.specs import Transformers
 
-__all__ = ["TransformersEngine"]
+__all__ = ["TransformersEngine", "TransformersSession"]
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
@@ -172,6 +190,296 @@ class _Prepared:
     request: Request
     ids: list[int]
     grammar: Any = None  # the compiled grammar of a constrained request
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A row of the refilling decoder: its request, the tokens generated so far, its generator."""
+
+    ticket: int
+    prepared: _Prepared
+    tokens: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+class _Unsupported(Exception):
+    """The model's key/value cache cannot be refilled row by row (not plain dynamic layers)."""
+
+
+class _RefillDecoder:
+    """Continuous batching over transformers' ``DynamicCache``: one forward pass per step for
+    every running row; finished rows leave, waiting rows are prefilled and join (see the
+    module's "Streaming")."""
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.engine = engine
+        self.size = max(1, int(engine.spec.batch_size))
+        self.waiting: deque[tuple[int, _Prepared]] = deque()
+        self.slots: list[_Slot] = []
+        self.cache: Any = None  # DynamicCache of the running rows, left-padded to one length
+        self.mask: torch.Tensor | None = None  # (rows, length) 1 for real tokens
+        self.sampler = _PerRowSampling([])
+        self.cache_arg: str | None = None  # the forward's name of the cache argument (set once loaded)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.slots or self.waiting)
+
+    def reset(self) -> list[_Slot]:
+        slots, self.slots, self.cache, self.mask = self.slots, [], None, None
+        return slots
+
+    def step(self) -> list[tuple[int, Response]]:
+        """Admit waiting rows into free slots, then decode one token for every running row;
+        the rows that finished."""
+        done: list[tuple[int, Response]] = []
+        free = self.size - len(self.slots)
+        if free > 0 and self.waiting:
+            done += self._admit([self.waiting.popleft() for _ in range(min(free, len(self.waiting)))])
+        if not self.slots:
+            return done
+        engine = self.engine
+        assert self.mask is not None
+        rows = len(self.slots)
+        feed = torch.tensor([[slot.tokens[-1]] for slot in self.slots], dtype=torch.long)
+        position = self.mask.sum(-1, keepdim=True)  # real tokens so far: the position of the fed token
+        mask = torch.cat([self.mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
+        device = engine._device
+        if self.cache_arg is None:  # transformers 5.2x renamed the forward's past_key_values to cache
+            self.cache_arg = "cache" if "cache" in inspect.signature(engine._model.forward).parameters \
+                else "past_key_values"
+        with torch.inference_mode():
+            out = engine._model(input_ids=feed.to(device), attention_mask=mask.to(device),
+                                position_ids=position.to(device), use_cache=True, **{self.cache_arg: self.cache})
+        self.mask = mask
+        self.cache = _cache_of(out)
+        done += self._choose(out.logits[:, -1, :], self.slots)
+        return done
+
+    def _admit(self, new: list[tuple[int, _Prepared]]) -> list[tuple[int, Response]]:
+        """Prefill new rows (left-padded, one forward pass), choose their first token, and merge
+        the cache of those still running into the batch's."""
+        engine = self.engine
+        width = max(len(p.ids) for _, p in new)
+        input_ids = torch.full((len(new), width), engine._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for row, (_, p) in enumerate(new):
+            input_ids[row, width - len(p.ids):] = torch.tensor(p.ids, dtype=torch.long)
+            mask[row, width - len(p.ids):] = 1
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = engine._device
+        with torch.inference_mode():
+            out = engine._model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                position_ids=position.to(device), use_cache=True, logits_to_keep=1)
+        cache = _cache_of(out)
+        if any(type(layer) is not DynamicLayer for layer in getattr(cache, "layers", [None])):
+            self.waiting.extendleft(reversed(new))  # they go through generate() instead
+            raise _Unsupported
+        slots = []
+        for ticket, p in new:
+            sampled = p.request.params.temperature > 0
+            slots.append(_Slot(ticket, p, generator=torch.Generator(device="cpu").manual_seed(p.request.seed())
+                               if sampled else None))
+        done = self._choose(out.logits[:, -1, :], slots, cache=cache, mask=mask)
+        return done
+
+    def _choose(self, logits: torch.Tensor, slots: list[_Slot], *, cache: Any = None,
+                mask: torch.Tensor | None = None) -> list[tuple[int, Response]]:
+        """Pick each row's next token (greedy argmax, or its seeded draw as ``generate`` does), end
+        the rows that are done, and keep the others (new rows: merged from ``cache``/``mask``)."""
+        engine = self.engine
+        scores = logits.float().cpu()
+        greedy = scores.argmax(dim=-1).tolist()
+        done: list[tuple[int, Response]] = []
+        keep: list[int] = []
+        for row, slot in enumerate(slots):
+            params = slot.prepared.request.params
+            if slot.generator is not None:
+                probs = torch.softmax(scores[row] / params.temperature, dim=-1)
+                token = self.sampler._draw(probs, params.top_p, slot.generator)
+            else:
+                token = int(greedy[row])
+            slot.tokens.append(token)
+            if self._finished(slot):
+                done.append((slot.ticket, engine._response(slot.prepared, slot.tokens)))
+            else:
+                keep.append(row)
+        if cache is None:  # running rows: drop the finished ones
+            if len(keep) < len(slots):
+                self.slots = [slots[row] for row in keep]
+                if not self.slots:
+                    self.reset()
+                    return done
+                self.cache.batch_select_indices(torch.tensor(keep, device=engine._device))
+                self.mask = self.mask[keep]
+                self._trim()
+            return done
+        if not keep:
+            return done
+        if len(keep) < len(slots):
+            cache.batch_select_indices(torch.tensor(keep, device=engine._device))
+            mask = mask[keep]
+        new = [slots[row] for row in keep]
+        if self.cache is None:
+            self.cache, self.mask, self.slots = cache, mask, new
+        else:
+            assert self.mask is not None and mask is not None
+            length = max(self.mask.shape[1], mask.shape[1])
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
+                mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
+            self.mask = torch.cat([_left_pad_mask(self.mask, length), _left_pad_mask(mask, length)], dim=0)
+            self.slots = self.slots + new
+        return done
+
+    def _finished(self, slot: _Slot) -> bool:
+        """As ``_PerRowStop``: ``max_tokens`` reached, end of sequence, or a stop string in the text."""
+        params = slot.prepared.request.params
+        if len(slot.tokens) >= params.max_tokens or slot.tokens[-1] in self.engine._eos_ids:
+            return True
+        if params.stop:
+            text = self.engine._tokenizer.decode(slot.tokens, skip_special_tokens=True)
+            return any(s in text for s in params.stop)
+        return False
+
+    def _trim(self) -> None:
+        """Drop the leading columns that are padding in every running row."""
+        assert self.mask is not None
+        lead = int(self.mask.argmax(dim=1).min())  # first real token of the row that starts earliest
+        if lead > 0:
+            self.mask = self.mask[:, lead:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[..., lead:, :]
+                layer.values = layer.values[..., lead:, :]
+
+
+def _cache_of(out: Any) -> Any:
+    """The key/value cache of a forward pass's output (``cache``, formerly ``past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _left_pad(kv: torch.Tensor, length: int) -> torch.Tensor:
+    """Keys or values ``(rows, heads, tokens, dim)`` padded with zeros at the front to ``length`` tokens."""
+    return torch.nn.functional.pad(kv, (0, 0, length - kv.shape[-2], 0))
+
+
+def _left_pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))
+
+
+class TransformersSession:
+    """Requests streamed into a :class:`TransformersEngine`: a refilling decoding batch.
+
+    See the module's "Streaming". :meth:`poll` runs engine work in this thread: one
+    decoding step (plus the prefill of rows that join), or one batch of the requests
+    that go through ``generate`` (constrained, ``logprobs``, ``reward``), and returns
+    what finished.
+
+    Parameters
+    ----------
+    engine : TransformersEngine
+
+    Attributes
+    ----------
+    capacity : int
+        Twice ``spec.batch_size``: a finished row's slot is refilled at the next step
+        from the requests waiting here.
+
+    Notes
+    -----
+    Cost: one forward pass per step over the running rows (at most ``batch_size``) and
+    one prefill per group of joining rows; a row's text is the one ``generate`` gives
+    up to float rounding of the different batch shapes (see "Determinism").
+    """
+
+    continuous = True
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.engine = engine
+        self.capacity = 2 * max(1, int(engine.spec.batch_size))
+        self._next = 0
+        self._ready: list[tuple[int, Response]] = []
+        self._batched: list[tuple[int, Request]] = []  # through generate()
+        self._decoder = _RefillDecoder(engine)
+        self._refill = True  # False once the model's cache proved unsupported
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Queue ``requests`` (prompts are encoded now); their tickets.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+
+        Returns
+        -------
+        list of int
+
+        Raises
+        ------
+        ModelNotFoundError, MissingDependencyError, EngineError
+            The model cannot be loaded (the first submission loads it).
+        """
+        engine = self.engine
+        tickets = list(range(self._next, self._next + len(requests)))
+        self._next += len(requests)
+        plain = [(t, r) for t, r in zip(tickets, requests)
+                 if self._refill and not (r.reward or r.logprobs or is_constrained(r))]
+        taken = {t for t, _ in plain}
+        self._batched += [(t, r) for t, r in zip(tickets, requests) if t not in taken]
+        if plain:
+            engine.load()
+        for ticket, request in plain:
+            try:
+                ids = engine._encode(request)
+            except Exception as exc:
+                self._ready.append((ticket, Response.failed(f"Could not build the prompt: {type(exc).__name__}: {exc}")))
+                continue
+            self._decoder.waiting.append((ticket, _Prepared(ticket, request, ids)))
+        return tickets
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """Run engine work until something finishes (one step at a time); what finished.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Unused: each call runs at least one step when anything is queued.
+
+        Returns
+        -------
+        list of (int, Response)
+        """
+        decoder = self._decoder
+        while True:
+            if self._ready:
+                out, self._ready = self._ready, []
+                return out
+            size = self.engine.spec.batch_size
+            if self._batched and (not decoder.busy or len(self._batched) >= size):
+                chunk, self._batched = self._batched[:size], self._batched[size:]
+                self._ready += [(chunk[i][0], r) for part in self.engine.generate([r for _, r in chunk])
+                                for i, r in part]
+                continue
+            if not decoder.busy:
+                return []
+            try:
+                self._ready += decoder.step()
+            except _Unsupported:  # the rest through generate()
+                self._refill = False
+                running = [(slot.ticket, slot.prepared.request) for slot in decoder.reset()]
+                waiting = [(t, p.request) for t, p in decoder.waiting]
+                decoder.waiting.clear()
+                self._batched = running + waiting + self._batched
+            except Exception as exc:  # the running rows fail together, as a failed batch does
+                message = f"The batch failed in transformers: {type(exc).__name__}: {exc}"
+                self._ready += [(slot.ticket, Response.failed(message)) for slot in decoder.reset()]
+
+    def close(self) -> None:
+        """Forget the requests not finished (the engine stays loaded)."""
+        self._decoder.reset()
+        self._decoder.waiting.clear()
+        self._batched, self._ready = [], []
 
 
 
@@ -409,6 +717,16 @@ class TransformersEngine:
             yield failed
         yield from self._in_batches(scored, self._score_batch, "log-probability batch")
         yield from self._in_batches(prepared, self._run_batch, "batch")
+
+    def session(self) -> TransformersSession:
+        """A streaming session: a decoding batch whose finished rows are refilled at once
+        (see the module's "Streaming"). Loads the model at the first submission.
+
+        Returns
+        -------
+        TransformersSession
+        """
+        return TransformersSession(self)
 
     def _in_batches(self, items: list[_Prepared], run: Any, what: str) -> Iterator[list[tuple[int, Response]]]:
         """Run ``items`` longest prompt first, ``spec.batch_size`` at a time; a batch that raises

@@ -66,6 +66,7 @@ import importlib.util
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -86,7 +87,7 @@ from .hardware import detect_machine
 if TYPE_CHECKING:
     from .hardware import Machine
 
-__all__ = ["VLLMEngine", "VLLMSettings", "find_vllm_python", "model_path", "resolve_settings"]
+__all__ = ["VLLMEngine", "VLLMSession", "VLLMSettings", "find_vllm_python", "model_path", "resolve_settings"]
 
 log = logging.getLogger("lazyllm")
 
@@ -261,6 +262,8 @@ class VLLMEngine:
         self._machine: Machine | None = None
         self._settings: VLLMSettings | None = None
         self._next_tag = 0  # requests are tagged uniquely per engine (answers of an abandoned call are ignored)
+        self._answers: queue.Queue[dict[str, Any] | None] | None = None  # the worker's answer lines
+        self._reader: threading.Thread | None = None
 
     # -- lifecycle
 
@@ -350,6 +353,11 @@ class VLLMEngine:
                 [str(python), str(_WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                 text=True, env=env, start_new_session=True,
             )
+            # a thread reads the answers, so a session can wait for them with a timeout
+            self._answers = answers = queue.Queue()
+            self._reader = threading.Thread(target=_read_answers, args=(proc, answers), daemon=True,
+                                            name="lazyllm-vllm-answers")
+            self._reader.start()
             lora = {"name": "lazyllm-lora", "path": self.spec.lora_path} if self.spec.lora_path else None
             try:
                 self._ask({"op": "load", "llm": llm, "lora": lora})
@@ -376,24 +384,30 @@ class VLLMEngine:
             raise EngineError(f"The vLLM worker stopped ({type(exc).__name__}: {exc}, exit code {proc.poll()}). "
                               f"Its log ({self.log_path}) ends with:\n{self._log_tail()}") from None
 
-    def _read(self) -> dict[str, Any]:
-        """The worker's next answer line (an ``ok: false`` answer is returned, not raised)."""
-        proc = self._proc
-        if proc is None or proc.stdout is None:
+    def _read(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The worker's next answer (an ``ok: false`` answer is returned, not raised); None
+        when none came within ``timeout`` seconds (None: wait until one comes)."""
+        proc, answers = self._proc, self._answers
+        if proc is None or answers is None:
             raise EngineError("The vLLM worker is not running.")
         try:
-            line = proc.stdout.readline()
-            cause = "it exited"
-        except (OSError, ValueError) as exc:
-            line, cause = "", f"{type(exc).__name__}: {exc}"
-        if not line:
-            raise EngineError(f"The vLLM worker stopped ({cause}, exit code {proc.poll()}). Its log "
+            answer = answers.get(timeout=timeout) if timeout is None or timeout > 0 else answers.get_nowait()
+        except queue.Empty:
+            return None
+        if answer is None:
+            answers.put(None)  # every later read sees the end too
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise EngineError(f"The vLLM worker stopped (it exited, exit code {proc.poll()}). Its log "
                               f"({self.log_path}) ends with:\n{self._log_tail()}")
-        return json.loads(line)
+        return answer
 
     def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
         self._send(command)
         answer = self._read()
+        assert answer is not None
         if not answer.get("ok"):
             raise EngineError(f"{answer.get('error')}. The worker's log ({self.log_path}) ends with:\n"
                               f"{self._log_tail(1000)}")
@@ -418,6 +432,9 @@ class VLLMEngine:
                     os.killpg(proc.pid, 9)
                 except (ProcessLookupError, PermissionError):
                     pass
+                if self._reader is not None:
+                    self._reader.join(timeout=10)  # it ends at the end of the worker's output
+                self._reader = self._answers = None
                 for stream in (proc.stdin, proc.stdout):
                     if stream is not None:
                         stream.close()
@@ -469,43 +486,154 @@ class VLLMEngine:
         """
         if not requests:
             return
-        self.load()
-        base, self._next_tag = self._next_tag, self._next_tag + len(requests)
-        pending = set(range(len(requests)))
-        size = self.spec.batch_size
+        session = self.session()
+        tickets = session.submit(requests)
+        index = {t: i for i, t in enumerate(tickets)}
         try:
-            try:
-                for start in range(0, len(requests), size):
-                    self._send({"op": "submit", "requests": [
-                        {"tag": base + i, **_payload(r)} for i, r in enumerate(requests[start : start + size], start)]})
-                while pending:
-                    answer = self._read()
-                    if not answer.get("ok"):
-                        failed = [t - base for t in answer.get("tags") or [] if t - base in pending]
-                        if not failed:  # about requests of an abandoned call
-                            continue
-                        pending -= set(failed)
-                        self.close()  # vLLM may be dead: a fresh worker for the next call
-                        error = f"The batch failed in vLLM: {answer.get('error')}"
-                        yield [(i, Response.failed(error)) for i in failed] + [(i, Response.failed(error)) for i in sorted(pending)]
-                        pending.clear()
-                        return
-                    done = [(t - base, raw) for t, raw in answer["results"] if t - base in pending]
-                    if done:
-                        pending -= {i for i, _ in done}
-                        yield [(i, _response(requests[i], raw)) for i, raw in done]
-            except EngineError as exc:
-                # the worker died: errors for what is in flight, and a fresh worker for the next call
-                self.close()
-                failed, pending = sorted(pending), set()
-                yield [(i, Response.failed(f"The batch failed in vLLM: {exc}")) for i in failed]
-        finally:
-            if pending and self.loaded:  # the caller gave up: stop the rest
-                try:
-                    self._send({"op": "abort", "tags": [base + i for i in pending]})
-                except EngineError:
-                    pass
+            left = len(requests)
+            while left:
+                part = session.poll()
+                if part:
+                    left -= len(part)
+                    yield [(index[t], r) for t, r in part]
+        finally:  # the caller gave up: stop the rest
+            session.close()
 
+    def session(self) -> VLLMSession:
+        """A streaming session: requests join vLLM's running batch as they are submitted.
+
+        Returns
+        -------
+        VLLMSession
+            Loads the model at the first :meth:`VLLMSession.submit`.
+        """
+        return VLLMSession(self)
+
+    def _tags(self, n: int) -> list[int]:
+        base, self._next_tag = self._next_tag, self._next_tag + n
+        return list(range(base, base + n))
+
+
+class VLLMSession:
+    """Requests streamed into a :class:`VLLMEngine`'s worker (its continuous batching).
+
+    :meth:`submit` sends requests to the worker at once (they join vLLM's running batch
+    at its next step); :meth:`poll` returns those that finished, as the worker answers
+    each engine step. Tickets are the worker's tags (unique per engine).
+
+    Parameters
+    ----------
+    engine : VLLMEngine
+
+    Attributes
+    ----------
+    capacity : int
+        ``spec.batch_size`` (default 256): requests in flight that keep vLLM's batch full.
+
+    Notes
+    -----
+    When vLLM fails as a whole or the worker dies, every request in flight gets an error
+    response, and the next submission starts a fresh worker (one more model load).
+    Cost: see :meth:`VLLMEngine.generate`.
+    """
+
+    continuous = True
+
+    def __init__(self, engine: VLLMEngine) -> None:
+        self.engine = engine
+        self.capacity = int(engine.spec.batch_size)
+        self._requests: dict[int, Request] = {}  # tag -> request, in flight
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Send ``requests`` to the worker (loading the model first when needed); their tickets.
+
+        Parameters
+        ----------
+        requests : sequence of Request
+            Chat messages or raw prompts, any mix, as for :meth:`VLLMEngine.generate`.
+
+        Returns
+        -------
+        list of int
+
+        Raises
+        ------
+        MissingDependencyError, ModelNotFoundError, EngineError
+            The worker cannot start or load the model.
+        """
+        engine = self.engine
+        engine.load()
+        tags = engine._tags(len(requests))
+        self._requests.update(zip(tags, requests))
+        size = engine.spec.batch_size
+        try:
+            for start in range(0, len(requests), size):
+                engine._send({"op": "submit", "requests": [
+                    {"tag": t, **_payload(r)} for t, r in zip(tags[start : start + size], requests[start : start + size])]})
+        except EngineError:  # the worker died: the requests fail at the next poll
+            engine.close()
+        return tags
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """The requests that finished since the last poll (see :meth:`EngineSession.poll
+        <lazyllm.core.protocols.EngineSession.poll>`).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for one to finish (None: until one does).
+
+        Returns
+        -------
+        list of (int, Response)
+        """
+        out: list[tuple[int, Response]] = []
+        while self._requests:
+            try:  # wait for the first answer; then take what else has come
+                answer = self.engine._read(0 if out else timeout)
+            except EngineError as exc:
+                # the worker died: errors for what is in flight, and a fresh worker for the next submission
+                self.engine.close()
+                failed, self._requests = list(self._requests), {}
+                return out + [(t, Response.failed(f"The batch failed in vLLM: {exc}")) for t in failed]
+            if answer is None:
+                break
+            if not answer.get("ok"):
+                if not any(t in self._requests for t in answer.get("tags") or []):
+                    continue  # about requests of an abandoned session
+                self.engine.close()  # vLLM may be dead: a fresh worker for the next submission
+                error = f"The batch failed in vLLM: {answer.get('error')}"
+                failed, self._requests = list(self._requests), {}
+                return out + [(t, Response.failed(error)) for t in failed]
+            for t, raw in answer.get("results") or []:
+                request = self._requests.pop(t, None)
+                if request is not None:
+                    out.append((t, _response(request, raw)))
+            if not out and timeout is not None:
+                break  # an answer about abandoned requests: the caller's wait is over
+        return out
+
+    def close(self) -> None:
+        """Abort the requests still in flight (the engine stays loaded)."""
+        tags, self._requests = list(self._requests), {}
+        if tags and self.engine.loaded:
+            try:
+                self.engine._send({"op": "abort", "tags": tags})
+            except EngineError:
+                pass
+
+
+def _read_answers(proc: subprocess.Popen[str], answers: queue.Queue[dict[str, Any] | None]) -> None:
+    """Queue the worker's answer lines until its output ends (then None)."""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip():
+                answers.put(json.loads(line))
+    except (OSError, ValueError):  # the stream was closed, or a line was cut by a crash
+        pass
+    finally:
+        answers.put(None)
 
 
 def _payload(request: Request) -> dict[str, Any]:

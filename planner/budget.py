@@ -253,6 +253,12 @@ class BudgetedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
+    def session(self) -> None:
+        """Declines a streaming session (:func:`lazyllm.core.protocols.open_session` then
+        sends batch by batch through :meth:`generate`), so that every submission passes the
+        budget; the wrapped engine's own session would bypass it."""
+        return None
+
     def generate(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, Response]]]:
         """Send the requests that fit the budget to the wrapped engine; answer the others at once
         with error responses naming the budget. Every index is yielded once."""

@@ -11,9 +11,15 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   (same model fingerprint, messages, sampling parameters, seed and sample index):
   one engine call fans out to every row that needs it;
 - keeps one ready queue per model; requests from different nodes that target the
-  same model go to the engine together, in batches of the engine's batch size
-  (cross-operator batching), upstream nodes' requests first, then longest prompts;
-- commits each returned batch to the cache before anything else happens;
+  same model go to the engine together (cross-operator batching), upstream nodes'
+  requests first, then longest prompts;
+- keeps the engine full: through the engine's streaming session
+  (:func:`~lazyllm.core.protocols.open_session`) every ready request is submitted as
+  soon as the engine has room, so a row's next request joins the running batch the
+  moment its input is answered (engines with only ``generate`` get batches of their
+  batch size, one at a time);
+- commits responses to the cache as they arrive, before anything else happens, so a
+  crash loses at most what is in flight;
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -43,7 +49,7 @@ import polars as pl
 
 from lazyllm.core.errors import EngineError, TemplateError
 from lazyllm.core.hashing import model_fingerprint
-from lazyllm.core.protocols import Message, Request, Response
+from lazyllm.core.protocols import Message, Request, Response, open_session
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, lease_seconds, message_key, request_key
@@ -61,6 +67,8 @@ _AWAIT_POLL = 0.2
 #: next ones of its model's queue (leased ahead: sent without another lease transaction while
 #: their lease is fresh, see :meth:`_ChainRun._lease`).
 LEASE_AHEAD = 8
+#: Seconds between two progress refreshes while responses stream in.
+_REFRESH = 0.2
 
 #: Stands for an LLM value that a dry run has not computed.
 UNCOMPUTED = "\u2047uncomputed\u2047"
@@ -163,6 +171,7 @@ class _ChainRun:
         self.awaited: dict[bytes, _Work] = {}  # leased by another process: awaited from the cache
         self.ahead: set[bytes] = set()  # queued requests leased ahead by this run, not sent yet
         self._ahead_at = 0.0  # time.monotonic() of the lease transaction that took ``ahead``
+        self._refreshed = 0.0  # when the progress bars were last refreshed
 
     # -- per-row bookkeeping -------------------------------------------------------------
     def alive(self, i: int, r: int) -> bool:
@@ -443,9 +452,10 @@ class _ChainRun:
             self._complete(done, {j: found[w.key] for j, w in enumerate(done)})
         return bool(done)
 
-    def _await_others(self) -> None:
+    def _await_others(self, sleep: bool = True) -> None:
         """Wait for requests leased by other processes: serve those now in the cache, take back
-        those whose lease lapsed (expired, or its process is gone)."""
+        those whose lease lapsed (expired, or its process is gone); sleeps a poll interval
+        when neither happened and ``sleep``."""
         awaited = list(self.awaited.values())
         live = self.cache.leased_elsewhere([w.key for w in awaited], self.owner)
         found = self.cache.get_many([w.key for w in awaited])
@@ -456,7 +466,7 @@ class _ChainRun:
         for w in lapsed:  # sent by this run after all
             self._enqueue(w)
         served = self._serve_cached([w for w in awaited if w.key in found])
-        if not served and not lapsed:
+        if sleep and not served and not lapsed:
             time.sleep(_AWAIT_POLL)
 
     def _dry_drain(self) -> None:
@@ -491,11 +501,11 @@ class _ChainRun:
                                      + st.stats.est_output_tokens * prices[1]) / 1e6
 
     def _drain(self) -> None:
-        """Send queued work to the engines, one model at a time, batch by batch."""
+        """Stream queued work into the engines, one model at a time (see :meth:`_stream`)."""
         ctx = self.ctx
         announced: set[int] = set()
         with ctx.progress_bars([_what(st.node) for st in self.states]) as bars:
-            self._refresh(bars)
+            self._refresh(bars, force=True)
             current: str | None = None
             while any(self.queues.values()) or self.awaited:
                 if not any(self.queues.values()):  # what is left is in flight in other processes
@@ -510,33 +520,8 @@ class _ChainRun:
                     if st.model_fp == current and i not in announced:
                         announced.add(i)
                         ctx.say(f"{_what(st.node)} · {spec.display_name} · starts")
-                engine = ctx.engine(spec)
-                # a replica pool (Ray executor) takes one batch per replica at a time
-                per_batch = int(getattr(getattr(engine, "spec", spec), "batch_size", 32) or 32)
-                works = self._lease(self._take(current, per_batch * int(getattr(engine, "parallelism", 1) or 1)))
-                if not works:
-                    continue
-                self._count_calls(works)
-                responses: dict[int, Response] = {}
-                try:
-                    for part in engine.generate([w.request for w in works]):
-                        part = list(part)
-                        self.cache.put_many([(works[j].key, resp) for j, resp in part], model=current,
-                                            owner=self.owner)
-                        responses.update(part)
-                except (KeyboardInterrupt, SystemExit, EngineError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - keep what was committed, name the engine
-                    # the chained cause is printed with the traceback: no credential in it either
-                    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-                    raise EngineError(
-                        f"The {spec.display_name} engine failed: {exc}. Completed batches are in the cache; "
-                        "rerun to resume."
-                    ) from exc
-                finally:  # what was not answered goes back to the other processes at once
-                    self.cache.release([w.key for j, w in enumerate(works) if j not in responses], self.owner)
-                self._complete(works, responses)
-                self._refresh(bars)
+                self._stream(current, spec, ctx.engine(spec), bars)
+            self._refresh(bars, force=True)
         for st in self.states:
             hits = len(st.keys & self.from_cache)
             if st.stats.calls:
@@ -545,7 +530,69 @@ class _ChainRun:
             elif st.stats.requests:
                 ctx.say(f"{_what(st.node)} · {st.stats.rows_in} rows · served from cache")
 
-    def _refresh(self, bars: Any) -> None:
+    def _stream(self, model_fp: str, spec: Any, engine: Any, bars: Any) -> None:
+        """Keep ``engine`` full with the queue of one model until that queue is empty and
+        nothing of it is in flight.
+
+        Every ready request is submitted as soon as there is room (the session's
+        ``capacity``; a non-continuous session takes a batch only when the previous one
+        has finished), leased first. Responses are committed to the cache as they
+        arrive (each poll's group in one transaction, leases released with it), then
+        delivered, which queues the requests that depended on them: with a continuous
+        session they join the running batch at the next submission.
+        """
+        session = open_session(engine)
+        inflight: dict[int, _Work] = {}
+        sending: list[_Work] = []
+        looked = time.perf_counter()  # when the cache was last looked at for awaited work
+        try:
+            while True:
+                queue = self.queues.get(model_fp)
+                room = session.capacity - len(inflight)
+                if queue and room > 0 and (session.continuous or not inflight):
+                    works = self._lease(self._take(model_fp, room))
+                    if works:
+                        self._count_calls(works)
+                        sending = works  # leased: released below if the submission fails
+                        inflight.update(zip(session.submit([w.request for w in works]), works, strict=True))
+                        sending = []
+                        continue  # leasing may have served works and queued more: fill again
+                if not inflight:
+                    if not self.queues.get(model_fp):
+                        return
+                    continue  # what was taken was served from the cache or leased elsewhere
+                # with work awaited from other processes, look at the cache now and then
+                part = session.poll(_AWAIT_POLL if self.awaited else None)
+                if self.awaited and time.perf_counter() - looked >= _AWAIT_POLL:
+                    looked = time.perf_counter()
+                    self._await_others(sleep=False)
+                if not part:
+                    continue
+                got = [(inflight.pop(t), resp) for t, resp in part if t in inflight]
+                self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
+                self._complete([w for w, _ in got], {j: resp for j, (_, resp) in enumerate(got)})
+                self._refresh(bars)
+        except (KeyboardInterrupt, SystemExit, EngineError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep what was committed, name the engine
+            # the chained cause is printed with the traceback: no credential in it either
+            exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+            raise EngineError(
+                f"The {spec.display_name} engine failed: {exc}. Completed requests are in the cache; "
+                "rerun to resume."
+            ) from exc
+        finally:  # what was not answered goes back to the other processes at once
+            if inflight or sending:
+                self.cache.release([w.key for w in [*inflight.values(), *sending]], self.owner)
+                session.close()
+
+    def _refresh(self, bars: Any, force: bool = False) -> None:
+        """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'
+        interval when shorter, unless ``force``): each refresh counts the rows done."""
+        now = time.perf_counter()
+        if not force and now - self._refreshed < min(_REFRESH, getattr(bars, "interval", _REFRESH)):
+            return
+        self._refreshed = now
         for i, st in enumerate(self.states):
             bars.refresh(i, done=sum(st.done), total=len(st.done), hits=len(st.keys & self.from_cache),
                          tokens=st.stats.output_tokens)

@@ -41,6 +41,7 @@ MODULES = [
     "lazyllm.planner.budget",
     "lazyllm.core.prices",
     "lazyllm.core.redact",
+    "lazyllm.core.protocols",
     "lazyllm.backends.transformers",
 ]
 

@@ -28,6 +28,9 @@ __all__ = [
     "Request",
     "Response",
     "Engine",
+    "EngineSession",
+    "BatchSession",
+    "open_session",
     "Trainer",
     "Executor",
     "TRAINING_HYPERPARAMETERS",
@@ -313,6 +316,160 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model (memory, accelerator) so the next stage can use it."""
         ...
+
+    # Optional: ``session() -> EngineSession | None``, a stream that takes requests while
+    # others run (see :class:`EngineSession` and :func:`open_session`); None declines it.
+
+
+@runtime_checkable
+class EngineSession(Protocol):
+    """A stream of requests into one engine: submit requests at any time, collect each
+    response as it finishes (continuous batching).
+
+    An engine that can take requests while others run offers ``session()`` (optional on
+    :class:`Engine`; :func:`open_session` falls back to :class:`BatchSession` over
+    ``generate``). The scheduler keeps about ``capacity`` requests in flight and submits
+    each request as soon as it is ready, so a row's judge joins the batch its answer
+    came from. One session of an engine at a time; the engine stays loaded after
+    :meth:`close`.
+
+    Attributes
+    ----------
+    capacity : int
+        Requests in flight that keep the engine at full speed (more are accepted and
+        wait in the engine).
+    continuous : bool
+        True when requests submitted while others run join them; False when the
+        session runs what was submitted as one batch and the next submission waits for
+        it (:class:`BatchSession`): the scheduler then submits only when nothing is in
+        flight.
+    """
+
+    capacity: int
+    continuous: bool
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Add ``requests``; return one ticket per request (ints unique in the session).
+
+        Raises :class:`~lazyllm.core.errors.EngineError` when the engine cannot load."""
+        ...
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """The responses finished since the last poll, as ``(ticket, Response)``: waits up to
+        ``timeout`` seconds (None: until one finishes) while requests are in flight; ``[]``
+        when none finished in time or nothing is in flight. Every ticket is answered
+        exactly once (a failed request: an error response)."""
+        ...
+
+    def close(self) -> None:
+        """Give up on the requests still in flight (the engine stops them where it can)."""
+        ...
+
+
+class BatchSession:
+    """:class:`EngineSession` over an engine that only has ``generate``: what was submitted
+    runs as one ``generate`` call at the next :meth:`poll`, and submissions made while it
+    runs wait for the following call (``continuous = False``).
+
+    Parameters
+    ----------
+    engine : Engine
+        Any engine; its ``spec.batch_size`` (default 32) times its ``parallelism``
+        (replicas of a pool, default 1) is the capacity.
+
+    Notes
+    -----
+    A poll returns the next part ``generate`` yields (one engine batch) and waits for it
+    whatever ``timeout`` is; indices ``generate`` never yielded get an error response
+    when it ends. Exceptions of ``generate`` propagate from :meth:`poll`.
+
+    Examples
+    --------
+    >>> from lazyllm.core.specs import TestModel
+    >>> from lazyllm.backends.testing import DeterministicEngine
+    >>> session = BatchSession(DeterministicEngine(TestModel(batch_size=2)))
+    >>> session.capacity, session.continuous
+    (2, False)
+    >>> session.submit([Request(prompt="a"), Request(prompt="b"), Request(prompt="c")])
+    [0, 1, 2]
+    >>> [(t, r.text) for t, r in session.poll()]
+    [(0, 'echo[0|greedy]: a'), (1, 'echo[0|greedy]: b')]
+    >>> [(t, r.text) for t, r in session.poll()], session.poll()
+    ([(2, 'echo[0|greedy]: c')], [])
+    """
+
+    continuous = False
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        spec = getattr(engine, "spec", None)
+        self.capacity = int(getattr(spec, "batch_size", 32) or 32) * int(getattr(engine, "parallelism", 1) or 1)
+        self._tickets = 0
+        self._waiting: list[tuple[int, Request]] = []
+        self._running: Iterator[Sequence[tuple[int, Response]]] | None = None
+        self._unanswered: dict[int, int] = {}  # index in the running call -> ticket
+
+    def submit(self, requests: Sequence[Request]) -> list[int]:
+        """Queue ``requests`` for the next ``generate`` call; their tickets."""
+        tickets = list(range(self._tickets, self._tickets + len(requests)))
+        self._tickets += len(requests)
+        self._waiting.extend(zip(tickets, requests))
+        return tickets
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Response]]:
+        """The next part of the running ``generate`` call (started from what was queued)."""
+        while True:
+            if self._running is None:
+                if not self._waiting:
+                    return []
+                batch, self._waiting = self._waiting, []
+                self._unanswered = {i: t for i, (t, _) in enumerate(batch)}
+                self._running = iter(self.engine.generate([r for _, r in batch]))
+            try:
+                part = next(self._running)
+            except StopIteration:
+                self._running = None
+                missing, self._unanswered = self._unanswered, {}
+                if missing:
+                    return [(t, Response.failed("the engine returned no response")) for t in missing.values()]
+                continue
+            out = [(self._unanswered.pop(i), r) for i, r in part if i in self._unanswered]
+            if out:
+                return out
+
+    def close(self) -> None:
+        """Stop the running ``generate`` call (its engine aborts what is unfinished)."""
+        running, self._running = self._running, None
+        self._waiting, self._unanswered = [], {}
+        close = getattr(running, "close", None)
+        if close is not None:
+            close()
+
+
+def open_session(engine: Engine) -> EngineSession:
+    """A streaming session of ``engine``: its own ``session()`` when it offers one (and does
+    not decline it by returning None), else a :class:`BatchSession` over ``generate``.
+
+    Parameters
+    ----------
+    engine : Engine
+
+    Returns
+    -------
+    EngineSession
+
+    Examples
+    --------
+    >>> from lazyllm.core.specs import TestModel
+    >>> from lazyllm.backends.testing import DeterministicEngine
+    >>> type(open_session(DeterministicEngine(TestModel()))).__name__
+    'BatchSession'
+    >>> open_session(DeterministicEngine(TestModel(streaming=True))).continuous
+    True
+    """
+    make = getattr(engine, "session", None)
+    session = make() if callable(make) else None
+    return session if session is not None else BatchSession(engine)
 
 
 #: The hyperparameters a training job takes, named once: ``lazyllm.TrainSpec`` declares them

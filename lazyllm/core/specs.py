@@ -59,7 +59,8 @@ class Transformers(ModelSpec):
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``. Performance only.
     batch_size : int
-        Prompts per forward batch. Performance only.
+        Prompts per forward batch: the rows that decode together (a finished row's
+        slot is refilled at once when the scheduler streams requests). Performance only.
     num_threads : int, optional
         torch CPU threads (default: ``LAZYLLM_NUM_THREADS`` or torch's default).
         On a shared 2-core machine, 1 thread can be faster than 2. Performance only.
@@ -204,6 +205,13 @@ class TestModel(ModelSpec):
     log_path : str, optional
         Append one JSON line per engine batch (to count calls across processes).
         Performance only.
+    streaming : bool
+        Offer a streaming session (continuous batching simulated in engine steps: see
+        :class:`lazyllm.backends.testing.DeterministicEngine`). Performance only.
+    steps : tuple of (needle, int)
+        With ``streaming``: a request containing a needle takes that many engine steps
+        (the first match; default 1), so answers finish out of submission order.
+        Performance only.
     fail_on : tuple of str
         Requests containing one of these strings fail (error responses).
     raise_on : tuple of str
@@ -237,6 +245,8 @@ class TestModel(ModelSpec):
     def prices(self) -> tuple[float, float] | None:
         """``price_per_million``: USD per million (input, output) tokens, or None."""
         return None if self.price_per_million is None else tuple(self.price_per_million)  # type: ignore[return-value]
+    streaming: bool = performance_only(False)
+    steps: tuple[tuple[str, int], ...] = performance_only(())
 
     def identity(self) -> dict[str, Any]:
         out = ModelSpec.identity(self)
@@ -300,8 +310,10 @@ class OpenAI(ModelSpec):
         Seconds: retry ``k`` (from 0) waits ``uniform(0, min(max_backoff, backoff * 2**k))``.
         Performance only.
     batch_size : int, optional
-        Requests per ``generate()`` call of the planner. Default 256 online, 50,000
-        (OpenAI's limit per batch) in batch mode. Performance only.
+        Online: requests in flight (the streaming session's capacity; ``concurrency``
+        of them are sent at a time, the others wait for a slot). Batch mode: requests
+        per batch. Default 256 online, 50,000 (OpenAI's limit per batch) in batch mode.
+        Performance only.
     price_per_million : (float, float), optional
         USD per million (input, output) tokens, overriding the price table of
         :mod:`lazyllm.core.prices`; give the price of the mode you use (batch
@@ -492,7 +504,9 @@ class VLLM(ModelSpec):
         Where vLLM runs, as far as the settings above go ("auto": CUDA when torch sees
         a GPU). Performance only.
     batch_size : int
-        Requests per worker call (vLLM batches them itself). Performance only.
+        Requests in flight: the scheduler keeps this many in vLLM's running batch
+        (its streaming session's capacity), and sends them to the worker in lines of
+        this many. Performance only.
     python : str, optional
         The interpreter that has vLLM (default: see
         :func:`lazyllm.backends.vllm_engine.find_vllm_python`). Performance only.

@@ -640,6 +640,25 @@ def test_results_are_yielded_as_they_complete(fake_api, tmp_path):
     assert sum(groups) == 7 and max(groups) <= 2 and len(groups) >= 4
 
 
+def test_a_session_takes_requests_while_others_run(fake_api, tmp_path):
+    spec = OpenAI("fake", base_url=fake_api.url, concurrency=2)
+    with OpenAIEngine(spec, workspace=tmp_path) as engine:
+        session = engine.session()
+        assert session.continuous and session.capacity == spec.batch_size
+        first = session.submit([ask(f"row {k}") for k in range(3)])
+        got = []
+        while not got:
+            got += session.poll()
+        later = session.submit([ask(f"row {k}") for k in range(3, 5)])  # while the first ones run
+        while len(got) < 5:
+            got += session.poll(timeout=5)
+        session.close()
+    assert sorted(t for t, _ in got) == sorted(first + later)
+    assert all(r.error is None and r.text for _, r in got)
+    assert session.poll() == []
+    assert OpenAIEngine(_batch_spec(fake_api.url), workspace=tmp_path).session() is None  # batch mode: generate
+
+
 # --------------------------------------------------------------------------- batch mode
 
 

@@ -349,3 +349,66 @@ def test_a_shared_system_prompt_is_computed_once_and_scores_stay_the_same(engine
         assert shared[i].text == separate[i].text
         assert torch.allclose(torch.tensor(shared[i].choice_logprobs), torch.tensor(separate[i].choice_logprobs),
                               atol=1e-4)
+
+
+# --------------------------------------------------------------------------- streaming session
+
+
+def _drain(session, got):
+    while True:
+        part = session.poll()
+        if not part:
+            return got
+        for ticket, response in part:
+            assert ticket not in got, "every ticket is answered exactly once"
+            got[ticket] = response
+
+
+def test_a_session_refills_finished_rows_and_gives_the_batched_outputs(engine):
+    """Rows of different lengths, greedy and seeded, stop strings and a constrained row: the
+    refilling decoder gives generate()'s responses, and a request submitted while others
+    decode joins them (it finishes before the long row that was running)."""
+    requests = [ask(ESSAY, max_tokens=40), ask(FRANCE, max_tokens=12), ask(COLORS, max_tokens=16),
+                ask(MATH, max_tokens=8), ask(FRANCE, max_tokens=16, temperature=0.8, seed=5),
+                ask(ESSAY, max_tokens=24, stop=("the",)), ask("Tell me a joke.", max_tokens=10),
+                ask("Is the sky blue?", choices=("yes", "no"), max_tokens=4)]
+    batched = run(engine, requests)
+    session = engine.session()
+    assert session.continuous and session.capacity == 8
+    tickets = session.submit(requests[:5])  # 4 slots: the fifth waits for a free one
+    got: dict[int, object] = {}
+    while len(got) < 2:
+        got.update(session.poll())
+    assert tickets[0] not in got  # the essay still decodes
+    tickets += session.submit(requests[5:])
+    order = []
+    while True:
+        part = session.poll()
+        if not part:
+            break
+        order += [t for t, _ in part]
+        got.update(part)
+    assert sorted(got) == sorted(tickets)
+    assert order.index(tickets[6]) < order.index(tickets[0])  # joined after, finished before the essay
+    for i, ticket in enumerate(tickets):
+        assert got[ticket] == batched[i], (i, got[ticket], batched[i])
+
+
+def test_a_failing_step_fails_the_running_rows_and_the_session_goes_on(engine, monkeypatch):
+    session = engine.session()
+    session.submit([ask(FRANCE, max_tokens=8), ask(COLORS, max_tokens=8)])
+    calls = {"n": 0}
+    real = engine_module._RefillDecoder.step
+
+    def broken(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real(self)
+
+    monkeypatch.setattr(engine_module._RefillDecoder, "step", broken)
+    got = _drain(session, {})
+    assert sorted(got) == [0, 1] and all(r.error and "boom" in r.error for r in got.values())
+    later = session.submit([ask(FRANCE, max_tokens=8)])
+    got = _drain(session, {})
+    assert "Paris" in got[later[0]].text

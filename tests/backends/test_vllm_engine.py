@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_helpers import ask, run
@@ -204,6 +205,30 @@ def test_responses_stream_as_they_finish(engine):
     assert order[-1] == 0 and 0 not in [i for i, _ in parts[0]]
     long = next(r for part in parts for i, r in part if i == 0)
     assert long.output_tokens > 4 and long.error is None
+
+
+@pytest.mark.server
+def test_a_session_takes_requests_while_vllm_runs(engine):
+    """Requests submitted while a long answer decodes join vLLM's running batch and finish first;
+    greedy answers are the ones generate() gives."""
+    session = engine.session()
+    assert session.continuous and session.capacity == 64
+    essay = session.submit([ask(ESSAY, max_tokens=160)])[0]
+    short = session.submit([ask(f"Say the number {k}.", max_tokens=4) for k in range(2)])
+    got: dict[int, Any] = {}
+    while not all(t in got for t in short):
+        got.update(session.poll())
+    assert essay not in got
+    france = session.submit([ask(FRANCE, max_tokens=24)])[0]  # joins while the essay decodes
+    while france not in got:
+        got.update(session.poll(timeout=60))
+    assert essay not in got
+    while essay not in got:
+        got.update(session.poll(timeout=60))
+    assert session.poll(timeout=0) == []
+    assert got[essay].output_tokens > 24 and got[essay].error is None
+    assert got[france] == run(engine, [ask(FRANCE, max_tokens=24)])[0]
+    session.close()
 
 
 @pytest.mark.server

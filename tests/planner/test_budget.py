@@ -138,3 +138,13 @@ def test_the_usage_never_passes_the_budget_and_a_rerun_completes_it(tmp_path_fac
     testing.reset_counters()
     second = plan.collect(workspace=ws, progress=False)
     assert testing.CALLS == rows - done and second["a_error"].null_count() == rows
+
+
+def test_a_streaming_engine_cannot_bypass_the_budget(ws, counters):
+    # the wrapped engine offers a continuous session; the budget must still see every submission
+    model = lazyllm.TestModel(name="stream-budget", streaming=True, price_per_million=(1000.0, 1000.0))
+    frame = lazyllm.from_dicts([{"x": f"row {i}"} for i in range(20)]).generate("y", model, prompt="{{ x }}",
+                                                                                  max_tokens=8)
+    df = frame.collect(workspace=ws, max_cost=0.05, progress=False)
+    assert 0 < df["y"].drop_nulls().len() < 20
+    assert df.filter(pl.col("y").is_null())["y_error"].str.contains("budget").all()

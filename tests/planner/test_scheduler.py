@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 import lazyllm
@@ -74,3 +75,67 @@ def test_filter_between_llm_nodes_is_respected(ws, counters):
     df = frame.collect(workspace=ws)
     assert df["id"].to_list() == [1, 3]
     assert counters.CALLS == 5 + 2
+
+
+# -- streaming sessions: requests join the running batch -------------------------------------
+
+
+def _chain(model):
+    frame = lazyllm.from_dicts([{"topic": "slow topic"}, {"topic": "fast topic"}, {"topic": "other topic"}])
+    return frame.generate("q", model, prompt="Ask about {{ topic }}").generate("a", model, prompt="A: {{ q }}")
+
+
+def test_a_dependent_request_joins_the_running_batch(ws, counters):
+    # the slow row's question takes 6 engine steps; the other rows' answers are sent meanwhile
+    model = lazyllm.TestModel(streaming=True, batch_size=8, steps=(("slow", 6),))
+    df = _chain(model).collect(workspace=ws)
+    events = counters.EVENTS
+    slow_done = events.index(("done", "Ask about slow topic"))
+    fast_answer = next(i for i, (kind, text) in enumerate(events) if kind == "submit" and "fast topic" in text
+                       and text.startswith("A: "))
+    assert fast_answer < slow_done, events
+    assert counters.CALLS == 6
+    assert df["a"].to_list() == [f"echo[0|greedy]: A: echo[0|greedy]: Ask about {t}"
+                                 for t in ("slow topic", "fast topic", "other topic")]
+    # the same result as the batch path (an engine with generate only) and as an unoptimized run
+    batch = _chain(lazyllm.TestModel(batch_size=8)).collect(workspace=ws.path / "batch")
+    assert_frame_equal(df, batch)
+
+
+def test_a_stream_never_has_more_than_capacity_in_flight(ws, counters):
+    model = lazyllm.TestModel(streaming=True, batch_size=3, steps=(("topic 0", 4), ("topic 4", 3)))
+    frame = rows(10).generate("q", model, prompt="Ask about {{ topic }}").generate("a", model, prompt="A: {{ q }}")
+    frame.collect(workspace=ws)
+    in_flight = peak = 0
+    for kind, _ in counters.EVENTS:
+        in_flight += 1 if kind == "submit" else -1
+        peak = max(peak, in_flight)
+    assert peak == 3 and in_flight == 0
+    assert counters.CALLS == 20 and sum(counters.SUBMISSIONS) == 20
+
+
+def test_a_failing_stream_keeps_what_was_committed(ws, counters, monkeypatch):
+    # the fast row's answer raises in the engine while the slow row's question runs: the
+    # questions that had returned are in the cache, and a rerun does not send them again
+    from lazyllm.backends.testing import SteppedSession
+
+    submit = SteppedSession.submit
+
+    def failing(self, requests):
+        if any(counters.render(r).startswith("A: ") and "fast" in counters.render(r) for r in requests):
+            raise RuntimeError("the engine broke")
+        return submit(self, requests)
+
+    model = lazyllm.TestModel(streaming=True, batch_size=8, steps=(("slow", 6),))
+    with monkeypatch.context() as patch:
+        patch.setattr(SteppedSession, "submit", failing)
+        with pytest.raises(lazyllm.errors.EngineError, match="the engine broke. Completed requests are in the cache"):
+            _chain(model).collect(workspace=ws)
+    done = [text for kind, text in counters.EVENTS if kind == "done"]
+    assert "Ask about slow topic" not in done and "Ask about fast topic" in done
+    counters.reset_counters()
+    df = _chain(model).collect(workspace=ws)
+    sent = [text for kind, text in counters.EVENTS if kind == "submit"]
+    assert "Ask about fast topic" not in sent and "Ask about other topic" not in sent
+    assert "Ask about slow topic" in sent and len(sent) == 4
+    assert df["a"].null_count() == 0
