@@ -206,13 +206,7 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
         for pos in hit_pos:
             r = rendered[pos]
             out, error = values([records[k * m + pos] for k in range(n)])
-            out = node.row_values(out, lambda r=r: run.row_context(i, r))  # type: ignore[misc]
-            for col, value in out.items():
-                st.values[col][r] = value
-            st.errors[r] = error
-            if error is not None:
-                st.stats.failures += 1
-            st.done[r] = True
+            st.store(r, out, error, lambda r=r: run.row_context(i, r))  # type: ignore[misc]
     # a miss's request: its shape with the row's messages (``dataclasses.replace`` without its per-call cost)
     fields = [dict((name, getattr(shape, name)) for name in _REQUEST_FIELDS) for shape in shapes]
     for r, pos in misses:  # only these go to the engines

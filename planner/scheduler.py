@@ -41,7 +41,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,18 @@ class _NodeState:
         self.done = [False] * self.rows
         self.rendered = [False] * self.rows
         self.pending = [0] * self.rows
+
+    def store(self, r: int, values: dict[str, Any], error: str | None, row: Callable[[], dict[str, Any]]) -> None:
+        """Store row ``r``'s output: ``values`` from the node's ``combine`` (through its
+        ``row_values``, which may call ``row()`` for the row's columns) and ``error``
+        (counted as a failure); the row is done. The one place both the per-row path and
+        the columnar path (:mod:`lazyllm.planner.columnar`) write a computed row."""
+        for col, value in self.node.row_values(values, row).items():
+            self.values[col][r] = value
+        self.errors[r] = error
+        if error is not None:
+            self.stats.failures += 1
+        self.done[r] = True
 
 
 @dataclass
@@ -193,12 +205,7 @@ class _ChainRun:
             self.unknown.add((i, r))  # a dry run did not compute this output
         if responses is not None:
             values, error = st.node.combine(responses)
-            values = st.node.row_values(values, lambda: self.row_context(i, r))
-            for col, value in values.items():
-                st.values[col][r] = value
-            st.errors[r] = error
-            if error is not None:
-                st.stats.failures += 1
+            st.store(r, values, error, lambda: self.row_context(i, r))
         st.done[r] = True
         return [(j, r) for j in self.dependents[i]]
 
