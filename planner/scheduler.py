@@ -19,7 +19,10 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   moment its input is answered (engines with only ``generate`` get batches of their
   batch size, one at a time);
 - commits responses to the cache as they arrive, before anything else happens, so a
-  crash loses at most what is in flight;
+  crash loses at most what is in flight; an engine that answers faster than
+  :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window
+  (a commit's flush costs milliseconds whatever its size), so a ``kill -9`` loses at
+  most the batch in flight plus the answers of the last window;
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -67,6 +70,12 @@ _AWAIT_POLL = 0.2
 #: next ones of its model's queue (leased ahead: sent without another lease transaction while
 #: their lease is fresh, see :meth:`_ChainRun._lease`).
 LEASE_AHEAD = 8
+#: Seconds of answers that may wait for one write transaction (see :meth:`_ChainRun._stream`):
+#: answers that arrive less than this after the last commit are committed with the next ones,
+#: so an engine whose batches take longer than this commits each batch on its own, and a fast
+#: engine pays one flush per window instead of one per batch. Never for answers other nodes wait
+#: for (their rows go on at once), nor with a continuous engine session.
+COMMIT_WINDOW = 0.1
 #: Seconds between two progress refreshes while responses stream in.
 _REFRESH = 0.2
 
@@ -547,10 +556,19 @@ class _ChainRun:
         arrive (each poll's group in one transaction, leases released with it), then
         delivered, which queues the requests that depended on them: with a continuous
         session they join the running batch at the next submission.
+
+        With a non-continuous session, answers that no other node of the chain waits
+        for and that arrive less than :data:`COMMIT_WINDOW` seconds after the last
+        commit wait for the next one (the engine is already running the next batch):
+        one transaction, one flush, for every batch answered within a window. Whatever
+        ends the loop (the queue done, an exception, Ctrl-C), answers still waiting are
+        committed first.
         """
         session = open_session(engine)
         inflight: dict[int, _Work] = {}
         sending: list[_Work] = []
+        waiting: list[tuple[_Work, Response]] = []  # answered, committed with the next window
+        committed = time.monotonic()  # when the last answers were committed
         looked = time.perf_counter()  # when the cache was last looked at for awaited work
         try:
             while True:
@@ -565,6 +583,11 @@ class _ChainRun:
                         sending = []
                         continue  # leasing may have served works and queued more: fill again
                 if not inflight:
+                    if waiting:  # nothing else runs: commit and deliver what was answered
+                        got, waiting = waiting, []
+                        self._commit(got, model_fp)
+                        committed = time.monotonic()
+                        continue  # delivering may have queued more work
                     if not self.queues.get(model_fp):
                         return
                     continue  # what was taken was served from the cache or leased elsewhere
@@ -576,8 +599,12 @@ class _ChainRun:
                 if not part:
                     continue
                 got = [(inflight.pop(t), resp) for t, resp in part if t in inflight]
-                self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
-                self._complete([w for w, _ in got], {j: resp for j, (_, resp) in enumerate(got)})
+                waiting.extend(got)
+                if (session.continuous or time.monotonic() - committed >= COMMIT_WINDOW
+                        or any(self.dependents[w.node_index] for w, _ in got)):
+                    got, waiting = waiting, []
+                    self._commit(got, model_fp)
+                    committed = time.monotonic()
                 self._refresh(bars)
         except (KeyboardInterrupt, SystemExit, EngineError):
             raise
@@ -588,10 +615,18 @@ class _ChainRun:
                 f"The {spec.display_name} engine failed: {exc}. Completed requests are in the cache; "
                 "rerun to resume."
             ) from exc
-        finally:  # what was not answered goes back to the other processes at once
+        finally:  # answers are kept; what was not answered goes back to the other processes at once
+            if waiting:
+                got, waiting = waiting, []
+                self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
             if inflight or sending:
                 self.cache.release([w.key for w in [*inflight.values(), *sending]], self.owner)
                 session.close()
+
+    def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
+        """Commit answered works (one write transaction, their leases released in it), then deliver them."""
+        self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
+        self._complete([w for w, _ in got], {j: resp for j, (_, resp) in enumerate(got)})
 
     def _refresh(self, bars: Any, force: bool = False) -> None:
         """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'
