@@ -56,7 +56,7 @@ from lazyllm.core.protocols import Message, Request, Response, open_session
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import serve_columns
+from .columnar import plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -124,6 +124,15 @@ class _NodeState:
             self.stats.failures += 1
         self.done[r] = True
 
+    def plain_row(self, r: int, text: str, dependents: list[int]) -> list[tuple[int, int]]:
+        """Row ``r`` of a plain generation (:func:`plain_text`) answered with ``text``, with
+        neither error nor reasoning trace: ``combine``'s value (the text) without a
+        ``Response`` list; returns the (node, row) pairs made ready."""
+        self.pending[r] = 0
+        self.values[self.node.column][r] = text
+        self.done[r] = True
+        return [(j, r) for j in dependents]
+
 
 @dataclass
 class _Work:
@@ -169,6 +178,8 @@ class _ChainRun:
                     st.shapes = node.requests_for({}, (Message("user", ""),))
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
+        #: per node: a plain generation of one sample, whose value is the answer's text (:func:`plain_text`)
+        self._plain = [plain_text(node) and not ctx.dry_run for node in chain]
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
         # per node: the kept-row lists of the LLM filters below it
         self._filters_below = [[self.states[f].values[chain[f].column] for f in self.filters if f < i]
@@ -229,9 +240,11 @@ class _ChainRun:
 
     def deliver(self, i: int, r: int, k: int, response: Response) -> list[tuple[int, int]]:
         st = self.states[i]
-        got = self.responses[(i, r)]
-        got[k] = response
         st.pending[r] -= 1
+        got = self.responses.get((i, r))
+        if got is None:  # a row of one request queued by :meth:`queue_rows`: nothing to gather
+            return self.finish_row(i, r, [response])
+        got[k] = response
         if st.pending[r] == 0:
             return self.finish_row(i, r, self.responses.pop((i, r)))  # type: ignore[arg-type]
         return []
@@ -313,24 +326,58 @@ class _ChainRun:
                 work.slots.extend(slots)
             todo = next_todo
 
-    def queue_row(self, i: int, r: int, requests: Sequence[Request], keys: Sequence[bytes]) -> list[tuple[int, int]]:
-        """Queue row ``r`` of node ``i``, rendered and keyed by the columnar path (``requests``
-        and their ``keys``): known responses are delivered, the others wait for the engine as
-        in :meth:`make_ready`. Returns the (node, row) pairs made ready."""
+    def queue_rows(self, i: int, rows: Sequence[tuple[int, Sequence[bytes]]],
+                   request: Callable[[int, int], Request]) -> list[tuple[int, int]]:
+        """Queue the rows of node ``i`` that the columnar path rendered and keyed, the column at once.
+
+        Parameters
+        ----------
+        i : int
+            The node's index in the chain.
+        rows : sequence of (int, sequence of bytes)
+            Per row: its index and the keys of its requests (one per sample).
+        request : callable (row, request index) -> Request
+            Builds one request; called once per distinct key that is neither known nor
+            queued (a cache miss sent by this run), so duplicates build nothing.
+
+        Returns
+        -------
+        list of (int, int)
+            The (node, row) pairs made ready by responses already known.
+
+        Known responses are delivered; the other requests join the model's queue in one
+        heap rebuild (the order :meth:`_take` keeps); a row of one request keeps no
+        gathering list (:meth:`deliver` finishes it with its response). As
+        :meth:`make_ready` queues rows, without a ``Request`` per cached row.
+        """
         st = self.states[i]
-        self.responses[(i, r)] = [None] * len(keys)
-        st.pending[r] = len(keys)
+        known, queued, awaited, pending = self.known, self.queued, self.awaited, st.pending
         ready: list[tuple[int, int]] = []
-        for k, key in enumerate(keys):
-            if key in self.known:
-                ready.extend(self.deliver(i, r, k, self.known[key]))
-                continue
-            work = self.queued.get(key) or self.awaited.get(key)
-            if work is None:
-                req = requests[k]
-                work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
-                self._enqueue(work)
-            work.slots.append((i, r, k))
+        new: list[_Work] = []
+        for r, keys in rows:
+            pending[r] = len(keys)
+            if len(keys) > 1:
+                self.responses[(i, r)] = [None] * len(keys)
+            for k, key in enumerate(keys):
+                response = known.get(key)
+                if response is not None:
+                    ready.extend(self.deliver(i, r, k, response))
+                    continue
+                work = queued.get(key) or awaited.get(key)
+                if work is None:
+                    req = request(r, k)
+                    messages = req.messages
+                    size = len(messages[0].content) if len(messages) == 1 else sum(len(m.content) for m in messages)
+                    work = queued[key] = _Work(key, req, i, size=size)
+                    new.append(work)
+                work.slots.append((i, r, k))
+        if new:
+            fp = st.model_fp
+            q, order, arrivals = self.queues[fp], self._order[fp], self._arrivals
+            for work in new:
+                q[work.key] = work
+                order.append((i, -work.size, next(arrivals), work.key))
+            heapq.heapify(order)
         return ready
 
     # -- running -------------------------------------------------------------------------
@@ -402,6 +449,7 @@ class _ChainRun:
     def _complete(self, works: list[_Work], responses: dict[int, Response]) -> int:
         ready: list[tuple[int, int]] = []
         tokens = 0
+        plain = self._plain
         for j, work in enumerate(works):
             response = responses.get(j) or Response(text=None, finish_reason="error",
                                                     error="the engine returned no response")
@@ -412,7 +460,11 @@ class _ChainRun:
             owner.output_tokens += response.output_tokens
             owner.reasoning_tokens += response.reasoning_tokens
             tokens += response.output_tokens
+            text = response.text if response.error is None and response.reasoning is None else None
             for i, r, k in work.slots:
+                if text is not None and plain[i] and k == 0 and (i, r) not in self.responses and "think>" not in text:
+                    ready.extend(self.states[i].plain_row(r, text, self.dependents[i]))  # what combine gives
+                    continue
                 ready.extend(self.deliver(i, r, k, response))
         self.make_ready(ready)
         return tokens
