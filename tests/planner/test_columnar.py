@@ -156,3 +156,37 @@ def test_an_inline_trace_cached_before_engines_split_them(tmp_path, counters, mo
     frame = topics(3).generate("a", model, prompt="Ask about {{ topic }}")
     df, served = _same([seed, frame, frame], tmp_path, counters, monkeypatch)
     assert served == ["a", "a"] and df["a"][1] == "Old answer."
+
+
+def test_cold_misses_with_duplicates_in_the_column_and_across_nodes(tmp_path, counters, monkeypatch):
+    # every row a miss: duplicates within the column are sent once, a request two nodes share is
+    # sent once, an answer with a trace or an engine error takes combine, the rest the plain rule
+    model = lazyllm.TestModel(batch_size=3, fail_on=("topic 4",), rules=(("topic 2", "<think>hm</think> two"),))
+    data = lazyllm.from_dicts([{"id": i, "topic": None if i == 7 else f"topic {i % 5}"} for i in range(12)],
+                              schema={"id": pl.Int64, "topic": pl.String})
+    frame = (data.generate("a", model, prompt="Ask about {{ topic }}")
+             .generate("b", model, prompt="Ask about {{ topic }}")  # the same requests as "a"
+             .judge("s", model, prompt="Rate {{ topic }}", scale=(1, 10)))
+    df, served = _same([frame, frame], tmp_path, counters, monkeypatch)
+    assert served == ["a", "b", "s", "a", "b", "s"]
+    assert df["a"].to_list() == df["b"].to_list() and df["a"][0] == "echo[0|greedy]: Ask about topic 0"
+    assert df["a"][2] == "two" and df["a"][4] is None and "fails on" in df["a_error"][4]
+    assert df["a"][7] is None and "'topic'" in df["a_error"][7]
+
+
+def test_a_cold_column_sends_each_distinct_request_once(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(batch_size=4)
+    frame = lazyllm.from_dicts([{"t": f"t{i % 3}"} for i in range(10)]).generate("y", model, prompt="Say {{ t }}")
+    queued: list[int] = []
+    from lazyllm.planner import scheduler
+
+    original = scheduler._ChainRun.queue_rows
+
+    def spy(self, i, rows, request):
+        queued.append(len(rows))
+        return original(self, i, rows, request)
+
+    monkeypatch.setattr(scheduler._ChainRun, "queue_rows", spy)
+    df, served = _same([frame], tmp_path, counters, monkeypatch)
+    assert served == ["y"] and queued == [10]  # the whole column queued at once
+    assert counters.CALLS == 3 and df["y"].to_list()[:4] == [f"echo[0|greedy]: Say t{i % 3}" for i in range(4)]
