@@ -2,7 +2,7 @@
 
 Each test runs the same steps twice, in two fresh workspaces: once with the columnar
 path off (``LAZYLLM_COLUMNAR=0``: every row goes through the scheduler's per-row loop)
-and once with it on, and compares the collected frames, the run logs' node statistics
+and once with it on, and compares the frames of every collect (cold ones too), the run logs' node statistics
 (rows, requests, distinct requests, cache hits, calls, failures, tokens and their
 histograms), ``explain()`` and the engine calls. Each also checks which nodes the
 columnar path served, so a test fails if the path silently stops being taken.
@@ -30,8 +30,9 @@ def _nodes(ws) -> list[list[dict]]:
 
 
 def _run(steps, ws, counters, monkeypatch, on: bool):
-    """Collect each frame of ``steps`` in turn on ``ws``; what the last one returned, the
-    run logs, explain() of the last, engine calls and batches, and the nodes served in columns."""
+    """Collect each frame of ``steps`` in turn on ``ws``; what each returned (the cold
+    collects too), the run logs, explain() of the last, engine calls and batches, and the
+    nodes served in columns."""
     served: list[str] = []
     original = columnar._serve_node
 
@@ -40,30 +41,32 @@ def _run(steps, ws, counters, monkeypatch, on: bool):
         return original(run, i, messages)
 
     counters.reset_counters()
-    df = None
+    dfs: list[pl.DataFrame] = []
     with monkeypatch.context() as patch:
         patch.setenv("LAZYLLM_COLUMNAR", "1" if on else "0")
         patch.setattr(columnar, "_serve_node", spy)
         for frame in steps:
             if isinstance(frame, lazyllm.Frame):
-                df = frame.collect(workspace=ws, progress=False)
+                dfs.append(frame.collect(workspace=ws, progress=False))
             else:  # a step that prepares the workspace
                 frame(ws)
         explained = steps[-1].explain(workspace=ws)
-    return df, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
+    return dfs, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
 
 
 def _same(steps, tmp_path, counters, monkeypatch) -> tuple[pl.DataFrame, list[str]]:
-    """Run ``steps`` per row and in columns; assert identical results; return the frame and
+    """Run ``steps`` per row and in columns; assert identical results; return the last frame and
     the nodes served in columns."""
     rows = _run(steps, tmp_path / "rows", counters, monkeypatch, on=False)
     cols = _run(steps, tmp_path / "cols", counters, monkeypatch, on=True)
     assert rows[5] == []  # the switch turns the columnar path off
-    assert_frame_equal(rows[0], cols[0])
+    assert len(rows[0]) == len(cols[0])
+    for per_row, in_columns in zip(rows[0], cols[0]):  # every collect, cold ones too
+        assert_frame_equal(per_row, in_columns)
     assert json.dumps(rows[1], sort_keys=True) == json.dumps(cols[1], sort_keys=True)
     assert rows[2] == cols[2]  # explain()
     assert rows[3:5] == cols[3:5]  # engine calls and batches
-    return cols[0], cols[5]
+    return cols[0][-1], cols[5]
 
 
 def topics(n: int, nulls: tuple[int, ...] = ()) -> lazyllm.Frame:
