@@ -369,19 +369,22 @@ class PromptCache:
         """
         now = time.time() if now is None else now
         expires = now + (seconds if seconds is not None else lease_seconds())
+        value = msgpack.packb({"o": owner, "e": expires})  # the same lease for every key
+        keys = list(keys)
         out = LeaseResult()
         while True:
             try:
                 with self._txn(write=True) as txn:
+                    get, put, responses, leases = txn.get, txn.put, self._db, self._leases
                     for key in keys:
-                        if txn.get(key, db=self._db) is not None:
+                        if get(key, db=responses) is not None:
                             out.cached.append(key)
                             continue
-                        raw = txn.get(key, db=self._leases)
+                        raw = get(key, db=leases)
                         if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
                             out.elsewhere.append(key)
                             continue
-                        txn.put(key, msgpack.packb({"o": owner, "e": expires}), db=self._leases)
+                        put(key, value, db=leases)
                         out.acquired.append(key)
                 return out
             except lmdb.MapFullError:
@@ -397,10 +400,13 @@ class PromptCache:
             self._release(txn, keys, owner)
 
     def _release(self, txn: lmdb.Transaction, keys: Iterable[bytes], owner: str) -> None:
+        # a lease of ``owner`` is the map {"o": owner, "e": expiry} (:meth:`lease`): it starts with these bytes
+        head = b"\x82" + msgpack.packb("o") + msgpack.packb(owner)
+        get, delete, leases = txn.get, txn.delete, self._leases
         for key in keys:
-            raw = txn.get(key, db=self._leases)
-            if raw is not None and msgpack.unpackb(raw).get("o") == owner:
-                txn.delete(key, db=self._leases)
+            raw = get(key, db=leases)
+            if raw is not None and (raw.startswith(head) or msgpack.unpackb(raw).get("o") == owner):
+                delete(key, db=leases)
 
     def leased_elsewhere(self, keys: Iterable[bytes], owner: str, *, now: float | None = None) -> set[bytes]:
         """The keys under a live lease of an owner other than ``owner`` (read-only)."""

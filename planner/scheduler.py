@@ -446,13 +446,15 @@ class _ChainRun:
         for w in works:
             self.states[w.node_index].stats.calls += 1
 
-    def _complete(self, works: list[_Work], responses: dict[int, Response]) -> int:
+    def _complete(self, works: Sequence[_Work], responses: Sequence[Response | None]) -> int:
+        """Deliver ``responses[j]`` to every slot of ``works[j]`` (an error response where it is
+        None); responses without error become known. Returns the output tokens."""
         ready: list[tuple[int, int]] = []
         tokens = 0
         plain = self._plain
-        for j, work in enumerate(works):
-            response = responses.get(j) or Response(text=None, finish_reason="error",
-                                                    error="the engine returned no response")
+        for work, response in zip(works, responses, strict=True):
+            if response is None:
+                response = Response(text=None, finish_reason="error", error="the engine returned no response")
             owner = self.states[work.node_index].stats
             if response.error is None:
                 self.known[work.key] = response
@@ -517,7 +519,7 @@ class _ChainRun:
         done = [w for w in works if w.key in found]
         self.from_cache.update(found)
         if done:
-            self._complete(done, {j: found[w.key] for j, w in enumerate(done)})
+            self._complete(done, [found[w.key] for w in done])
         return bool(done)
 
     def _await_others(self, sleep: bool = True) -> None:
@@ -544,7 +546,7 @@ class _ChainRun:
             self._count_calls(works)
             self._estimate(works)
             # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
-            self._complete(works, {j: _placeholder(self.states[w.node_index].node, w.key) for j, w in enumerate(works)})
+            self._complete(works, [_placeholder(self.states[w.node_index].node, w.key) for w in works])
 
     def _estimate(self, works: list[_Work]) -> None:
         """Dry run: estimated input/output tokens and cost of the calls to make."""
@@ -677,8 +679,9 @@ class _ChainRun:
 
     def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
         """Commit answered works (one write transaction, their leases released in it), then deliver them."""
-        self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
-        self._complete([w for w, _ in got], {j: resp for j, (_, resp) in enumerate(got)})
+        works, responses = zip(*got) if got else ((), ())
+        self.cache.put_many(zip([w.key for w in works], responses), model=model_fp, owner=self.owner)
+        self._complete(works, responses)
 
     def _refresh(self, bars: Any, force: bool = False) -> None:
         """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'
