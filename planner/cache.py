@@ -335,7 +335,8 @@ class PromptCache:
         if not rows and owner is None:
             return 0
         now = time.time()
-        encoded = [(k, msgpack.packb({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
+        pack = msgpack.Packer().pack  # msgpack.packb's bytes, one packer for the transaction
+        encoded = [(k, pack({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
         while True:
             try:
                 with self._txn(write=True) as txn:

@@ -49,7 +49,7 @@ from lazyllm.core.protocols import Message, Request, Response
 from .cache import message_keys
 from .nodes import Generate, Judge, LLMNode
 
-__all__ = ["serve_columns", "enabled", "plain_text"]
+__all__ = ["serve_columns", "enabled", "plain_text", "gc_paused"]
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -89,7 +89,7 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
     handled: set[int] = set()  # served here, hits and misses
     left: list[tuple[int, int]] = []
     if enabled() and not run.ctx.dry_run and rows:
-        with _gc_paused():
+        with gc_paused():
             _serve_chain(run, served, handled, left)
     for i, st in enumerate(run.states):
         if i not in handled and (not st.deps or handled & set(st.deps)):
@@ -98,10 +98,16 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while whole columns of records, keys and requests
     are built (none of them forms a cycle): with millions of new objects each full collection
-    walks them all again (a third of a warm 1M-row run); back on, as it was, afterwards."""
+    walks them all again (a third of a warm 1M-row run); back on, as it was, afterwards.
+
+    Yields
+    ------
+    None
+        Inside the block the collector is off (objects are still freed by reference counting).
+    """
     was = gc.isenabled()
     gc.disable()
     try:

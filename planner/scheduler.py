@@ -43,7 +43,7 @@ import itertools
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +56,7 @@ from lazyllm.core.protocols import Message, Request, Response, open_session
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import plain_text, serve_columns
+from .columnar import gc_paused, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -173,7 +173,8 @@ class _ChainRun:
                 rows=rows,
             )
             if not st.deps:  # reads input columns only: render every row at once when the templates allow
-                st.bulk = node.messages_column(df)
+                with gc_paused():  # a whole column of messages: millions of acyclic objects
+                    st.bulk = node.messages_column(df)
                 if st.bulk is not None and node.requests_from_messages:
                     st.shapes = node.requests_for({}, (Message("user", ""),))
             ctx.stats[node.fingerprint] = st.stats
@@ -185,8 +186,7 @@ class _ChainRun:
         self._filters_below = [[self.states[f].values[chain[f].column] for f in self.filters if f < i]
                                for i in range(len(chain))]
         self.dependents = [[j for j, st in enumerate(self.states) if i in st.deps] for i in range(len(chain))]
-        cols = sorted(set().union(*(n.columns_read() for n in chain)) & set(df.columns))
-        self.input_rows = df.select(cols).to_dicts() if cols else [{} for _ in range(rows)]
+        self._input_rows: list[dict[str, Any]] | None = None  # built when a row's context is first needed
         self.responses: dict[tuple[int, int], list[Response | None]] = {}
         self.queues: dict[str, dict[bytes, _Work]] = defaultdict(dict)  # model fp -> key -> work
         self.queued: dict[bytes, _Work] = {}
@@ -210,6 +210,16 @@ class _ChainRun:
         """Row ``r`` passed every LLM filter below node ``i``."""
         below = self._filters_below[i]
         return not below or all(keep[r] for keep in below)
+
+    @property
+    def input_rows(self) -> list[dict[str, Any]]:
+        """The input columns the chain reads, one dict per row (built on first use: rows the
+        columnar path serves from the cache never need them)."""
+        if self._input_rows is None:
+            cols = sorted(set().union(*(n.columns_read() for n in self.chain)) & set(self.df.columns))
+            self._input_rows = (self.df.select(cols).to_dicts() if cols
+                                else [{} for _ in range(self.df.height)])
+        return self._input_rows
 
     def row_context(self, i: int, r: int) -> dict[str, Any]:
         row = dict(self.input_rows[r])
@@ -393,6 +403,11 @@ class _ChainRun:
                 self.cache.release(self.ahead | set(self.queued), self.owner)
                 self.ahead.clear()
         elapsed = time.perf_counter() - start
+        with gc_paused():  # whole columns again
+            return self._outputs(elapsed)
+
+    def _outputs(self, elapsed: float) -> list[pl.DataFrame]:
+        """Each node's output frame, and its statistics finished (``elapsed``: seconds of the run)."""
         outputs: list[pl.DataFrame] = []
         current = self.df
         index = list(range(self.df.height))  # input rows still in the frame
@@ -402,13 +417,12 @@ class _ChainRun:
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
             if not self.ctx.dry_run:
-                for key in st.keys:
-                    response = self.known.get(key)
-                    tokens = ((response.input_tokens, response.output_tokens) if response is not None
-                              else self.cached_tokens.get(key))
-                    if tokens is not None:
-                        _count(st.stats.input_tokens_histogram, tokens[0])
-                        _count(st.stats.output_tokens_histogram, tokens[1])
+                known, cached = self.known, self.cached_tokens
+                tokens = [cached.get(key) if (response := known.get(key)) is None
+                          else (response.input_tokens, response.output_tokens) for key in st.keys]
+                tokens = [t for t in tokens if t is not None]
+                _count(st.stats.input_tokens_histogram, Counter(t[0] for t in tokens))
+                _count(st.stats.output_tokens_histogram, Counter(t[1] for t in tokens))
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]
@@ -719,8 +733,9 @@ def _pick(values: list[Any], index: list[int]) -> list[Any]:
     return values if len(index) == len(values) else [values[r] for r in index]
 
 
-def _count(histogram: dict[int, int], tokens: int) -> None:
-    histogram[tokens] = histogram.get(tokens, 0) + 1
+def _count(histogram: dict[int, int], counts: Counter[int]) -> None:
+    for tokens, n in counts.items():
+        histogram[tokens] = histogram.get(tokens, 0) + n
 
 
 def _what(node: LLMNode) -> str:
