@@ -18,11 +18,11 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   soon as the engine has room, so a row's next request joins the running batch the
   moment its input is answered (engines with only ``generate`` get batches of their
   batch size, one at a time);
-- commits responses to the cache as they arrive, before anything else happens, so a
-  crash loses at most what is in flight; an engine that answers faster than
+- commits responses to the cache as they arrive, before anything is computed from
+  them, so a crash loses at most what is in flight; an engine that answers faster than
   :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window
-  (a commit's flush costs milliseconds whatever its size), so a ``kill -9`` loses at
-  most the batch in flight plus the answers of the last window;
+  (a commit's flush costs milliseconds, and more the more pages it writes), so a
+  ``kill -9`` loses at most the batch in flight plus the answers of the last window;
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -627,15 +627,17 @@ class _ChainRun:
 
         With a non-continuous session, answers that no other node of the chain waits
         for and that arrive less than :data:`COMMIT_WINDOW` seconds after the last
-        commit wait for the next one (the engine is already running the next batch):
-        one transaction, one flush, for every batch answered within a window. Whatever
-        ends the loop (the queue done, an exception, Ctrl-C), answers still waiting are
+        commit are delivered at once (their rows are done: nothing is computed from
+        them) and committed with the next answers: one transaction, one flush, for
+        every batch answered within a window. Answers some node waits for are
+        committed, with those waiting, before they are delivered. Whatever ends the
+        loop (the queue done, an exception, Ctrl-C), answers still waiting are
         committed first.
         """
         session = open_session(engine)
         inflight: dict[int, _Work] = {}
         sending: list[_Work] = []
-        waiting: list[tuple[_Work, Response]] = []  # answered, committed with the next window
+        waiting: list[tuple[_Work, Response]] = []  # answered and delivered, committed with the next window
         committed = time.monotonic()  # when the last answers were committed
         looked = time.perf_counter()  # when the cache was last looked at for awaited work
         try:
@@ -651,11 +653,10 @@ class _ChainRun:
                         sending = []
                         continue  # leasing may have served works and queued more: fill again
                 if not inflight:
-                    if waiting:  # nothing else runs: commit and deliver what was answered
+                    if waiting:  # nothing else runs: commit what was answered
                         got, waiting = waiting, []
                         self._commit(got, model_fp)
                         committed = time.monotonic()
-                        continue  # delivering may have queued more work
                     if not self.queues.get(model_fp):
                         return
                     continue  # what was taken was served from the cache or leased elsewhere
@@ -669,10 +670,13 @@ class _ChainRun:
                 got = [(inflight.pop(t), resp) for t, resp in part if t in inflight]
                 waiting.extend(got)
                 if (session.continuous or time.monotonic() - committed >= COMMIT_WINDOW
-                        or any(self.dependents[w.node_index] for w, _ in got)):
-                    got, waiting = waiting, []
-                    self._commit(got, model_fp)
+                        or any(self.dependents[i] for w, _ in got for i, _, _ in w.slots)):
+                    ours, waiting = waiting, []
+                    self._commit(ours, model_fp)  # before anything is computed from these answers
                     committed = time.monotonic()
+                if got:
+                    works, responses = zip(*got)
+                    self._complete(works, responses)
                 self._refresh(bars)
         except (KeyboardInterrupt, SystemExit, EngineError):
             raise
@@ -685,17 +689,15 @@ class _ChainRun:
             ) from exc
         finally:  # answers are kept; what was not answered goes back to the other processes at once
             if waiting:
-                got, waiting = waiting, []
-                self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
+                ours, waiting = waiting, []
+                self._commit(ours, model_fp)
             if inflight or sending:
                 self.cache.release([w.key for w in [*inflight.values(), *sending]], self.owner)
                 session.close()
 
     def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
-        """Commit answered works (one write transaction, their leases released in it), then deliver them."""
-        works, responses = zip(*got) if got else ((), ())
-        self.cache.put_many(zip([w.key for w in works], responses), model=model_fp, owner=self.owner)
-        self._complete(works, responses)
+        """Commit answered works: one write transaction, their leases released in it."""
+        self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
 
     def _refresh(self, bars: Any, force: bool = False) -> None:
         """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'
