@@ -8,9 +8,12 @@ handed between people. Error responses are not cached, so a rerun retries them.
 Several processes may open the same cache (LMDB's lock file); writes are serialised
 by LMDB. Each :meth:`PromptCache.put_many` is one transaction, written to the file and
 its data pages flushed to disk when it commits, so a crash or ``kill -9`` loses at most
-the batch in flight. The environment is opened with ``metasync=False`` (one flush per
-commit instead of two): a power loss may also undo the last committed batch, never
-damage the environment. When one
+the batch in flight (the scheduler commits each engine batch as it returns; batches
+answered within :data:`~lazyllm.planner.scheduler.COMMIT_WINDOW` of the last commit
+share the next one, so with a fast engine a ``kill -9`` also loses that window's
+answers). The environment is opened with ``metasync=False`` (one flush per commit
+instead of two): a power loss may also undo the last committed batch, never damage
+the environment. When one
 process grows the map (the cache outgrew ``map_size``), the others adopt the new size
 at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
 
@@ -333,7 +336,8 @@ class PromptCache:
         if not rows and owner is None:
             return 0
         now = time.time()
-        encoded = [(k, msgpack.packb({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
+        pack = msgpack.Packer().pack  # msgpack.packb's bytes, one packer for the transaction
+        encoded = [(k, pack({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
         while True:
             try:
                 with self._txn(write=True) as txn:
@@ -367,19 +371,22 @@ class PromptCache:
         """
         now = time.time() if now is None else now
         expires = now + (seconds if seconds is not None else lease_seconds())
+        value = msgpack.packb({"o": owner, "e": expires})  # the same lease for every key
+        keys = list(keys)
         out = LeaseResult()
         while True:
             try:
                 with self._txn(write=True) as txn:
+                    get, put, responses, leases = txn.get, txn.put, self._db, self._leases
                     for key in keys:
-                        if txn.get(key, db=self._db) is not None:
+                        if get(key, db=responses) is not None:
                             out.cached.append(key)
                             continue
-                        raw = txn.get(key, db=self._leases)
+                        raw = get(key, db=leases)
                         if raw is not None and not _lapsed(msgpack.unpackb(raw), owner, now):
                             out.elsewhere.append(key)
                             continue
-                        txn.put(key, msgpack.packb({"o": owner, "e": expires}), db=self._leases)
+                        put(key, value, db=leases)
                         out.acquired.append(key)
                 return out
             except lmdb.MapFullError:
@@ -395,10 +402,13 @@ class PromptCache:
             self._release(txn, keys, owner)
 
     def _release(self, txn: lmdb.Transaction, keys: Iterable[bytes], owner: str) -> None:
+        # a lease of ``owner`` is the map {"o": owner, "e": expiry} (:meth:`lease`): it starts with these bytes
+        head = b"\x82" + msgpack.packb("o") + msgpack.packb(owner)
+        get, delete, leases = txn.get, txn.delete, self._leases
         for key in keys:
-            raw = txn.get(key, db=self._leases)
-            if raw is not None and msgpack.unpackb(raw).get("o") == owner:
-                txn.delete(key, db=self._leases)
+            raw = get(key, db=leases)
+            if raw is not None and (raw.startswith(head) or msgpack.unpackb(raw).get("o") == owner):
+                delete(key, db=leases)
 
     def leased_elsewhere(self, keys: Iterable[bytes], owner: str, *, now: float | None = None) -> set[bytes]:
         """The keys under a live lease of an owner other than ``owner`` (read-only)."""

@@ -18,9 +18,12 @@ node the run does, for the whole column at once:
   and its distribution); other nodes (choices, JSON schemas, rationales) and any answer
   the fast rules do not take go through the node's own ``combine``, so the values and
   errors are the per-row path's by construction;
-- a row with a request that is not cached is queued as the per-row path queues it
-  (``queue_row`` of the run): only the misses go to the engines, and their results are
-  delivered row by row as before.
+- the rows with a request that is not cached are queued the column at once
+  (``queue_rows`` of the run): a request is built only per distinct missing key, the
+  model's queue is rebuilt once, and only the misses go to the engines (leased, batched,
+  committed as every request is). An answer of a plain generation (:func:`plain_text`)
+  becomes the row's value as it is delivered (no ``combine`` per row, as for cached
+  texts); other answers go through ``combine`` as before.
 
 Everything else (nodes below which a value is still to be computed, LLM filters,
 pairwise judges, rewards, dry runs for ``explain()``) takes the per-row path unchanged.
@@ -46,7 +49,7 @@ from lazyllm.core.protocols import Message, Request, Response
 from .cache import message_keys
 from .nodes import Generate, Judge, LLMNode
 
-__all__ = ["serve_columns", "enabled"]
+__all__ = ["serve_columns", "enabled", "plain_text", "gc_paused"]
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -70,7 +73,7 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
     ----------
     run : scheduler chain run
         The run of one chain (``_ChainRun`` of :mod:`lazyllm.planner.scheduler`): its
-        node states, input frame, cache, and ``queue_row`` for cache misses.
+        node states, input frame, cache, and ``queue_rows`` for cache misses.
 
     Returns
     -------
@@ -86,7 +89,7 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
     handled: set[int] = set()  # served here, hits and misses
     left: list[tuple[int, int]] = []
     if enabled() and not run.ctx.dry_run and rows:
-        with _gc_paused():
+        with gc_paused():
             _serve_chain(run, served, handled, left)
     for i, st in enumerate(run.states):
         if i not in handled and (not st.deps or handled & set(st.deps)):
@@ -95,10 +98,16 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while whole columns of records, keys and requests
     are built (none of them forms a cycle): with millions of new objects each full collection
-    walks them all again (a third of a warm 1M-row run); back on, as it was, afterwards."""
+    walks them all again (a third of a warm 1M-row run); back on, as it was, afterwards.
+
+    Yields
+    ------
+    None
+        Inside the block the collector is off (objects are still freed by reference counting).
+    """
     was = gc.isenabled()
     gc.disable()
     try:
@@ -206,23 +215,20 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
         for pos in hit_pos:
             r = rendered[pos]
             out, error = values([records[k * m + pos] for k in range(n)])
-            out = node.row_values(out, lambda r=r: run.row_context(i, r))  # type: ignore[misc]
-            for col, value in out.items():
-                st.values[col][r] = value
-            st.errors[r] = error
-            if error is not None:
-                st.stats.failures += 1
-            st.done[r] = True
+            st.store(r, out, error, lambda r=r: run.row_context(i, r))  # type: ignore[misc]
     # a miss's request: its shape with the row's messages (``dataclasses.replace`` without its per-call cost)
     fields = [dict((name, getattr(shape, name)) for name in _REQUEST_FIELDS) for shape in shapes]
-    for r, pos in misses:  # only these go to the engines
-        row_keys = [keys[k][pos] for k in range(n)]
-        for k, key in enumerate(row_keys):
-            rec = records[k * m + pos]
-            if rec is not None and key not in run.known:  # a partial hit: its cached samples are served
-                run.known[key] = Response.from_record(rec)
-        msgs = messages[r]
-        ready.extend(run.queue_row(i, r, [Request(messages=msgs, **kw) for kw in fields], row_keys))
+    if n == 1:
+        rows = [(r, (keys[0][pos],)) for r, pos in misses]
+    else:
+        rows = [(r, tuple(keys[k][pos] for k in range(n))) for r, pos in misses]
+        for r, pos in misses:
+            for k in range(n):
+                rec, key = records[k * m + pos], keys[k][pos]
+                if rec is not None and key not in run.known:  # a partial hit: its cached samples are served
+                    run.known[key] = Response.from_record(rec)
+    # only the misses go to the engines, their requests built once per distinct key
+    ready.extend(run.queue_rows(i, rows, lambda r, k: Request(messages=messages[r], **fields[k])))  # type: ignore[arg-type]
     return left, not misses and not left, ready
 
 
@@ -234,13 +240,35 @@ def _misses(rendered: list[int], hit_pos: list[int]) -> list[tuple[int, int]]:
     return [(r, pos) for pos, r in enumerate(rendered) if pos not in hits]
 
 
+def plain_text(node: LLMNode) -> bool:
+    """Whether ``node`` is a plain generation of one sample: no choices, no JSON schema,
+    reasoning traces dropped, no conversation to append to, ``n == 1``. Its ``combine`` on
+    one response with a text, no error, no reasoning trace and no ``think>`` in the text
+    gives that text as the value and no error (what both paths take without ``combine``).
+
+    Parameters
+    ----------
+    node : LLMNode
+
+    Returns
+    -------
+    bool
+    """
+    return _plain_generation(node) and getattr(node, "n", 1) == 1
+
+
+def _plain_generation(node: LLMNode) -> bool:
+    """A generation without constraints, kept traces or appended conversation (any ``n``)."""
+    return (isinstance(node, Generate) and node.choices is None and node.json_schema is None
+            and getattr(node, "reasoning", "drop") == "drop" and getattr(node, "append_to", None) is None)
+
+
 def _plain_texts(st: Any, node: LLMNode, n: int, records: list[Any], m: int, rows: list[int],
                  hit_pos: list[int]) -> bool:
     """A plain generation (no choices, no JSON schema): its values are the cached texts (a
     list of the ``n`` samples when ``n > 1``) and its errors null, the column at once.
     False, doing nothing, for any other node or when a cached text is null (``combine`` decides)."""
-    if (not isinstance(node, Generate) or node.choices is not None or node.json_schema is not None
-            or getattr(node, "reasoning", "drop") != "drop" or getattr(node, "append_to", None) is not None):
+    if not _plain_generation(node):
         return False
     texts = [[records[k * m + pos]["text"] for pos in hit_pos] for k in range(n)]
     if any(t is None or "think>" in t for sample in texts for t in sample):

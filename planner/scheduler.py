@@ -18,8 +18,11 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   soon as the engine has room, so a row's next request joins the running batch the
   moment its input is answered (engines with only ``generate`` get batches of their
   batch size, one at a time);
-- commits responses to the cache as they arrive, before anything else happens, so a
-  crash loses at most what is in flight;
+- commits responses to the cache as they arrive, before anything is computed from
+  them, so a crash loses at most what is in flight; an engine that answers faster than
+  :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window
+  (a commit's flush costs milliseconds, and more the more pages it writes), so a
+  ``kill -9`` loses at most the batch in flight plus the answers of the last window;
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -40,8 +43,8 @@ import itertools
 import json
 import math
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +56,7 @@ from lazyllm.core.protocols import Message, Request, Response, open_session
 from lazyllm.core.redact import redact
 
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import serve_columns
+from .columnar import gc_paused, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -67,6 +70,12 @@ _AWAIT_POLL = 0.2
 #: next ones of its model's queue (leased ahead: sent without another lease transaction while
 #: their lease is fresh, see :meth:`_ChainRun._lease`).
 LEASE_AHEAD = 8
+#: Seconds of answers that may wait for one write transaction (see :meth:`_ChainRun._stream`):
+#: answers that arrive less than this after the last commit are committed with the next ones,
+#: so an engine whose batches take longer than this commits each batch on its own, and a fast
+#: engine pays one flush per window instead of one per batch. Never for answers other nodes wait
+#: for (their rows go on at once), nor with a continuous engine session.
+COMMIT_WINDOW = 0.1
 #: Seconds between two progress refreshes while responses stream in.
 _REFRESH = 0.2
 
@@ -102,6 +111,27 @@ class _NodeState:
         self.done = [False] * self.rows
         self.rendered = [False] * self.rows
         self.pending = [0] * self.rows
+
+    def store(self, r: int, values: dict[str, Any], error: str | None, row: Callable[[], dict[str, Any]]) -> None:
+        """Store row ``r``'s output: ``values`` from the node's ``combine`` (through its
+        ``row_values``, which may call ``row()`` for the row's columns) and ``error``
+        (counted as a failure); the row is done. The one place both the per-row path and
+        the columnar path (:mod:`lazyllm.planner.columnar`) write a computed row."""
+        for col, value in self.node.row_values(values, row).items():
+            self.values[col][r] = value
+        self.errors[r] = error
+        if error is not None:
+            self.stats.failures += 1
+        self.done[r] = True
+
+    def plain_row(self, r: int, text: str, dependents: list[int]) -> list[tuple[int, int]]:
+        """Row ``r`` of a plain generation (:func:`plain_text`) answered with ``text``, with
+        neither error nor reasoning trace: ``combine``'s value (the text) without a
+        ``Response`` list; returns the (node, row) pairs made ready."""
+        self.pending[r] = 0
+        self.values[self.node.column][r] = text
+        self.done[r] = True
+        return [(j, r) for j in dependents]
 
 
 @dataclass
@@ -143,18 +173,20 @@ class _ChainRun:
                 rows=rows,
             )
             if not st.deps:  # reads input columns only: render every row at once when the templates allow
-                st.bulk = node.messages_column(df)
+                with gc_paused():  # a whole column of messages: millions of acyclic objects
+                    st.bulk = node.messages_column(df)
                 if st.bulk is not None and node.requests_from_messages:
                     st.shapes = node.requests_for({}, (Message("user", ""),))
             ctx.stats[node.fingerprint] = st.stats
             self.states.append(st)
+        #: per node: a plain generation of one sample, whose value is the answer's text (:func:`plain_text`)
+        self._plain = [plain_text(node) and not ctx.dry_run for node in chain]
         self.filters = [i for i, n in enumerate(chain) if n.filters_rows]
         # per node: the kept-row lists of the LLM filters below it
         self._filters_below = [[self.states[f].values[chain[f].column] for f in self.filters if f < i]
                                for i in range(len(chain))]
         self.dependents = [[j for j, st in enumerate(self.states) if i in st.deps] for i in range(len(chain))]
-        cols = sorted(set().union(*(n.columns_read() for n in chain)) & set(df.columns))
-        self.input_rows = df.select(cols).to_dicts() if cols else [{} for _ in range(rows)]
+        self._input_rows: list[dict[str, Any]] | None = None  # built when a row's context is first needed
         self.responses: dict[tuple[int, int], list[Response | None]] = {}
         self.queues: dict[str, dict[bytes, _Work]] = defaultdict(dict)  # model fp -> key -> work
         self.queued: dict[bytes, _Work] = {}
@@ -179,6 +211,16 @@ class _ChainRun:
         below = self._filters_below[i]
         return not below or all(keep[r] for keep in below)
 
+    @property
+    def input_rows(self) -> list[dict[str, Any]]:
+        """The input columns the chain reads, one dict per row (built on first use: rows the
+        columnar path serves from the cache never need them)."""
+        if self._input_rows is None:
+            cols = sorted(set().union(*(n.columns_read() for n in self.chain)) & set(self.df.columns))
+            self._input_rows = (self.df.select(cols).to_dicts() if cols
+                                else [{} for _ in range(self.df.height)])
+        return self._input_rows
+
     def row_context(self, i: int, r: int) -> dict[str, Any]:
         row = dict(self.input_rows[r])
         for st in self.states[:i]:
@@ -193,12 +235,7 @@ class _ChainRun:
             self.unknown.add((i, r))  # a dry run did not compute this output
         if responses is not None:
             values, error = st.node.combine(responses)
-            values = st.node.row_values(values, lambda: self.row_context(i, r))
-            for col, value in values.items():
-                st.values[col][r] = value
-            st.errors[r] = error
-            if error is not None:
-                st.stats.failures += 1
+            st.store(r, values, error, lambda: self.row_context(i, r))
         st.done[r] = True
         return [(j, r) for j in self.dependents[i]]
 
@@ -213,9 +250,11 @@ class _ChainRun:
 
     def deliver(self, i: int, r: int, k: int, response: Response) -> list[tuple[int, int]]:
         st = self.states[i]
-        got = self.responses[(i, r)]
-        got[k] = response
         st.pending[r] -= 1
+        got = self.responses.get((i, r))
+        if got is None:  # a row of one request queued by :meth:`queue_rows`: nothing to gather
+            return self.finish_row(i, r, [response])
+        got[k] = response
         if st.pending[r] == 0:
             return self.finish_row(i, r, self.responses.pop((i, r)))  # type: ignore[arg-type]
         return []
@@ -297,24 +336,58 @@ class _ChainRun:
                 work.slots.extend(slots)
             todo = next_todo
 
-    def queue_row(self, i: int, r: int, requests: Sequence[Request], keys: Sequence[bytes]) -> list[tuple[int, int]]:
-        """Queue row ``r`` of node ``i``, rendered and keyed by the columnar path (``requests``
-        and their ``keys``): known responses are delivered, the others wait for the engine as
-        in :meth:`make_ready`. Returns the (node, row) pairs made ready."""
+    def queue_rows(self, i: int, rows: Sequence[tuple[int, Sequence[bytes]]],
+                   request: Callable[[int, int], Request]) -> list[tuple[int, int]]:
+        """Queue the rows of node ``i`` that the columnar path rendered and keyed, the column at once.
+
+        Parameters
+        ----------
+        i : int
+            The node's index in the chain.
+        rows : sequence of (int, sequence of bytes)
+            Per row: its index and the keys of its requests (one per sample).
+        request : callable (row, request index) -> Request
+            Builds one request; called once per distinct key that is neither known nor
+            queued (a cache miss sent by this run), so duplicates build nothing.
+
+        Returns
+        -------
+        list of (int, int)
+            The (node, row) pairs made ready by responses already known.
+
+        Known responses are delivered; the other requests join the model's queue in one
+        heap rebuild (the order :meth:`_take` keeps); a row of one request keeps no
+        gathering list (:meth:`deliver` finishes it with its response). As
+        :meth:`make_ready` queues rows, without a ``Request`` per cached row.
+        """
         st = self.states[i]
-        self.responses[(i, r)] = [None] * len(keys)
-        st.pending[r] = len(keys)
+        known, queued, awaited, pending = self.known, self.queued, self.awaited, st.pending
         ready: list[tuple[int, int]] = []
-        for k, key in enumerate(keys):
-            if key in self.known:
-                ready.extend(self.deliver(i, r, k, self.known[key]))
-                continue
-            work = self.queued.get(key) or self.awaited.get(key)
-            if work is None:
-                req = requests[k]
-                work = _Work(key, req, i, size=sum(len(m.content) for m in req.messages))
-                self._enqueue(work)
-            work.slots.append((i, r, k))
+        new: list[_Work] = []
+        for r, keys in rows:
+            pending[r] = len(keys)
+            if len(keys) > 1:
+                self.responses[(i, r)] = [None] * len(keys)
+            for k, key in enumerate(keys):
+                response = known.get(key)
+                if response is not None:
+                    ready.extend(self.deliver(i, r, k, response))
+                    continue
+                work = queued.get(key) or awaited.get(key)
+                if work is None:
+                    req = request(r, k)
+                    messages = req.messages
+                    size = len(messages[0].content) if len(messages) == 1 else sum(len(m.content) for m in messages)
+                    work = queued[key] = _Work(key, req, i, size=size)
+                    new.append(work)
+                work.slots.append((i, r, k))
+        if new:
+            fp = st.model_fp
+            q, order, arrivals = self.queues[fp], self._order[fp], self._arrivals
+            for work in new:
+                q[work.key] = work
+                order.append((i, -work.size, next(arrivals), work.key))
+            heapq.heapify(order)
         return ready
 
     # -- running -------------------------------------------------------------------------
@@ -330,6 +403,11 @@ class _ChainRun:
                 self.cache.release(self.ahead | set(self.queued), self.owner)
                 self.ahead.clear()
         elapsed = time.perf_counter() - start
+        with gc_paused():  # whole columns again
+            return self._outputs(elapsed)
+
+    def _outputs(self, elapsed: float) -> list[pl.DataFrame]:
+        """Each node's output frame, and its statistics finished (``elapsed``: seconds of the run)."""
         outputs: list[pl.DataFrame] = []
         current = self.df
         index = list(range(self.df.height))  # input rows still in the frame
@@ -339,13 +417,12 @@ class _ChainRun:
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
             if not self.ctx.dry_run:
-                for key in st.keys:
-                    response = self.known.get(key)
-                    tokens = ((response.input_tokens, response.output_tokens) if response is not None
-                              else self.cached_tokens.get(key))
-                    if tokens is not None:
-                        _count(st.stats.input_tokens_histogram, tokens[0])
-                        _count(st.stats.output_tokens_histogram, tokens[1])
+                known, cached = self.known, self.cached_tokens
+                tokens = [cached.get(key) if (response := known.get(key)) is None
+                          else (response.input_tokens, response.output_tokens) for key in st.keys]
+                tokens = [t for t in tokens if t is not None]
+                _count(st.stats.input_tokens_histogram, Counter(t[0] for t in tokens))
+                _count(st.stats.output_tokens_histogram, Counter(t[1] for t in tokens))
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]
@@ -383,12 +460,15 @@ class _ChainRun:
         for w in works:
             self.states[w.node_index].stats.calls += 1
 
-    def _complete(self, works: list[_Work], responses: dict[int, Response]) -> int:
+    def _complete(self, works: Sequence[_Work], responses: Sequence[Response | None]) -> int:
+        """Deliver ``responses[j]`` to every slot of ``works[j]`` (an error response where it is
+        None); responses without error become known. Returns the output tokens."""
         ready: list[tuple[int, int]] = []
         tokens = 0
-        for j, work in enumerate(works):
-            response = responses.get(j) or Response(text=None, finish_reason="error",
-                                                    error="the engine returned no response")
+        plain = self._plain
+        for work, response in zip(works, responses, strict=True):
+            if response is None:
+                response = Response(text=None, finish_reason="error", error="the engine returned no response")
             owner = self.states[work.node_index].stats
             if response.error is None:
                 self.known[work.key] = response
@@ -396,7 +476,11 @@ class _ChainRun:
             owner.output_tokens += response.output_tokens
             owner.reasoning_tokens += response.reasoning_tokens
             tokens += response.output_tokens
+            text = response.text if response.error is None and response.reasoning is None else None
             for i, r, k in work.slots:
+                if text is not None and plain[i] and k == 0 and (i, r) not in self.responses and "think>" not in text:
+                    ready.extend(self.states[i].plain_row(r, text, self.dependents[i]))  # what combine gives
+                    continue
                 ready.extend(self.deliver(i, r, k, response))
         self.make_ready(ready)
         return tokens
@@ -449,7 +533,7 @@ class _ChainRun:
         done = [w for w in works if w.key in found]
         self.from_cache.update(found)
         if done:
-            self._complete(done, {j: found[w.key] for j, w in enumerate(done)})
+            self._complete(done, [found[w.key] for w in done])
         return bool(done)
 
     def _await_others(self, sleep: bool = True) -> None:
@@ -476,7 +560,7 @@ class _ChainRun:
             self._count_calls(works)
             self._estimate(works)
             # an uncomputed value: LLM filters keep the row (an upper bound), other nodes see a placeholder
-            self._complete(works, {j: _placeholder(self.states[w.node_index].node, w.key) for j, w in enumerate(works)})
+            self._complete(works, [_placeholder(self.states[w.node_index].node, w.key) for w in works])
 
     def _estimate(self, works: list[_Work]) -> None:
         """Dry run: estimated input/output tokens and cost of the calls to make."""
@@ -540,10 +624,21 @@ class _ChainRun:
         arrive (each poll's group in one transaction, leases released with it), then
         delivered, which queues the requests that depended on them: with a continuous
         session they join the running batch at the next submission.
+
+        With a non-continuous session, answers that no other node of the chain waits
+        for and that arrive less than :data:`COMMIT_WINDOW` seconds after the last
+        commit are delivered at once (their rows are done: nothing is computed from
+        them) and committed with the next answers: one transaction, one flush, for
+        every batch answered within a window. Answers some node waits for are
+        committed, with those waiting, before they are delivered. Whatever ends the
+        loop (the queue done, an exception, Ctrl-C), answers still waiting are
+        committed first.
         """
         session = open_session(engine)
         inflight: dict[int, _Work] = {}
         sending: list[_Work] = []
+        waiting: list[tuple[_Work, Response]] = []  # answered and delivered, committed with the next window
+        committed = time.monotonic()  # when the last answers were committed
         looked = time.perf_counter()  # when the cache was last looked at for awaited work
         try:
             while True:
@@ -558,6 +653,10 @@ class _ChainRun:
                         sending = []
                         continue  # leasing may have served works and queued more: fill again
                 if not inflight:
+                    if waiting:  # nothing else runs: commit what was answered
+                        got, waiting = waiting, []
+                        self._commit(got, model_fp)
+                        committed = time.monotonic()
                     if not self.queues.get(model_fp):
                         return
                     continue  # what was taken was served from the cache or leased elsewhere
@@ -569,8 +668,15 @@ class _ChainRun:
                 if not part:
                     continue
                 got = [(inflight.pop(t), resp) for t, resp in part if t in inflight]
-                self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
-                self._complete([w for w, _ in got], {j: resp for j, (_, resp) in enumerate(got)})
+                waiting.extend(got)
+                if (session.continuous or time.monotonic() - committed >= COMMIT_WINDOW
+                        or any(self.dependents[i] for w, _ in got for i, _, _ in w.slots)):
+                    ours, waiting = waiting, []
+                    self._commit(ours, model_fp)  # before anything is computed from these answers
+                    committed = time.monotonic()
+                if got:
+                    works, responses = zip(*got)
+                    self._complete(works, responses)
                 self._refresh(bars)
         except (KeyboardInterrupt, SystemExit, EngineError):
             raise
@@ -581,10 +687,17 @@ class _ChainRun:
                 f"The {spec.display_name} engine failed: {exc}. Completed requests are in the cache; "
                 "rerun to resume."
             ) from exc
-        finally:  # what was not answered goes back to the other processes at once
+        finally:  # answers are kept; what was not answered goes back to the other processes at once
+            if waiting:
+                ours, waiting = waiting, []
+                self._commit(ours, model_fp)
             if inflight or sending:
                 self.cache.release([w.key for w in [*inflight.values(), *sending]], self.owner)
                 session.close()
+
+    def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
+        """Commit answered works: one write transaction, their leases released in it."""
+        self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
 
     def _refresh(self, bars: Any, force: bool = False) -> None:
         """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'
@@ -622,8 +735,9 @@ def _pick(values: list[Any], index: list[int]) -> list[Any]:
     return values if len(index) == len(values) else [values[r] for r in index]
 
 
-def _count(histogram: dict[int, int], tokens: int) -> None:
-    histogram[tokens] = histogram.get(tokens, 0) + 1
+def _count(histogram: dict[int, int], counts: Counter[int]) -> None:
+    for tokens, n in counts.items():
+        histogram[tokens] = histogram.get(tokens, 0) + n
 
 
 def _what(node: LLMNode) -> str:

@@ -130,7 +130,9 @@ class Workspace:
         return self.subdir(layout.RESULTS)
 
     def write_run_log(self, fingerprint: str, record: dict[str, Any]) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+        # one clock reading for the second and its fraction, so names sort in time order
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(int(now))) + f".{int(now * 1e6) % 1_000_000:06d}"
         path = self.runs_dir / f"{stamp}-{fingerprint[:12]}.json"
         path.write_text(redact(json.dumps(scrub(record), indent=2, default=str)))  # no key, no URL password
         return path

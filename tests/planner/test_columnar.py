@@ -2,7 +2,7 @@
 
 Each test runs the same steps twice, in two fresh workspaces: once with the columnar
 path off (``LAZYLLM_COLUMNAR=0``: every row goes through the scheduler's per-row loop)
-and once with it on, and compares the collected frames, the run logs' node statistics
+and once with it on, and compares the frames of every collect (cold ones too), the run logs' node statistics
 (rows, requests, distinct requests, cache hits, calls, failures, tokens and their
 histograms), ``explain()`` and the engine calls. Each also checks which nodes the
 columnar path served, so a test fails if the path silently stops being taken.
@@ -30,8 +30,9 @@ def _nodes(ws) -> list[list[dict]]:
 
 
 def _run(steps, ws, counters, monkeypatch, on: bool):
-    """Collect each frame of ``steps`` in turn on ``ws``; what the last one returned, the
-    run logs, explain() of the last, engine calls and batches, and the nodes served in columns."""
+    """Collect each frame of ``steps`` in turn on ``ws``; what each returned (the cold
+    collects too), the run logs, explain() of the last, engine calls and batches, and the
+    nodes served in columns."""
     served: list[str] = []
     original = columnar._serve_node
 
@@ -40,30 +41,32 @@ def _run(steps, ws, counters, monkeypatch, on: bool):
         return original(run, i, messages)
 
     counters.reset_counters()
-    df = None
+    dfs: list[pl.DataFrame] = []
     with monkeypatch.context() as patch:
         patch.setenv("LAZYLLM_COLUMNAR", "1" if on else "0")
         patch.setattr(columnar, "_serve_node", spy)
         for frame in steps:
             if isinstance(frame, lazyllm.Frame):
-                df = frame.collect(workspace=ws, progress=False)
+                dfs.append(frame.collect(workspace=ws, progress=False))
             else:  # a step that prepares the workspace
                 frame(ws)
         explained = steps[-1].explain(workspace=ws)
-    return df, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
+    return dfs, _nodes(ws), explained, counters.CALLS, list(counters.SUBMISSIONS), served
 
 
 def _same(steps, tmp_path, counters, monkeypatch) -> tuple[pl.DataFrame, list[str]]:
-    """Run ``steps`` per row and in columns; assert identical results; return the frame and
+    """Run ``steps`` per row and in columns; assert identical results; return the last frame and
     the nodes served in columns."""
     rows = _run(steps, tmp_path / "rows", counters, monkeypatch, on=False)
     cols = _run(steps, tmp_path / "cols", counters, monkeypatch, on=True)
     assert rows[5] == []  # the switch turns the columnar path off
-    assert_frame_equal(rows[0], cols[0])
+    assert len(rows[0]) == len(cols[0])
+    for per_row, in_columns in zip(rows[0], cols[0]):  # every collect, cold ones too
+        assert_frame_equal(per_row, in_columns)
     assert json.dumps(rows[1], sort_keys=True) == json.dumps(cols[1], sort_keys=True)
     assert rows[2] == cols[2]  # explain()
     assert rows[3:5] == cols[3:5]  # engine calls and batches
-    return cols[0], cols[5]
+    return cols[0][-1], cols[5]
 
 
 def topics(n: int, nulls: tuple[int, ...] = ()) -> lazyllm.Frame:
@@ -156,3 +159,37 @@ def test_an_inline_trace_cached_before_engines_split_them(tmp_path, counters, mo
     frame = topics(3).generate("a", model, prompt="Ask about {{ topic }}")
     df, served = _same([seed, frame, frame], tmp_path, counters, monkeypatch)
     assert served == ["a", "a"] and df["a"][1] == "Old answer."
+
+
+def test_cold_misses_with_duplicates_in_the_column_and_across_nodes(tmp_path, counters, monkeypatch):
+    # every row a miss: duplicates within the column are sent once, a request two nodes share is
+    # sent once, an answer with a trace or an engine error takes combine, the rest the plain rule
+    model = lazyllm.TestModel(batch_size=3, fail_on=("topic 4",), rules=(("topic 2", "<think>hm</think> two"),))
+    data = lazyllm.from_dicts([{"id": i, "topic": None if i == 7 else f"topic {i % 5}"} for i in range(12)],
+                              schema={"id": pl.Int64, "topic": pl.String})
+    frame = (data.generate("a", model, prompt="Ask about {{ topic }}")
+             .generate("b", model, prompt="Ask about {{ topic }}")  # the same requests as "a"
+             .judge("s", model, prompt="Rate {{ topic }}", scale=(1, 10)))
+    df, served = _same([frame, frame], tmp_path, counters, monkeypatch)
+    assert served == ["a", "b", "s", "a", "b", "s"]
+    assert df["a"].to_list() == df["b"].to_list() and df["a"][0] == "echo[0|greedy]: Ask about topic 0"
+    assert df["a"][2] == "two" and df["a"][4] is None and "fails on" in df["a_error"][4]
+    assert df["a"][7] is None and "'topic'" in df["a_error"][7]
+
+
+def test_a_cold_column_sends_each_distinct_request_once(tmp_path, counters, monkeypatch):
+    model = lazyllm.TestModel(batch_size=4)
+    frame = lazyllm.from_dicts([{"t": f"t{i % 3}"} for i in range(10)]).generate("y", model, prompt="Say {{ t }}")
+    queued: list[int] = []
+    from lazyllm.planner import scheduler
+
+    original = scheduler._ChainRun.queue_rows
+
+    def spy(self, i, rows, request):
+        queued.append(len(rows))
+        return original(self, i, rows, request)
+
+    monkeypatch.setattr(scheduler._ChainRun, "queue_rows", spy)
+    df, served = _same([frame], tmp_path, counters, monkeypatch)
+    assert served == ["y"] and queued == [10]  # the whole column queued at once
+    assert counters.CALLS == 3 and df["y"].to_list()[:4] == [f"echo[0|greedy]: Say t{i % 3}" for i in range(4)]

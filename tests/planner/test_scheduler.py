@@ -139,3 +139,62 @@ def test_a_failing_stream_keeps_what_was_committed(ws, counters, monkeypatch):
     assert "Ask about fast topic" not in sent and "Ask about other topic" not in sent
     assert "Ask about slow topic" in sent and len(sent) == 4
     assert df["a"].null_count() == 0
+
+
+# -- the commit window: fast engines pay one write transaction per window, not per batch -------
+
+
+def _count_commits(monkeypatch) -> list[int]:
+    """Spy on the cache's write transactions of answers: the number of answers in each."""
+    from lazyllm.planner.cache import PromptCache
+
+    sizes: list[int] = []
+    put_many = PromptCache.put_many
+
+    def counting(self, items, **kwargs):
+        items = list(items)
+        sizes.append(len(items))
+        return put_many(self, items, **kwargs)
+
+    monkeypatch.setattr(PromptCache, "put_many", counting)
+    return sizes
+
+
+def test_a_fast_engine_commits_several_batches_in_one_transaction(ws, counters, monkeypatch):
+    from lazyllm.planner import scheduler
+
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 60.0)  # every answer of this run falls in one window
+    sizes = _count_commits(monkeypatch)
+    df = rows(10).generate("q", lazyllm.TestModel(batch_size=2), prompt="Ask about {{ topic }}").collect(workspace=ws)
+    assert counters.SUBMISSIONS == [2] * 5
+    assert sizes == [10]  # one transaction for the five batches
+    assert len(ws.cache) == 10 and df["q"].null_count() == 0
+
+
+def test_batches_slower_than_the_window_and_answers_other_nodes_wait_for_commit_one_by_one(ws, counters,
+                                                                                           monkeypatch):
+    from lazyllm.planner import scheduler
+
+    sizes = _count_commits(monkeypatch)
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 0.05)
+    rows(6).generate("q", lazyllm.TestModel(batch_size=2, delay=0.06), prompt="Ask about {{ topic }}").collect(
+        workspace=ws)
+    assert sizes == [2, 2, 2]  # each batch took longer than the window: committed on its own
+    sizes.clear()
+    counters.reset_counters()
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 60.0)
+    frame = rows(6).generate("q", lazyllm.TestModel(batch_size=4), prompt="Q {{ topic }}").generate(
+        "a", lazyllm.TestModel(batch_size=4), prompt="A: {{ q }}")
+    frame.collect(workspace=ws.path / "chain")
+    assert counters.SUBMISSIONS == [4, 4, 4]  # pipelining as without the window (see above)
+    assert sizes == [4, 4, 4]  # q's answers are awaited by a: committed at once; a's last batch ends the stream
+
+
+def test_answers_waiting_for_the_window_are_committed_when_the_engine_fails(ws, counters, monkeypatch):
+    from lazyllm.planner import scheduler
+
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 60.0)
+    model = lazyllm.TestModel(batch_size=2, raise_on=("topic 6",))
+    with pytest.raises(lazyllm.errors.EngineError):
+        rows(10).generate("q", model, prompt="Ask about {{ topic }}").collect(workspace=ws)
+    assert counters.SUBMISSIONS == [2, 2, 2, 2] and len(ws.cache) == 6  # every batch answered before the failure
