@@ -13,9 +13,10 @@ every later request are not sent, and their rows are null with an error that nam
 budget. Answers already back are committed to the cache as usual, so a rerun with a larger
 budget sends only what is missing.
 
-The accounting wraps the engine the scheduler submits to (:meth:`BudgetLedger.guard`), so
-the scheduler needs no change: refused requests come back as error responses (never
-cached, their leases released at once).
+The accounting wraps the engine the scheduler submits to (:meth:`BudgetLedger.guard`):
+refused requests come back as error responses (never cached, their leases released at
+once) whose error starts with :data:`REFUSAL`; the scheduler recognises them
+(:func:`is_refusal`) and does not count them as LLM calls.
 
 >>> from lazyllm.core.protocols import Message, Request, SamplingParams
 >>> from lazyllm.models import TestModel
@@ -39,7 +40,32 @@ from lazyllm.core.protocols import Message, ModelSpec, Request, Response
 from .nodes import LLMNode, PlanNode, walk
 from .stats import NodeStats
 
-__all__ = ["Budget", "BudgetLedger", "check_prices", "over_budget"]
+__all__ = ["Budget", "BudgetLedger", "check_prices", "over_budget", "REFUSAL", "is_refusal"]
+
+#: How the error of a request the budget did not send begins.
+REFUSAL = "not sent: the collect's budget"
+
+
+def is_refusal(response: Response) -> bool:
+    """Whether ``response`` is the budget's answer to a request it did not send.
+
+    Parameters
+    ----------
+    response : Response
+
+    Returns
+    -------
+    bool
+        True when the response is an error that starts with :data:`REFUSAL`.
+
+    Examples
+    --------
+    >>> is_refusal(Response.failed(REFUSAL + " (max_total_tokens=10) would be passed"))
+    True
+    >>> is_refusal(Response.failed("The batch failed"))
+    False
+    """
+    return response.error is not None and response.error.startswith(REFUSAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +229,7 @@ class BudgetLedger:
                 return None
             if self.closed_by is None:
                 self.closed_by = (
-                    f"not sent: the collect's budget ({self.budget.describe()}) would be passed (spent "
+                    f"{REFUSAL} ({self.budget.describe()}) would be passed (spent "
                     f"${self.spent_cost:.4g} / {self.spent_tokens:,} tokens, in flight ${self.flight_cost:.4g} / "
                     f"{self.flight_tokens:,} tokens, this request up to ${cost:.4g} / {tokens:,} tokens). Answers "
                     "already back are cached: rerun with a larger budget to continue where this run stopped.")

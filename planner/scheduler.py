@@ -55,6 +55,7 @@ from lazyllm.core.hashing import model_fingerprint
 from lazyllm.core.protocols import Message, Request, Response, open_session
 from lazyllm.core.redact import redact
 
+from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
 from .columnar import gc_paused, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
@@ -472,6 +473,8 @@ class _ChainRun:
             owner = self.states[work.node_index].stats
             if response.error is None:
                 self.known[work.key] = response
+            elif is_refusal(response):
+                owner.calls -= 1  # counted when taken; the budget did not send it
             owner.input_tokens += response.input_tokens
             owner.output_tokens += response.output_tokens
             owner.reasoning_tokens += response.reasoning_tokens

@@ -41,6 +41,8 @@ def test_a_cost_budget_stops_sending_and_names_itself_in_the_rows_not_done(ws, c
     rest = df.filter(df["a_error"].is_not_null())
     assert rest["a"].null_count() == rest.height
     assert all("max_cost=$0.05" in e and "budget" in e for e in rest["a_error"])
+    # the node's LLM calls are the requests sent: those the budget refused are not calls
+    assert sum(s.calls for s in result.stats.values()) == counters.CALLS
 
 
 def test_a_rerun_with_a_larger_budget_continues_from_the_cache(ws, counters):
