@@ -24,14 +24,10 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,61 +244,10 @@ def bench_chain(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_vllm_server(model_dir: str, dtype: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``vllm.entrypoints.openai.api_server`` on 127.0.0.1 (as tests/backends/test_openai.py starts it)."""
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    command = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
-               "--max-model-len", "2048", "--seed", "0"]
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    except ImportError:
-        cuda = False
-    if not cuda:
-        command += ["--enforce-eager", "--no-enable-chunked-prefill"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the vLLM server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                if answer.status == 200:
-                    return proc, url
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError("the vLLM server did not start within 600 s")
-        time.sleep(1)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 def bench_openai_raw(args: argparse.Namespace) -> None:
     import lazyllm
     from lazyllm.backends.openai_api import OpenAIEngine
+    from lazyllm.backends.vllm_server import serve
     from lazyllm.core.model_store import resolve_model_dir
 
     from .run import WORK, alternate, table, write_section
@@ -311,8 +256,8 @@ def bench_openai_raw(args: argparse.Namespace) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     model_dir = str(resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), WORK / "models-ws"))
     requests = vllm_requests(n, max_tokens)
-    proc, url = start_vllm_server(model_dir, args.dtype, WORK / "openai-bench-server.log")
-    try:
+    with serve(model_dir, dtype=args.dtype, served_model_name="bench", log_path=WORK / "openai-bench-server.log",
+               python=vllm_python()) as url:
         spec = lazyllm.OpenAI("bench", base_url=url, api_key="none", concurrency=concurrency)
 
         def lazy() -> dict[str, Any]:
@@ -327,8 +272,6 @@ def bench_openai_raw(args: argparse.Namespace) -> None:
 
         lazy(), raw()  # untimed: connections, and the server's prefix cache warm for both sides alike
         measures = alternate({"lazyllm OpenAIEngine": lazy, "raw AsyncOpenAI": raw}, args.repeats or 3)
-    finally:
-        stop_server(proc)
     body = table(measures, "raw AsyncOpenAI", ("output tokens",))
     body += (f"\n\n{n} prompts, concurrency {concurrency}, sampled (temperature 0.8, top_p 0.95, seed), max "
              f"{max_tokens} tokens, against one local vLLM OpenAI-compatible server (127.0.0.1) started once; "
