@@ -11,6 +11,12 @@ process setup, alternating runs (A B A B ...).
   over every row). Ratio: wall time, model load included on both sides.
 - ``openai-raw``: lazyllm's OpenAI engine vs the raw async ``openai`` client (same
   concurrency), both against one real local vLLM OpenAI-compatible server (127.0.0.1).
+- ``transformers-raw``: lazyllm on the embedded default model (transformers, a frame
+  collected through the scheduler, whose streaming session refills the decoding batch;
+  and the engine's ``generate()`` in batches) vs the best hand-written batched
+  ``model.generate`` loop (``benchmarks/raw_transformers.py``), greedy, each run a fresh
+  process. Ratio: output tokens/s of generation (model load timed apart); the texts
+  are compared row by row.
 
 Sizes default to a few minutes on a small CPU and scale with ``--prompts`` (1,000 or
 more on a GPU). Every section names the machine (CPU model, flags, cores, GPUs), the
@@ -24,14 +30,10 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,61 +250,10 @@ def bench_chain(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_vllm_server(model_dir: str, dtype: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``vllm.entrypoints.openai.api_server`` on 127.0.0.1 (as tests/backends/test_openai.py starts it)."""
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    command = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
-               "--max-model-len", "2048", "--seed", "0"]
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    except ImportError:
-        cuda = False
-    if not cuda:
-        command += ["--enforce-eager", "--no-enable-chunked-prefill"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the vLLM server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                if answer.status == 200:
-                    return proc, url
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError("the vLLM server did not start within 600 s")
-        time.sleep(1)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 def bench_openai_raw(args: argparse.Namespace) -> None:
     import lazyllm
     from lazyllm.backends.openai_api import OpenAIEngine
+    from lazyllm.backends.vllm_server import serve
     from lazyllm.core.model_store import resolve_model_dir
 
     from .run import WORK, alternate, table, write_section
@@ -311,8 +262,8 @@ def bench_openai_raw(args: argparse.Namespace) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     model_dir = str(resolve_model_dir(lazyllm.Transformers(lazyllm.DEFAULT_MODEL), WORK / "models-ws"))
     requests = vllm_requests(n, max_tokens)
-    proc, url = start_vllm_server(model_dir, args.dtype, WORK / "openai-bench-server.log")
-    try:
+    with serve(model_dir, dtype=args.dtype, served_model_name="bench", log_path=WORK / "openai-bench-server.log",
+               python=vllm_python()) as url:
         spec = lazyllm.OpenAI("bench", base_url=url, api_key="none", concurrency=concurrency)
 
         def lazy() -> dict[str, Any]:
@@ -327,8 +278,6 @@ def bench_openai_raw(args: argparse.Namespace) -> None:
 
         lazy(), raw()  # untimed: connections, and the server's prefix cache warm for both sides alike
         measures = alternate({"lazyllm OpenAIEngine": lazy, "raw AsyncOpenAI": raw}, args.repeats or 3)
-    finally:
-        stop_server(proc)
     body = table(measures, "raw AsyncOpenAI", ("output tokens",))
     body += (f"\n\n{n} prompts, concurrency {concurrency}, sampled (temperature 0.8, top_p 0.95, seed), max "
              f"{max_tokens} tokens, against one local vLLM OpenAI-compatible server (127.0.0.1) started once; "
@@ -357,6 +306,149 @@ async def _raw_openai(url: str, requests: list[Any], concurrency: int) -> int:
         await client.close()
 
 
+# ------------------------------------------------------------------------------------
+# transformers: lazyllm vs the best hand-written batched loop
+# ------------------------------------------------------------------------------------
+
+#: The lazyllm variants of ``transformers-raw``, each run in a fresh process (:func:`transformers_child`).
+TRANSFORMERS_RUNS = {"frame": "lazyllm frame (scheduler, refill session)",
+                     "engine": "lazyllm engine.generate (batches)"}
+RAW_TRANSFORMERS = "hand-written model.generate loop"
+
+
+def _transformers_spec(threads: int) -> Any:
+    import lazyllm
+
+    return lazyllm.Transformers(lazyllm.DEFAULT_MODEL, dtype="float32", num_threads=threads)
+
+
+def transformers_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One lazyllm run of ``transformers-raw`` (in a fresh process): ``spec["mode"]`` is
+    ``"frame"`` (a frame ``generate`` collected in a cold workspace: the scheduler's
+    streaming session) or ``"engine"`` (``TransformersEngine.generate`` over every request).
+
+    The model load is timed apart: ``TransformersEngine.load`` is wrapped to time it, and
+    generation is the rest (for the frame: the collect, planning and cache writes included).
+    """
+    import lazyllm
+    from lazyllm.backends.transformers import TransformersEngine
+    from lazyllm.core.protocols import Message, Request, SamplingParams
+
+    model = _transformers_spec(spec["threads"])
+    loads: list[float] = []
+    load = TransformersEngine.load
+
+    def timed_load(self: Any) -> None:
+        start = time.perf_counter()
+        load(self)
+        loads.append(time.perf_counter() - start)
+
+    TransformersEngine.load = timed_load  # type: ignore[method-assign]
+    workspace = Path(spec["workspace"])
+    prompts_ = spec["prompts"]
+    if spec["mode"] == "frame":
+        frame = lazyllm.from_dicts([{"p": p} for p in prompts_]).generate(
+            "answer", model, prompt="{{ p }}", max_tokens=spec["max_tokens"], temperature=0.0)
+        start = time.perf_counter()
+        result = lazyllm.planner.executor.collect(frame.plan, workspace=workspace, progress=False)
+        wall = time.perf_counter() - start
+        df = result.frames[0]
+        texts = df["answer"].to_list()
+        tokens = sum(s.output_tokens for s in result.stats.values())
+        errors = df["answer_error"].drop_nulls().len()
+    else:
+        requests = [Request(messages=(Message("user", p),), params=SamplingParams(max_tokens=spec["max_tokens"]))
+                    for p in prompts_]
+        engine = TransformersEngine(model, workspace=workspace)
+        start = time.perf_counter()
+        engine.load()
+        texts, tokens, errors = [""] * len(requests), 0, 0
+        for part in engine.generate(requests):
+            for i, response in part:
+                texts[i] = response.text
+                tokens += response.output_tokens
+                errors += response.error is not None
+        wall = time.perf_counter() - start
+        engine.close()
+    return {"load_seconds": sum(loads), "generate_seconds": wall - sum(loads), "output_tokens": tokens,
+            "texts": texts, "errors": errors}
+
+
+def _run_child(command: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tf-raw-") as tmp:
+        src, dst = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        src.write_text(json.dumps(spec))
+        done = subprocess.run([*command, str(src), str(dst)], capture_output=True, text=True, cwd=HERE.parent)
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[-1]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(dst.read_text())
+
+
+def bench_transformers_raw(args: argparse.Namespace) -> None:
+    import lazyllm
+    from lazyllm.core.model_store import resolve_model_dir
+
+    from .run import WORK, alternate, fresh_workspace, table, write_section
+
+    import torch
+
+    threads = args.threads
+    torch.set_num_threads(threads)  # this process's count, as the machine line reports it
+    model = _transformers_spec(threads)
+    model_dir = str(resolve_model_dir(model, WORK / "models-ws"))  # converted once, shared by every run
+    base = {"prompts": prompts(args.prompts), "max_tokens": args.max_tokens, "threads": threads}
+    texts: dict[str, list[str]] = {}
+
+    def run(name: str, command: list[str], spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            ws = fresh_workspace()
+            try:
+                result = _run_child(command, {**base, **spec, "workspace": str(ws)})
+            finally:
+                shutil.rmtree(ws, ignore_errors=True)
+            texts.setdefault(name, result["texts"])
+            return {"load s": round(result["load_seconds"], 2), "generate s": round(result["generate_seconds"], 2),
+                    "output tokens": result["output_tokens"],
+                    "tok/s": round(result["output_tokens"] / result["generate_seconds"], 1)}
+
+        return go
+
+    runs = {label: run(label, [sys.executable, "-m", "benchmarks.engines_raw", "transformers-child"], {"mode": mode})
+            for mode, label in TRANSFORMERS_RUNS.items()}
+    runs[RAW_TRANSFORMERS] = run(RAW_TRANSFORMERS, [sys.executable, str(HERE / "raw_transformers.py")],
+                                 {"model_dir": model_dir, "batch_size": model.batch_size, "dtype": model.dtype})
+    measures = alternate(runs, args.repeats or 2)
+    raw_tps = _median(measures[RAW_TRANSFORMERS].extra["tok/s"])
+    for label in TRANSFORMERS_RUNS.values():
+        m = measures[label]
+        m.extra["tok/s ratio"] = [round(_median(m.extra["tok/s"]) / raw_tps, 3)]
+        m.extra["texts differing"] = [sum(a != b for a, b in zip(texts[label], texts[RAW_TRANSFORMERS], strict=True))]
+    for m in measures.values():  # each run's figure: the machine is shared, the spread matters
+        m.extra["tok/s of each run"] = [", ".join(f"{v:g}" for v in m.extra["tok/s"])]
+    body = table(measures, RAW_TRANSFORMERS, ("load s", "generate s", "output tokens", "tok/s", "tok/s of each run",
+                                              "tok/s ratio", "texts differing"))
+    ratios = ", ".join(f"{label}: **{measures[label].extra['tok/s ratio'][0]:.3f}**"
+                       for label in TRANSFORMERS_RUNS.values())
+    body += (f"\n\nOutput tokens/s of generation, lazyllm / hand-written: {ratios} (goal >= 0.95). "
+             f"{args.prompts} chat-templated prompts (one user turn), greedy, max {args.max_tokens} tokens, "
+             f"{lazyllm.DEFAULT_MODEL} float32 from the same converted folder, batches of {model.batch_size}, "
+             f"{threads} torch threads; each run a fresh process; generation timed apart from the model load "
+             "(the frame's generation includes planning and cache writes). Texts differing: rows whose text is "
+             "not the hand-written loop's (first run of each). The wall-time ratio column includes process "
+             "start, imports and load.\n\n" + machine_line("transformers", "float32"))
+    write_section("transformers: lazyllm vs the best hand-written batched loop", body, " ".join(sys.argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.engines_raw transformers-child SPEC.json RESULT.json``: one lazyllm
+    run of ``transformers-raw`` (:func:`transformers_child`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] != "transformers-child":
+        raise SystemExit("usage: python -m benchmarks.engines_raw transformers-child SPEC.json RESULT.json")
+    spec = json.loads(Path(argv[1]).read_text())
+    Path(argv[2]).write_text(json.dumps(transformers_child(spec)))
+
+
 def _median(values: list[Any]) -> float:
     import statistics
 
@@ -368,3 +460,7 @@ def _vllm_version() -> str:
             "        print(name, m.version(name)); break\n    except m.PackageNotFoundError:\n        pass\n")
     done = subprocess.run([str(vllm_python()), "-c", code], capture_output=True, text=True, timeout=120)
     return done.stdout.strip() or "unknown version"
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -238,17 +237,15 @@ def _ablate(variants: dict[str, tuple[str, list[str], dict[str, str]]], sizes: t
 def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
     """One ``generate`` over ``n`` rows with the OpenAI engine against a local vLLM server
     (``vllm.entrypoints.openai.api_server`` from ``$LAZYLLM_VLLM_VENV``, SmolLM2-135M, float32,
-    started as ``tests/backends/test_openai.py`` starts it): wall time of the cold collect,
+    started by :func:`lazyllm.backends.vllm_server.serve`): wall time of the cold collect,
     time spent inside the engine's ``generate`` (waiting for the server and decoding its
     answers), and the rest, which is lazyllm's own work; then the warm rerun."""
-    import urllib.error
-    import urllib.request
-
     import polars as pl
 
     import lazyllm
     from lazyllm.backends.openai_api import OpenAIEngine
     from lazyllm.backends.vllm_engine import find_vllm_python
+    from lazyllm.backends.vllm_server import serve
     from lazyllm.core.model_store import resolve_model_dir
 
     from .run import write_section
@@ -257,21 +254,6 @@ def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
     if python is None:
         raise SystemExit("no vLLM install: set LAZYLLM_VLLM_VENV (see scripts/install_vllm.sh)")
     folder = resolve_model_dir(lazyllm.Transformers(), model_ws)
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    log_path = model_ws / f"vllm-server-{port}.log"
-    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--enforce-eager", "--gpu-memory-utilization", "0.5", "--max-model-len", "2048", "--seed", "0",
-               "--no-enable-chunked-prefill"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
     inside = [0.0]
     original = OpenAIEngine.generate
 
@@ -287,44 +269,26 @@ def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
             inside[0] += time.perf_counter() - start
             yield part
 
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the vLLM server exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the vLLM server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with serve(folder, dtype="float32", served_model_name="smollm2", gpu_memory_utilization=0.5,
+               log_path=model_ws / f"vllm-server-{os.getpid()}.log", python=python) as url:
         OpenAIEngine.generate = timed  # type: ignore[method-assign]
-        df = pl.DataFrame({"x": [f"item {i}" for i in range(n)]})
-        frame = lazyllm.from_polars(df).generate("y", lazyllm.OpenAI("smollm2", base_url=url),
-                                                 prompt="Say {{ x }} in French.", max_tokens=max_tokens)
-        ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-real-"))
         try:
-            start = time.perf_counter()
-            out = frame.collect(workspace=ws, progress=False)
-            cold = time.perf_counter() - start
-            engine = inside[0]
-            start = time.perf_counter()
-            frame.collect(workspace=ws, progress=False)
-            warm = time.perf_counter() - start
-        finally:
-            shutil.rmtree(ws, ignore_errors=True)
-    finally:
-        OpenAIEngine.generate = original  # type: ignore[method-assign]
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            df = pl.DataFrame({"x": [f"item {i}" for i in range(n)]})
+            frame = lazyllm.from_polars(df).generate("y", lazyllm.OpenAI("smollm2", base_url=url),
+                                                     prompt="Say {{ x }} in French.", max_tokens=max_tokens)
+            ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-real-"))
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+                start = time.perf_counter()
+                out = frame.collect(workspace=ws, progress=False)
+                cold = time.perf_counter() - start
+                engine = inside[0]
+                start = time.perf_counter()
+                frame.collect(workspace=ws, progress=False)
+                warm = time.perf_counter() - start
+            finally:
+                shutil.rmtree(ws, ignore_errors=True)
+        finally:
+            OpenAIEngine.generate = original  # type: ignore[method-assign]
     assert out.height == n and out["y_error"].null_count() == n  # every row answered
     own = cold - engine
     lines = ["| rows | max_tokens | cold s | inside the engine s | lazyllm's own s | share of wall time | "

@@ -8,6 +8,7 @@ Usage (from the repository root)::
     python -m benchmarks.run planner cache    # some of them
     python -m benchmarks.run vllm-raw chain openai-raw   # lazyllm's engines vs the raw engines
     python -m benchmarks.run vllm-raw --prompts 1000 --max-tokens 256   # the GPU size
+    python -m benchmarks.run transformers-raw   # lazyllm vs a hand-written model.generate loop
     python -m benchmarks.run planner --repeats 3 --model test
     python -m benchmarks.run mainjob          # lazyllm vs DataDreamer vs hand-written (about 30 min)
     python -m benchmarks.run mainjob --quick  # the same on 8 docstrings, once (a smoke run)
@@ -435,6 +436,16 @@ def bench_judge_methods(args: argparse.Namespace) -> None:
 BENCHES["judge-methods"] = bench_judge_methods
 
 
+def bench_transformers_raw(args: argparse.Namespace) -> None:
+    """lazyllm on transformers vs the best hand-written batched loop (see benchmarks/engines_raw.py)."""
+    from .engines_raw import bench_transformers_raw as run
+
+    run(_sized(args, (64, 64), (1000, 256)))
+
+
+BENCHES["transformers-raw"] = bench_transformers_raw  # lazyllm vs hand-written transformers: name it
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", nargs="*", choices=list(BENCHES), default=None)
@@ -444,16 +455,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the embedded model (default) or the deterministic test engine")
     parser.add_argument("--limit", type=int, default=64, help="mainjob: number of docstrings (default 64)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="mainjob: torch CPU threads of every tool (default 1, as in the issue's reference figures)")
+                        help="mainjob, transformers-raw: torch CPU threads of every tool (default 1, as in the issue's "
+                             "reference figures)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="mainjob, vllm-raw, chain, openai-raw: weights dtype of every tool and engine "
                              "(default float32)")
     parser.add_argument("--quick", action="store_true", help="mainjob: 8 docstrings, one round (a smoke run)")
     parser.add_argument("--no-vllm", action="store_true", help="mainjob: skip lazyllm on the vLLM worker")
     parser.add_argument("--prompts", type=int, default=None,
-                        help="vllm-raw, chain, openai-raw: prompts (rows); default a few minutes' worth here, "
+                        help="vllm-raw, chain, openai-raw, transformers-raw: prompts (rows); default a few minutes' worth here, "
                              "1,000 on a GPU")
-    parser.add_argument("--max-tokens", type=int, default=None, help="vllm-raw, openai-raw: max tokens per answer")
+    parser.add_argument("--max-tokens", type=int, default=None, help="vllm-raw, openai-raw, transformers-raw: max tokens per answer")
     parser.add_argument("--concurrency", type=int, default=32, help="openai-raw: requests in flight (default 32)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -38,6 +38,7 @@ MODULES = [
     "lazyllm.backends.constraints",
     "lazyllm.backends.answers",
     "lazyllm.backends.reasoning",
+    "lazyllm.backends.vllm_server",
     "lazyllm.planner.budget",
     "lazyllm.core.prices",
     "lazyllm.core.redact",

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from lazyllm.backends.openai_api import (  # noqa: E402
 )
 from lazyllm.core.protocols import Engine, Message, Request, Response, SamplingParams  # noqa: E402
 from lazyllm.backends.registry import engine_factory  # noqa: E402
+from lazyllm.backends.vllm_server import serve  # noqa: E402
 from lazyllm.models import OpenAI, Transformers  # noqa: E402
 from lazyllm.planner.executor import model_fingerprint  # noqa: E402
 
@@ -337,61 +337,20 @@ def _vllm_python() -> Path | None:
 
 @pytest.fixture(scope="session")
 def vllm_server(model_workspace) -> Iterator[str]:
-    """``vllm.entrypoints.openai.api_server`` from .venv-vllm serving SmolLM2 (float32) on 127.0.0.1.
+    """A local vLLM OpenAI-compatible server (:func:`lazyllm.backends.vllm_server.serve`, from
+    .venv-vllm) serving SmolLM2 (float32) on 127.0.0.1 as ``smollm2``.
 
     Started once per session (about 30-60 s on 2 cores) and stopped at the end; its
-    log is shown when it fails to start.
+    log tail is in the error when it fails to start.
     """
-    python = _vllm_python()
-    if python is None:
+    if _vllm_python() is None:
         pytest.skip("vLLM is not installed in .venv-vllm (or $LAZYLLM_VLLM_PYTHON): run bash scripts/install_vllm.sh")
     from lazyllm.core.model_store import resolve_model_dir
 
     folder = resolve_model_dir(Transformers(), model_workspace.path)
-    port = free_port()
-    log_path = model_workspace.path / f"vllm-server-{port}.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.5",
-               "--max-model-len", "2048", "--seed", "0",
-               "--no-enable-chunked-prefill"]  # per-request seeds on CPU: see backends/vllm_engine.py "Seeds"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not start within 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with serve(folder, dtype="float32", served_model_name="smollm2", gpu_memory_utilization=0.5,
+               log_path=model_workspace.path / f"vllm-server-{os.getpid()}.log", timeout_s=300) as url:
         yield url
-    finally:
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it starts an engine process), SIGKILL after 30 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    try:  # children left behind in the group
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # --------------------------------------------------------------------------- spec, secrets, registry

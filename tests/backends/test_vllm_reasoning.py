@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -27,7 +23,8 @@ import lazyllm  # noqa: E402
 from lazyllm.backends.openai_api import OpenAIEngine  # noqa: E402
 from lazyllm.models import OpenAI, Transformers  # noqa: E402
 from lazyllm.planner import executor  # noqa: E402
-from test_openai import _stop_group, _vllm_python, free_port  # noqa: E402
+from lazyllm.backends.vllm_server import serve  # noqa: E402
+from test_openai import _vllm_python  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -37,41 +34,15 @@ TRACE_REGEX = r"<think>[A-Za-z ,.]{5,60}</think> [A-Z][a-z]+\."
 
 @pytest.fixture(scope="module")
 def reasoning_server(model_workspace) -> Iterator[str]:
-    python = _vllm_python()
-    if python is None:
+    if _vllm_python() is None:
         pytest.skip("vLLM is not installed in .venv-vllm (or $LAZYLLM_VLLM_PYTHON): run bash scripts/install_vllm.sh")
     from lazyllm.core.model_store import resolve_model_dir
 
     folder = resolve_model_dir(Transformers(), model_workspace.path)
-    port = free_port()
-    log_path = model_workspace.path / f"vllm-reasoning-server-{port}.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.5",
-               "--max-model-len", "2048", "--seed", "0", "--no-enable-chunked-prefill",
-               "--reasoning-parser", "olmo3", "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not start within 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    reasoning = ("--reasoning-parser", "olmo3", "--structured-outputs-config", json.dumps({"enable_in_reasoning": True}))
+    with serve(folder, dtype="float32", served_model_name="smollm2", gpu_memory_utilization=0.5, extra_args=reasoning,
+               log_path=model_workspace.path / f"vllm-reasoning-server-{os.getpid()}.log", timeout_s=300) as url:
         yield url
-    finally:
-        _stop_group(proc)
 
 
 def test_the_servers_trace_lands_in_the_reasoning_column_and_the_cache(reasoning_server, tmp_path, monkeypatch):
