@@ -256,14 +256,47 @@ class _RefillDecoder:
         done += self._choose(out.logits[:, -1, :], self.slots)
         return done
 
+    #: Joining rows are prefilled in groups of at most this many rows of similar prompt length
+    #: (sorted), so a short prompt is not padded to the longest of a large admission.
+    PREFILL_GROUP = 8
+
     def _admit(self, new: list[tuple[int, _Prepared]]) -> list[tuple[int, Response]]:
-        """Prefill new rows (left-padded, one forward pass), choose their first token, and merge
-        the cache of those still running into the batch's."""
+        """Prefill new rows (sorted by prompt length, left-padded per group of
+        :attr:`PREFILL_GROUP`), choose their first token, and merge the cache of those still
+        running into the batch's."""
+        new = sorted(new, key=lambda item: len(item[1].ids))
+        groups = [new[i : i + self.PREFILL_GROUP] for i in range(0, len(new), self.PREFILL_GROUP)]
+        try:
+            parts = [self._prefill(group) for group in groups]
+        except _Unsupported:
+            self.waiting.extendleft(reversed(new))  # they go through generate() instead
+            raise
+        logits = torch.cat([part[0] for part in parts], dim=0)
+        if len(parts) == 1:
+            _, cache, mask = parts[0]
+        else:  # one left-padded cache for the joining rows
+            width = max(part[2].shape[1] for part in parts)
+            cache = parts[0][1]
+            for layer, *others in zip(cache.layers, *(part[1].layers for part in parts[1:]), strict=True):
+                layer.keys = torch.cat([_left_pad(x.keys, width) for x in (layer, *others)], dim=0)
+                layer.values = torch.cat([_left_pad(x.values, width) for x in (layer, *others)], dim=0)
+            mask = torch.cat([_left_pad_mask(part[2], width) for part in parts], dim=0)
+        slots = []
+        for ticket, p in new:
+            sampled = p.request.params.temperature > 0
+            slots.append(_Slot(ticket, p, generator=torch.Generator(device="cpu").manual_seed(p.request.seed())
+                               if sampled else None))
+        done = self._choose(logits, slots, cache=cache, mask=mask)
+        return done
+
+    def _prefill(self, group: list[tuple[int, _Prepared]]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """One left-padded forward pass over ``group``'s prompts: the last position's logits
+        ``(rows, vocab)``, the key/value cache and the attention mask ``(rows, width)``."""
         engine = self.engine
-        width = max(len(p.ids) for _, p in new)
-        input_ids = torch.full((len(new), width), engine._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for row, (_, p) in enumerate(new):
+        width = max(len(p.ids) for _, p in group)
+        input_ids = torch.full((len(group), width), engine._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, (_, p) in enumerate(group):
             input_ids[row, width - len(p.ids):] = torch.tensor(p.ids, dtype=torch.long)
             mask[row, width - len(p.ids):] = 1
         position = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -273,15 +306,8 @@ class _RefillDecoder:
                                 position_ids=position.to(device), use_cache=True, logits_to_keep=1)
         cache = _cache_of(out)
         if any(type(layer) is not DynamicLayer for layer in getattr(cache, "layers", [None])):
-            self.waiting.extendleft(reversed(new))  # they go through generate() instead
             raise _Unsupported
-        slots = []
-        for ticket, p in new:
-            sampled = p.request.params.temperature > 0
-            slots.append(_Slot(ticket, p, generator=torch.Generator(device="cpu").manual_seed(p.request.seed())
-                               if sampled else None))
-        done = self._choose(out.logits[:, -1, :], slots, cache=cache, mask=mask)
-        return done
+        return out.logits[:, -1, :], cache, mask
 
     def _choose(self, logits: torch.Tensor, slots: list[_Slot], *, cache: Any = None,
                 mask: torch.Tensor | None = None) -> list[tuple[int, Response]]:

@@ -412,3 +412,27 @@ def test_a_failing_step_fails_the_running_rows_and_the_session_goes_on(engine, m
     later = session.submit([ask(FRANCE, max_tokens=8)])
     got = _drain(session, {})
     assert "Paris" in got[later[0]].text
+
+
+def test_joining_rows_prefilled_in_groups_of_similar_length_give_the_batched_outputs(engine, monkeypatch):
+    """Rows that join together are sorted by prompt length and prefilled a group at a time
+    (here 2 rows per group), then merged into one left-padded cache: the responses are still
+    generate()'s, each under its own ticket."""
+    monkeypatch.setattr(engine_module._RefillDecoder, "PREFILL_GROUP", 2)
+    prefills = []
+    real = engine_module._RefillDecoder._prefill
+
+    def counted(self, group):
+        prefills.append(len(group))
+        return real(self, group)
+
+    monkeypatch.setattr(engine_module._RefillDecoder, "_prefill", counted)
+    requests = [ask(ESSAY, max_tokens=12), ask("Hi.", max_tokens=6), ask(COLORS, max_tokens=10),
+                ask(FRANCE, max_tokens=8, temperature=0.8, seed=3)]
+    batched = run(engine, requests)
+    session = engine.session()
+    tickets = session.submit(requests)
+    got = _drain(session, {})
+    assert prefills[:2] == [2, 2]  # four joining rows: two groups
+    for i, ticket in enumerate(tickets):
+        assert got[ticket] == batched[i], (i, got[ticket], batched[i])
