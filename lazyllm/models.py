@@ -26,6 +26,14 @@ from lazyllm.core.specs import VLLM, OpenAI, TestModel, Transformers
 __all__ = ["ModelSpec", "Transformers", "TestModel", "OpenAI", "VLLM", "DEFAULT_MODEL", "default_model",
            "as_model_spec"]
 
+#: Rows the default model decodes together on the transformers engine (a performance setting: no
+#: fingerprint depends on it). A decoding step reads every weight once whatever the number of rows, so on CPUs (and GPUs) the
+#: cost per row falls as rows are added: measured for the 135M model on a 2-core Xeon, float32, a
+#: 250-token cache, 13.6 ms per row and step at 32 rows, 10.1 at 64, 9.3 at 96
+#: (``benchmarks/RESULTS.md``); its key/value cache is small (about 46 KB per token), so 64 rows of
+#: 600 tokens take under 2 GB.
+DEFAULT_BATCH_SIZE = 64
+
 
 _DEFAULT_ENGINES = ("auto", "transformers", "vllm")
 
@@ -54,7 +62,8 @@ def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str
     Returns
     -------
     Transformers
-        ``Transformers(DEFAULT_MODEL, dtype="float32", engine=..., device=...)``.
+        ``Transformers(DEFAULT_MODEL, dtype="float32", engine=..., device=...)``, with
+        ``batch_size=DEFAULT_BATCH_SIZE`` on the transformers engine.
 
     Raises
     ------
@@ -72,7 +81,7 @@ def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str
     machine = hardware.detect_machine()
     device = "cuda" if machine.cuda else "cpu"
     if choice == "transformers":
-        return Transformers(DEFAULT_MODEL, device=device)
+        return Transformers(DEFAULT_MODEL, device=device, batch_size=DEFAULT_BATCH_SIZE)
     has_vllm = vllm_engine.find_vllm_python() is not None
     if choice == "vllm":
         if not has_vllm:
@@ -82,7 +91,9 @@ def default_model(engine: str | None = None, *, workspace: str | os.PathLike[str
     ws = workspace if workspace is not None else os.environ.get("LAZYLLM_HOME", ".lazyllm")
     picked = hardware.choose_default_engine(machine, ("transformers", "vllm") if has_vllm else ("transformers",),
                                             hardware.read_measurement(ws))
-    return Transformers(DEFAULT_MODEL, device=picked.device, engine=picked.engine)
+    if picked.engine == "vllm":  # vLLM schedules its own batch
+        return Transformers(DEFAULT_MODEL, device=picked.device, engine="vllm")
+    return Transformers(DEFAULT_MODEL, device=picked.device, batch_size=DEFAULT_BATCH_SIZE)
 
 
 def as_model_spec(model: Any) -> ModelSpec:

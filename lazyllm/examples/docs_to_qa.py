@@ -88,7 +88,7 @@ def _resolve(qualname: str) -> Any:
     raise ImportError(qualname)
 
 
-def load_docs(limit: int = 64, max_chars: int = 450) -> pl.DataFrame:
+def load_docs(limit: int = 64, max_chars: int = 300) -> pl.DataFrame:
     """The documentation table: columns ``name``, ``module``, ``doc`` (first ``max_chars`` characters)."""
     rows = []
     for name in FUNCTIONS[:limit]:
@@ -120,11 +120,11 @@ def build(
     limit: int = 64,
     model: Any = None,
     question_tokens: int = 48,
-    answer_tokens: int = 64,
-    sample_tokens: int = 64,
+    answer_tokens: int = 48,
+    sample_tokens: int = 48,
     threshold: float = THRESHOLD,
-    train_steps: int | None = 10,
-    dpo_steps: int | None = 7,
+    train_steps: int | None = None,
+    dpo_steps: int | None = None,
     heldout_tokens: int = 48,
     tie_margin: float | None = TIE_MARGIN,
 ) -> DocsQA:
@@ -139,7 +139,8 @@ def build(
       Self-Rewarding Language Models, Yuan et al. 2024).
     - A quarter of the functions is held out. The model is fine-tuned with LoRA:
       SFT on the kept (question, answer) pairs of the others, then DPO on their
-      preference pairs. Its closed-book answers to the held-out questions are
+      preference pairs, one epoch each (``train_steps``/``dpo_steps`` cap the steps).
+      Its closed-book answers to the held-out questions are
       judged against the base model's, in both orders, for the win-rate report.
     """
     model = model or lazyllm.default_model()

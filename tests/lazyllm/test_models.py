@@ -30,6 +30,9 @@ def test_default_model_is_float32_transformers_weights_whatever_the_engine(monke
     assert isinstance(pinned.runtime_spec(), lazyllm.VLLM) and pinned.runtime_spec().dtype == "float32"
     # the engine is a performance setting: one fingerprint, one cache
     assert model_fingerprint(pinned) == model_fingerprint(auto) == model_fingerprint(lazyllm.default_model("transformers"))
+    # so is the batch size: transformers decodes 64 rows together, vLLM keeps its own default
+    assert auto.batch_size == lazyllm.models.DEFAULT_BATCH_SIZE == 64 and pinned.batch_size != 64
+    assert model_fingerprint(auto) == model_fingerprint(lazyllm.Transformers(lazyllm.DEFAULT_MODEL, batch_size=8))
     # vLLM installed but not measured on this CPU: transformers
     assert lazyllm.default_model("auto", workspace=tmp_path).engine == "transformers"
     with pytest.raises(PlanError, match="Unknown default engine 'tgi'"):
