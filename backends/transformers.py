@@ -272,15 +272,7 @@ class _RefillDecoder:
             self.waiting.extendleft(reversed(new))  # they go through generate() instead
             raise
         logits = torch.cat([part[0] for part in parts], dim=0)
-        if len(parts) == 1:
-            _, cache, mask = parts[0]
-        else:  # one left-padded cache for the joining rows
-            width = max(part[2].shape[1] for part in parts)
-            cache = parts[0][1]
-            for layer, *others in zip(cache.layers, *(part[1].layers for part in parts[1:]), strict=True):
-                layer.keys = torch.cat([_left_pad(x.keys, width) for x in (layer, *others)], dim=0)
-                layer.values = torch.cat([_left_pad(x.values, width) for x in (layer, *others)], dim=0)
-            mask = torch.cat([_left_pad_mask(part[2], width) for part in parts], dim=0)
+        cache, mask = _stack([part[1] for part in parts], [part[2] for part in parts])
         slots = []
         for ticket, p in new:
             sampled = p.request.params.temperature > 0
@@ -350,11 +342,7 @@ class _RefillDecoder:
             self.cache, self.mask, self.slots = cache, mask, new
         else:
             assert self.mask is not None and mask is not None
-            length = max(self.mask.shape[1], mask.shape[1])
-            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-                mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
-                mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
-            self.mask = torch.cat([_left_pad_mask(self.mask, length), _left_pad_mask(mask, length)], dim=0)
+            self.cache, self.mask = _stack([self.cache, cache], [self.mask, mask])
             self.slots = self.slots + new
         return done
 
@@ -383,6 +371,19 @@ def _cache_of(out: Any) -> Any:
     """The key/value cache of a forward pass's output (``cache``, formerly ``past_key_values``)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def _stack(caches: list[Any], masks: list[torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    """Key/value caches and attention masks of row groups as one left-padded batch (rows in
+    order): every layer's keys and values, and the masks, padded at the front to the widest
+    and concatenated over rows into the first cache."""
+    if len(caches) == 1:
+        return caches[0], masks[0]
+    width = max(mask.shape[1] for mask in masks)
+    for layer, *others in zip(caches[0].layers, *(cache.layers for cache in caches[1:]), strict=True):
+        layer.keys = torch.cat([_left_pad(x.keys, width) for x in (layer, *others)], dim=0)
+        layer.values = torch.cat([_left_pad(x.values, width) for x in (layer, *others)], dim=0)
+    return caches[0], torch.cat([_left_pad_mask(mask, width) for mask in masks], dim=0)
 
 
 def _left_pad(kv: torch.Tensor, length: int) -> torch.Tensor:

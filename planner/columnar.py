@@ -49,7 +49,7 @@ from lazyllm.core.protocols import Message, Request, Response
 from .cache import message_keys
 from .nodes import Generate, Judge, LLMNode
 
-__all__ = ["serve_columns", "enabled", "plain_text", "gc_paused"]
+__all__ = ["serve_columns", "enabled", "plain_text", "plain_answer", "gc_paused"]
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -257,6 +257,22 @@ def plain_text(node: LLMNode) -> bool:
     return _plain_generation(node) and getattr(node, "n", 1) == 1
 
 
+def plain_answer(text: str | None, reasoning: str | None) -> bool:
+    """Whether a response of a :func:`plain_text` node is its value as it stands: a text, no
+    reasoning trace, and no inline ``think>`` tag for ``combine`` to split off.
+
+    Parameters
+    ----------
+    text : str or None
+    reasoning : str or None
+
+    Returns
+    -------
+    bool
+    """
+    return text is not None and reasoning is None and "think>" not in text
+
+
 def _plain_generation(node: LLMNode) -> bool:
     """A generation without constraints, kept traces or appended conversation (any ``n``)."""
     return (isinstance(node, Generate) and node.choices is None and node.json_schema is None
@@ -271,10 +287,9 @@ def _plain_texts(st: Any, node: LLMNode, n: int, records: list[Any], m: int, row
     if not _plain_generation(node):
         return False
     texts = [[records[k * m + pos]["text"] for pos in hit_pos] for k in range(n)]
-    if any(t is None or "think>" in t for sample in texts for t in sample):
-        return False  # combine decides (an inline reasoning trace is split off there)
-    if any(records[k * m + pos].get("reasoning") is not None for k in range(n) for pos in hit_pos):
-        return False
+    if not all(plain_answer(t, records[k * m + pos].get("reasoning"))
+               for k, sample in enumerate(texts) for pos, t in zip(hit_pos, sample)):
+        return False  # combine decides (a null text; a reasoning trace, inline ones split off there)
     values = texts[0] if n == 1 else [list(row) for row in zip(*texts)]
     column = st.values[node.column]
     if len(rows) == len(column):  # every row, in order

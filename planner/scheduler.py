@@ -57,7 +57,7 @@ from lazyllm.core.redact import redact
 
 from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import gc_paused, plain_text, serve_columns
+from .columnar import gc_paused, plain_answer, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -479,9 +479,9 @@ class _ChainRun:
             owner.output_tokens += response.output_tokens
             owner.reasoning_tokens += response.reasoning_tokens
             tokens += response.output_tokens
-            text = response.text if response.error is None and response.reasoning is None else None
+            text = response.text if response.error is None and plain_answer(response.text, response.reasoning) else None
             for i, r, k in work.slots:
-                if text is not None and plain[i] and k == 0 and (i, r) not in self.responses and "think>" not in text:
+                if text is not None and plain[i] and k == 0 and (i, r) not in self.responses:
                     ready.extend(self.states[i].plain_row(r, text, self.dependents[i]))  # what combine gives
                     continue
                 ready.extend(self.deliver(i, r, k, response))
