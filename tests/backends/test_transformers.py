@@ -436,3 +436,65 @@ def test_joining_rows_prefilled_in_groups_of_similar_length_give_the_batched_out
     assert prefills[:2] == [2, 2]  # four joining rows: two groups
     for i, ticket in enumerate(tickets):
         assert got[ticket] == batched[i], (i, got[ticket], batched[i])
+
+
+def test_the_growing_cache_layer_holds_what_concatenation_holds():
+    """Appends, row selection and replacement of a :class:`_GrowingLayer` give the keys and
+    values that transformers' concatenating ``DynamicLayer`` gives, across buffer growth."""
+    import torch
+    from transformers import DynamicLayer
+
+    torch.manual_seed(0)
+    plain = DynamicLayer()
+    plain.update(torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4))
+    grown = engine_module._GrowingLayer(plain)
+    grown.ROOM = 2  # grow often
+    grown_before = grown._keys
+    for step in range(7):
+        k, v = torch.randn(3, 2, 1 + step % 2, 4), torch.randn(3, 2, 1 + step % 2, 4)
+        keys, values = grown.update(k, v)
+        want = plain.update(k, v)
+        assert torch.equal(keys, want[0]) and torch.equal(values, want[1])
+        if step == 0:
+            assert grown._keys is not grown_before and grown._keys.shape[-2] > keys.shape[-2]  # room to spare
+    assert grown.get_seq_length() == plain.get_seq_length() == 15
+    index = torch.tensor([2, 0])
+    grown.batch_select_indices(index)
+    plain.batch_select_indices(index)
+    grown.keys, grown.values = grown.keys[..., 3:, :], grown.values[..., 3:, :]  # as the decoder trims
+    plain.keys, plain.values = plain.keys[..., 3:, :], plain.values[..., 3:, :]
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    keys, values = grown.update(k, v)
+    want = plain.update(k, v)
+    assert torch.equal(keys, want[0]) and torch.equal(values, want[1])
+
+
+def test_a_session_whose_cache_grows_in_small_steps_gives_the_batched_outputs(engine, monkeypatch):
+    """The running batch's cache grows many times (2 tokens of room), while rows finish (rows
+    dropped, leading padding trimmed) and others join (caches merged): the responses are
+    still generate()'s."""
+    monkeypatch.setattr(engine_module._GrowingLayer, "ROOM", 2)
+    grown = []
+    real = engine_module._GrowingLayer.update
+
+    def counted(self, key_states, value_states, *args, **kwargs):
+        before = self._keys
+        out = real(self, key_states, value_states, *args, **kwargs)
+        grown.append(self._keys is not before)
+        return out
+
+    monkeypatch.setattr(engine_module._GrowingLayer, "update", counted)
+    requests = [ask(ESSAY, max_tokens=30), ask("Hi.", max_tokens=5), ask(COLORS, max_tokens=12),
+                ask(FRANCE, max_tokens=9, temperature=0.8, seed=3), ask(MATH, max_tokens=7),
+                ask("Tell me a joke.", max_tokens=20)]
+    batched = run(engine, requests)
+    session = engine.session()
+    tickets = session.submit(requests[:3])
+    got: dict[int, object] = {}
+    while len(got) < 1:
+        got.update(session.poll())
+    tickets += session.submit(requests[3:])
+    got = _drain(session, got)
+    assert any(grown) and not all(grown)  # grew, and also wrote in place
+    for i, ticket in enumerate(tickets):
+        assert got[ticket] == batched[i], (i, got[ticket], batched[i])
