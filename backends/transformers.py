@@ -395,22 +395,24 @@ class _GrowingLayer(DynamicLayer):
 
     @property
     def values(self) -> Any:
-        return None if self._values is None else self._values[..., : self._length, :]
+        return None if self._values is None else self._values[..., : self._values_length, :]
 
     @values.setter
     def values(self, value: Any) -> None:
-        self._values = value  # the length is the keys'
+        self._values = value
+        self._values_length = 0 if value is None else value.shape[-2]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self._length, self._length + key_states.shape[-2]
+        assert self._values_length == start, "keys and values were given different lengths"
         if end > self._keys.shape[-2]:
             room = max(self.ROOM, end // 4)
             self._keys, self._values = (torch.nn.functional.pad(x[..., :start, :], (0, 0, 0, end - start + room))
                                         for x in (self._keys, self._values))
         self._keys[..., start:end, :] = key_states
         self._values[..., start:end, :] = value_states
-        self._length = end
+        self._length = self._values_length = end
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

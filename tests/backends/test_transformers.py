@@ -461,8 +461,9 @@ def test_the_growing_cache_layer_holds_what_concatenation_holds():
     index = torch.tensor([2, 0])
     grown.batch_select_indices(index)
     plain.batch_select_indices(index)
-    grown.keys, grown.values = grown.keys[..., 3:, :], grown.values[..., 3:, :]  # as the decoder trims
-    plain.keys, plain.values = plain.keys[..., 3:, :], plain.values[..., 3:, :]
+    for layer in (grown, plain):  # as the decoder trims: keys first, then values
+        layer.keys = layer.keys[..., 3:, :]
+        layer.values = layer.values[..., 3:, :]
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     keys, values = grown.update(k, v)
     want = plain.update(k, v)
@@ -484,9 +485,11 @@ def test_a_session_whose_cache_grows_in_small_steps_gives_the_batched_outputs(en
         return out
 
     monkeypatch.setattr(engine_module._GrowingLayer, "update", counted)
-    requests = [ask(ESSAY, max_tokens=30), ask("Hi.", max_tokens=5), ask(COLORS, max_tokens=12),
-                ask(FRANCE, max_tokens=9, temperature=0.8, seed=3), ask(MATH, max_tokens=7),
-                ask("Tell me a joke.", max_tokens=20)]
+    # the long prompt that starts first ends early (its leading padding is trimmed); a long prompt
+    # joins rows whose cache is shorter (the merged cache is wider than the running one)
+    requests = [ask(ESSAY, max_tokens=3), ask("Hi.", max_tokens=14), ask(COLORS, max_tokens=20),
+                ask(ESSAY, max_tokens=12), ask(FRANCE, max_tokens=9, temperature=0.8, seed=3),
+                ask(MATH, max_tokens=7)]
     batched = run(engine, requests)
     session = engine.session()
     tickets = session.submit(requests[:3])
