@@ -154,6 +154,34 @@ def test_alias_is_converted_once_into_an_hf_folder(workspace, converted, monkeyp
 
 
 @pytest.mark.model
+def test_the_conversion_parses_the_gguf_file_once_and_gives_the_same_folder(tmp_path, converted, monkeypatch):
+    """transformers reads the GGUF file for the tokenizer, the config and the weights; the
+    conversion parses it once (and restores gguf's functions), and its folder is the one the
+    session's conversion made, byte for byte."""
+    import hashlib
+
+    import gguf
+
+    parses = []
+    real_init = gguf.gguf_reader.GGUFReader.__init__
+
+    def counted(self, path, *args, **kwargs):
+        parses.append(str(path))
+        real_init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__", counted)
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    folder = resolve_model_dir(Transformers(DEFAULT_MODEL), tmp_path)
+    assert len(parses) == 1, parses
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+
+    def digests(root):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir() if p.is_file()}
+
+    assert digests(folder) == digests(converted)
+
+
+@pytest.mark.model
 def test_greedy_chat_answers_are_sensible(engine):
     out = run(engine, [ask(FRANCE, max_tokens=24), ask(COLORS, max_tokens=24), ask(MATH, max_tokens=24)])
     assert "Paris" in out[0].text
