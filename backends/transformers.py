@@ -54,6 +54,7 @@ of the matrix products, hence the rounding.
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 from collections import deque
@@ -943,6 +944,8 @@ class TransformersEngine:
 
     #: A shared prompt prefix shorter than this is not worth a separate forward pass.
     MIN_SHARED_PREFIX = 16
+    #: Scored sequences go through the model sorted by length, this many at a time.
+    SCORE_GROUP = 8
 
     def _last_logits(self, sequences: Sequence[list[int]], keep: int) -> torch.Tensor:
         """Logits at the last ``keep`` positions of each sequence, shape ``(len(sequences), keep, vocab)``.
@@ -953,6 +956,8 @@ class TransformersEngine:
         batch, and only the suffixes (left-padded after it) are computed: the prompt
         tokens processed fall by the shared part times the batch size less one
         (prefix caching, as vLLM's automatic prefix caching does across requests).
+        The suffixes go through the model sorted by length, :attr:`SCORE_GROUP` at a time,
+        so a short one is not padded to the longest of the batch.
         Numerics: the prefix's keys and values come from a batch of one, so logits can
         move by float rounding (about 1e-5 in float32), as with any change of batch shape.
         """
@@ -963,28 +968,38 @@ class TransformersEngine:
         while shared < limit and all(ids[shared] == first[shared] for ids in sequences):
             shared += 1
         device = self._device
-        past = None
+        prefix = None
         if len(sequences) > 1 and shared >= self.MIN_SHARED_PREFIX:
-            prefix = torch.tensor([first[:shared]], dtype=torch.long, device=device)
             with torch.inference_mode():
-                past = self._model(input_ids=prefix, use_cache=True).past_key_values
-                past.batch_repeat_interleave(len(sequences))
+                prefix = self._model(input_ids=torch.tensor([first[:shared]], dtype=torch.long, device=device),
+                                     use_cache=True).past_key_values
         else:
             shared = 0
-        suffixes = [ids[shared:] for ids in sequences]
-        width = max(len(ids) for ids in suffixes)
-        input_ids = torch.full((len(suffixes), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(suffixes), shared + width), dtype=torch.long)
-        attention_mask[:, :shared] = 1
-        for row, ids in enumerate(suffixes):  # left padding (between the shared prefix and the suffix)
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, shared + width - len(ids):] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        with torch.inference_mode():
-            out = self._model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                              position_ids=position_ids.to(device), past_key_values=past, logits_to_keep=keep,
-                              use_cache=past is not None)
-        return out.logits[:, -keep:, :]
+        # suffixes sorted by length, a group at a time: a short one is not padded to the longest of the batch
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        logits: list[torch.Tensor | None] = [None] * len(sequences)
+        for start in range(0, len(order), self.SCORE_GROUP):
+            group = order[start : start + self.SCORE_GROUP]
+            past = None
+            if prefix is not None:
+                past = copy.deepcopy(prefix)
+                past.batch_repeat_interleave(len(group))
+            suffixes = [sequences[i][shared:] for i in group]
+            width = max(len(ids) for ids in suffixes)
+            input_ids = torch.full((len(suffixes), width), self._pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(suffixes), shared + width), dtype=torch.long)
+            attention_mask[:, :shared] = 1
+            for row, ids in enumerate(suffixes):  # left padding (between the shared prefix and the suffix)
+                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, shared + width - len(ids):] = 1
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            with torch.inference_mode():
+                out = self._model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                  position_ids=position_ids.to(device), past_key_values=past,
+                                  logits_to_keep=keep, use_cache=past is not None)
+            for row, i in enumerate(group):
+                logits[i] = out.logits[row, -keep:, :]
+        return torch.stack(logits)  # type: ignore[arg-type]
 
     def _score_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
         """Log-probabilities of each request's choices (``Request.logprobs``) from one forward pass.

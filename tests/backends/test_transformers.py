@@ -379,6 +379,40 @@ def test_a_shared_system_prompt_is_computed_once_and_scores_stay_the_same(engine
                               atol=1e-4)
 
 
+def test_scored_sequences_run_sorted_by_length_in_groups_and_keep_their_order(engine, monkeypatch):
+    """Scoring runs the suffixes shortest first, :attr:`SCORE_GROUP` at a time (each group
+    padded only to its own longest), and every response is its own request's: the same
+    log-probabilities as one group of all (float rounding)."""
+    import torch
+
+    from lazyllm import prompts
+
+    scores = tuple(str(s) for s in range(1, 11))
+    answers = ["Twenty-two, since two plus two is twenty-two in base ten, as everyone knows.", "4",
+               "It is four.", "The answer is four, because two and two make four."]
+    requests = [Request(messages=(Message("system", prompts.JUDGE_SYSTEM), Message("user", f"{MATH}\nAnswer: {a}")),
+                        choices=scores, logprobs=True) for a in answers]
+    engine.load()
+    monkeypatch.setattr(engine, "SCORE_GROUP", 64)
+    together = run(engine, requests)
+    shapes = []
+    forward = engine.model.forward
+
+    def counting(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting)
+    monkeypatch.setattr(engine, "SCORE_GROUP", 2)
+    grouped = run(engine, requests)
+    assert [rows for rows, _ in shapes[1:]] == [2, 2]  # after the shared prefix: two groups of two
+    assert shapes[1][1] < shapes[2][1]  # the short answers first, padded to their own longest
+    for i in range(len(requests)):
+        assert torch.allclose(torch.tensor(grouped[i].choice_logprobs), torch.tensor(together[i].choice_logprobs),
+                              atol=1e-4)
+    assert len({tuple(round(x, 2) for x in grouped[i].choice_logprobs) for i in range(len(requests))}) == len(requests)
+
+
 # --------------------------------------------------------------------------- streaming session
 
 
