@@ -5,11 +5,11 @@ text present on every machine), asks the model for a question a programmer would
 ask about each, answers it from the documentation, and judges each answer against
 its docstring (reference-guided MT-Bench prompt) by its expected score on 1-10
 under the judge's distribution (G-Eval), keeping the answers at or above a
-threshold. It builds preference pairs the way self-rewarding language models do
-(the greedy answer and a sampled one per function, a pairwise judgement in both
-orders, averaged over positions: ``prompt``/``chosen``/``rejected``/``margin``),
-fine-tunes the model with LoRA (SFT on the kept answers, then DPO on the pairs,
-three quarters of the functions), and ends with a win-rate report of the tuned
+threshold. For three quarters of the functions (the training part) it builds
+preference pairs the way self-rewarding language models do (the greedy answer and
+a sampled one per function, a pairwise judgement in both orders, averaged over
+positions: ``prompt``/``chosen``/``rejected``/``margin``) and fine-tunes the model
+with LoRA (SFT on the kept answers, then DPO on the pairs); it ends with a win-rate report of the tuned
 model against the base on the held-out quarter (bootstrap interval and a
 length-controlled rate). Everything is written to parquet, with data cards, and a
 DuckDB SQL summary of the kept data is printed. Run it with ``lazyllm demo`` or
@@ -105,7 +105,7 @@ class DocsQA:
 
     qa: lazyllm.Frame  # every function: question, answer, expected judge score and its distribution
     kept: lazyllm.Frame  # answers scored >= the threshold (SFT data)
-    preferences: lazyllm.Frame  # (prompt, chosen, rejected, margin) pairs by the calibrated pairwise judge
+    preferences: lazyllm.Frame  # (prompt, chosen, rejected, margin) pairs of the training functions
     heldout: lazyllm.Frame | None  # held-out questions: base vs tuned answers, judged in both orders
     tuned: object  # the lazy trained-model handle (SFT then DPO, LoRA), or None
 
@@ -132,13 +132,14 @@ def build(
 
     - The judge's score is the expected score under its distribution over 1-10
       (G-Eval), so the small model's scores spread and the threshold keeps a subset.
-    - Preference pairs: per function, the greedy answer and one answer sampled at
+    - Preference pairs: per training function (three quarters; the held-out quarter
+      only serves the win-rate report), the greedy answer and one answer sampled at
       temperature 0.8, judged by the same model in both orders with balanced
       position calibration (Wang et al. 2023); pairs outside the tie margin become
       ``prompt``/``chosen``/``rejected`` rows (the judge-as-reward loop of
       Self-Rewarding Language Models, Yuan et al. 2024).
     - A quarter of the functions is held out. The model is fine-tuned with LoRA:
-      SFT on the kept (question, answer) pairs of the others, then DPO on their
+      SFT on the kept (question, answer) pairs of the others, then DPO on the
       preference pairs, one epoch each (``train_steps``/``dpo_steps`` cap the steps).
       Its closed-book answers to the held-out questions are
       judged against the base model's, in both orders, for the win-rate report.
@@ -154,8 +155,11 @@ def build(
                 "answer_error", "score_error")
     )
     kept = qa.filter(pl.col("score") >= threshold)
+    # a quarter of the functions is held out for the win-rate report: no preference data is made from
+    # them (nothing about the held-out questions reaches training)
+    parts = qa.split({"train": 0.75, "heldout": 0.25}, seed=0)
     preferences = (
-        qa.filter(pl.col("answer").is_not_null())
+        parts["train"].filter(pl.col("answer").is_not_null())
         .generate("sample", model, prompt=ANSWER_PROMPT, temperature=0.8, top_p=0.95, seed=1,
                   max_tokens=sample_tokens)
         .filter(pl.col("sample").is_not_null(), pl.col("sample") != pl.col("answer"))
@@ -171,17 +175,15 @@ def build(
     )
     if model.provider not in ("transformers", "vllm"):  # fine-tuning runs transformers on the same weights
         return DocsQA(qa, kept, preferences, None, None)
-    # hold out a quarter of the functions; fine-tune on the rest: SFT on the kept (question -> answer)
-    # pairs (short sequences keep it quick on a CPU), then DPO on their preference pairs. Trained on first
-    # use, cached by fingerprint: a rerun does not retrain.
-    parts = qa.split({"train": 0.75, "heldout": 0.25}, seed=0)
+    # fine-tune on the training functions: SFT on the kept (question -> answer) pairs (short sequences keep
+    # it quick on a CPU), then DPO on their preference pairs. Trained on first use, cached by fingerprint:
+    # a rerun does not retrain.
     lora = lazyllm.LoRA(r=8, alpha=16)
     sft = parts["train"].filter(pl.col("score") >= threshold).train(lazyllm.SFT(
         base=model, prompt="question", response="answer", lora=lora, epochs=1,
         max_steps=train_steps, batch_size=4, learning_rate=5e-4, max_length=192, seed=0,
     ))
-    train_pairs = preferences.join(parts["heldout"].select("name"), on="name", how="anti")
-    tuned = train_pairs.train(lazyllm.DPO(
+    tuned = preferences.train(lazyllm.DPO(
         base=sft, prompt="prompt", chosen="chosen", rejected="rejected", beta=0.1, lora=lora, epochs=1,
         max_steps=dpo_steps, batch_size=4, learning_rate=5e-4, max_length=192, seed=0,
     ))
