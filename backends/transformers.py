@@ -421,8 +421,10 @@ class _GrowingLayer(DynamicLayer):
 
 
 def _growing(cache: Any) -> Any:
-    """``cache`` with its layers as :class:`_GrowingLayer` (in place; the cache)."""
-    cache.layers = [layer if isinstance(layer, _GrowingLayer) else _GrowingLayer(layer) for layer in cache.layers]
+    """``cache`` with its layers as :class:`_GrowingLayer` (in place; the cache). Layers that
+    hold nothing (a model whose layers share another's cache) stay as they are."""
+    cache.layers = [layer if isinstance(layer, _GrowingLayer) or not layer.is_initialized else _GrowingLayer(layer)
+                    for layer in cache.layers]
     return cache
 
 
@@ -1002,11 +1004,11 @@ class TransformersEngine:
         return torch.stack(logits)  # type: ignore[arg-type]
 
     def _score_batch(self, batch: Sequence[_Prepared]) -> list[Response]:
-        """Log-probabilities of each request's choices (``Request.logprobs``) from one forward pass.
+        """Log-probabilities of each request's choices (``Request.logprobs``), one prefill per sequence.
 
         Each request becomes one sequence per path of :func:`~lazyllm.backends.logprobs.prefix_paths`
         (the prompt alone when every choice is one token; prompt + ``1`` for the
-        scores 1-10 on a digit-splitting tokenizer), left-padded into one batch;
+        scores 1-10 on a digit-splitting tokenizer), prefilled by :meth:`_last_logits`;
         only the last ``longest path + 1`` positions go through the LM head. The
         next-token log-softmax at those positions gives every choice's log-probability
         (:func:`~lazyllm.backends.logprobs.choice_logprobs`). Text: the most probable choice.

@@ -532,6 +532,22 @@ def test_the_growing_cache_layer_holds_what_concatenation_holds():
     assert torch.equal(keys, want[0]) and torch.equal(values, want[1])
 
 
+def test_only_layers_that_hold_keys_become_growing_layers():
+    """A layer that holds nothing (a model whose layers share another's cache) is left as it is."""
+    import torch
+    from transformers import DynamicLayer
+
+    held, empty = DynamicLayer(), DynamicLayer()
+    held.update(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))
+
+    class Cache:
+        layers = [held, empty]
+
+    cache = engine_module._growing(Cache())
+    assert type(cache.layers[0]) is engine_module._GrowingLayer and cache.layers[1] is empty
+    assert engine_module._growing(cache).layers[0] is cache.layers[0]  # converted once
+
+
 def test_a_session_whose_cache_grows_in_small_steps_gives_the_batched_outputs(engine, monkeypatch):
     """The running batch's cache grows many times (2 tokens of room), while rows finish (rows
     dropped, leading padding trimmed) and others join (caches merged): the responses are
