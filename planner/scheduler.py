@@ -632,7 +632,10 @@ class _ChainRun:
         for and that arrive less than :data:`COMMIT_WINDOW` seconds after the last
         commit are delivered at once (their rows are done: nothing is computed from
         them) and committed with the next answers: one transaction, one flush, for
-        every batch answered within a window. Answers some node waits for are
+        every batch answered within a window. Answers are held only while the engine's
+        last two answers each came within the window (a steadily fast engine): a poll
+        blocks until the next answers, so after a burst (replicas finishing together)
+        the held answers would wait for a whole batch. Answers some node waits for are
         committed, with those waiting, before they are delivered. Whatever ends the
         loop (the queue done, an exception, Ctrl-C), answers still waiting are
         committed first.
@@ -641,7 +644,8 @@ class _ChainRun:
         inflight: dict[int, _Work] = {}
         sending: list[_Work] = []
         waiting: list[tuple[_Work, Response]] = []  # answered and delivered, committed with the next window
-        committed = time.monotonic()  # when the last answers were committed
+        committed = arrived = time.monotonic()  # when the last answers were committed, and arrived
+        gaps = (0.0, 0.0)  # the last two intervals between answers (the loop's start counts as one)
         looked = time.perf_counter()  # when the cache was last looked at for awaited work
         try:
             while True:
@@ -672,7 +676,9 @@ class _ChainRun:
                     continue
                 got = [(inflight.pop(t), resp) for t, resp in part if t in inflight]
                 waiting.extend(got)
-                if (session.continuous or time.monotonic() - committed >= COMMIT_WINDOW
+                now = time.monotonic()
+                gaps, arrived = (gaps[1], now - arrived), now
+                if (session.continuous or now - committed >= COMMIT_WINDOW or max(gaps) >= COMMIT_WINDOW
                         or any(self.dependents[i] for w, _ in got for i, _, _ in w.slots)):
                     ours, waiting = waiting, []
                     self._commit(ours, model_fp)  # before anything is computed from these answers
