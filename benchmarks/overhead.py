@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +56,98 @@ def _frame(n: int) -> Any:
     return lazyllm.from_polars(df).generate("y", model, prompt=PROMPT, max_tokens=8)
 
 
+@contextmanager
+def _accounted() -> Iterator[dict[str, Any]]:
+    """Benchmark instrumentation: while active, the seconds spent inside the deterministic
+    engine (``engine``: between its batches' requests and answers) and in the cache's write
+    transactions (``writes``: answers committed, leases taken and released), and the answers
+    stored per commit (``commits``). Wraps the methods and puts them back afterwards."""
+    from lazyllm.backends.testing import DeterministicEngine
+    from lazyllm.planner.cache import PromptCache
+
+    acc: dict[str, Any] = {"engine": 0.0, "writes": 0.0, "commits": []}
+    generate, put_many, lease, release = (DeterministicEngine.generate, PromptCache.put_many,
+                                          PromptCache.lease, PromptCache.release)
+
+    def timed_generate(self: Any, requests: Any) -> Iterator[Any]:
+        parts = generate(self, requests)
+        while True:
+            start = time.perf_counter()
+            try:
+                part = next(parts)
+            except StopIteration:
+                return
+            finally:
+                acc["engine"] += time.perf_counter() - start
+            yield part
+
+    def timed(method: Any) -> Any:
+        def call(self: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
+            items = list(items)
+            if method is put_many:
+                acc["commits"].append(sum(r.error is None and r.text is not None for _, r in items))
+            start = time.perf_counter()
+            try:
+                return method(self, items, *args, **kwargs)
+            finally:
+                acc["writes"] += time.perf_counter() - start
+        return call
+
+    DeterministicEngine.generate = timed_generate  # type: ignore[method-assign]
+    PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
+        timed(put_many), timed(lease), timed(release))
+    try:
+        yield acc
+    finally:
+        DeterministicEngine.generate = generate  # type: ignore[method-assign]
+        PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
+            put_many, lease, release)
+
+
+def _lmdb_floor(commits: list[int], ws: Path) -> float:
+    """Seconds LMDB alone takes for the cold run's writes: as many records as each commit
+    of the run stored (the run's own record bytes, cycled), under fresh random 32-byte keys,
+    one write transaction per commit, into a fresh environment opened as the cache opens
+    its own (same flags: one flush per commit)."""
+    import hashlib
+    from itertools import islice
+
+    import msgpack
+
+    from lazyllm.planner.cache import _close_env, _open_env
+    from lazyllm.planner.workspace import Workspace
+
+    values = [msgpack.packb(dict(v)) for _, v in islice(Workspace(ws).cache.items(), 4096)]
+    keys = [hashlib.sha256(i.to_bytes(8, "little")).digest() for i in range(sum(commits))]
+    path = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-lmdb-"))
+    env = _open_env(path, 1 << 36)
+    try:
+        db = env.open_db(b"responses")
+        start, done = time.perf_counter(), 0
+        for size in commits:
+            with env.begin(write=True) as txn:
+                put = txn.put
+                for j in range(done, done + size):
+                    put(keys[j], values[j % len(values)], db=db)
+            done += size
+        return time.perf_counter() - start
+    finally:
+        _close_env(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _phases(n: int, ws: Path) -> dict[str, float]:
-    """Seconds of cold collect, warm collect and explain() on one fresh workspace."""
+    """Seconds of cold collect, warm collect and explain() on one fresh workspace; of the
+    cold collect, the seconds inside the engine (``cold_engine``) and in the cache's write
+    transactions (``cold_writes``), and LMDB alone for the same writes (``cold_lmdb``)."""
     frame = _frame(n)
     out: dict[str, float] = {}
-    start = time.perf_counter()
-    frame.collect(workspace=ws, progress=False)
-    out["cold"] = time.perf_counter() - start
+    with _accounted() as acc:
+        start = time.perf_counter()
+        frame.collect(workspace=ws, progress=False)
+        out["cold"] = time.perf_counter() - start
+    out["cold_engine"], out["cold_writes"] = acc["engine"], acc["writes"]
+    out["cold_lmdb"] = _lmdb_floor(acc["commits"], ws)
     start = time.perf_counter()
     df = frame.collect(workspace=ws, progress=False)
     out["warm"] = time.perf_counter() - start
@@ -71,17 +158,63 @@ def _phases(n: int, ws: Path) -> dict[str, float]:
     return out
 
 
+def _with_own(phases: dict[str, float]) -> dict[str, float]:
+    """``phases`` with ``cold_own``: the cold collect less the time inside the engine."""
+    return {**phases, "cold_own": phases["cold"] - phases["cold_engine"]}
+
+
 def _sink_child(n: int, rows_per_shard: int, work: Path) -> None:
     """Child process: stream a 1M-row parquet input through the generate into parquet shards."""
     import lazyllm
 
     frame = lazyllm.read_parquet(work / "input.parquet").generate(
         "y", lazyllm.TestModel(name="bench", batch_size=512), prompt=PROMPT, max_tokens=8)
+    sampler = _AnonPeak()
+    sampler.start()
     start = time.perf_counter()
     shards = frame.sink_parquet(work / f"out-{rows_per_shard}", rows_per_shard=rows_per_shard,
                                 workspace=work / f"ws-{rows_per_shard}", progress=False)
     seconds = time.perf_counter() - start
-    print(json.dumps({"peak_mib": _peak_kib() / 1024, "seconds": seconds, "shards": len(shards)}))
+    sampler.stop()
+    print(json.dumps({"peak_mib": _peak_kib() / 1024, "anon_peak_mib": sampler.peak_kib / 1024,
+                      "file_mib": _status_kib("RssFile") / 1024, "seconds": seconds, "shards": len(shards)}))
+
+
+def _status_kib(field: str) -> float:
+    """A ``/proc/self/status`` field in KiB (0 where there is no ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+class _AnonPeak:
+    """The highest ``RssAnon`` (memory the process itself allocated: Python objects, frames,
+    LMDB's dirty pages of a write transaction) seen every 20 ms by a daemon thread.
+    ``VmHWM`` also counts file pages mapped in (``RssFile``): the LMDB cache is a memory map
+    whose pages the kernel's page cache holds and can drop, so the cache's size shows there."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kib = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+
+    def _run(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
 
 
 def _peak_kib() -> float:
@@ -120,18 +253,18 @@ def bench_overhead(args: argparse.Namespace) -> None:
     from .run import write_section
 
     quick = getattr(args, "quick", False)
-    sink = [] if quick else _sink_rss(1_000_000, (50_000, 500_000))  # first: this process is still small
+    sink = [] if quick else _sink_rss(1_000_000, (50_000, 100_000, 500_000))  # first: this process is still small
     sizes = (100_000,) if quick else (100_000, 1_000_000)
-    lines = ["| rows | cold µs/row | warm µs/row | explain s | explain s per 1M rows | rounds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| rows | cold µs/row | engine | cache writes | cold without the engine | LMDB alone, same writes | "
+             "warm µs/row | explain s | explain s per 1M rows | rounds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         rounds = 1 if quick or n >= 1_000_000 else (args.repeats or 2)
-        got: dict[str, list[float]] = {"cold": [], "warm": [], "explain": []}
+        got: dict[str, list[float]] = {}
         for _ in range(rounds):
             ws = Path(tempfile.mkdtemp(prefix="lazyllm-overhead-ws-"))
             try:
-                for phase, seconds in _phases(n, ws).items():
-                    got[phase].append(seconds)
+                for phase, seconds in _with_own(_phases(n, ws)).items():
+                    got.setdefault(phase, []).append(seconds)
             finally:
                 shutil.rmtree(ws, ignore_errors=True)
 
@@ -140,21 +273,36 @@ def bench_overhead(args: argparse.Namespace) -> None:
             med = statistics.median(vals)
             return f"{med:.1f}" if len(vals) == 1 else f"{med:.1f} ({min(vals):.1f}–{max(vals):.1f})"
 
-        lines.append(f"| {n:,} | {cell('cold', 1e6 / n)} | {cell('warm', 1e6 / n)} | {cell('explain', 1)} | "
-                     f"{cell('explain', 1e6 / n)} | {rounds} |")
+        lines.append(f"| {n:,} | {cell('cold', 1e6 / n)} | {cell('cold_engine', 1e6 / n)} | "
+                     f"{cell('cold_writes', 1e6 / n)} | {cell('cold_own', 1e6 / n)} | {cell('cold_lmdb', 1e6 / n)} | "
+                     f"{cell('warm', 1e6 / n)} | {cell('explain', 1)} | {cell('explain', 1e6 / n)} | {rounds} |")
     body = "\n".join(lines)
     if sink:
-        body += "\n\n| streamed sink_parquet, 1M rows | peak RSS MiB | seconds | shards |\n|---|---|---|---|\n"
-        body += "\n".join(f"| rows_per_shard={r['rows_per_shard']:,} | {r['peak_mib']:.0f} | {r['seconds']:.1f} | "
-                          f"{r['shards']} |" for r in sink)
+        body += ("\n\n| streamed sink_parquet, 1M rows | peak RSS MiB | peak anonymous MiB | cache file pages at "
+                 "the end MiB | seconds | shards |\n|---|---|---|---|---|---|\n")
+        body += "\n".join(f"| rows_per_shard={r['rows_per_shard']:,} | {r['peak_mib']:.0f} | {r['anon_peak_mib']:.0f} | "
+                          f"{r['file_mib']:.0f} | {r['seconds']:.1f} | {r['shards']} |" for r in sink)
     body += ("\n\nWorkload: one `generate` (`\"Say {{ x }}\"`, 8 tokens) with the deterministic test engine "
-             "(`TestModel(batch_size=512)`); wall time per row, so the figures are an upper bound of lazyllm's "
-             "own work (the engine's share is a few µs per request). Cold: fresh workspace; warm: the same "
+             "(`TestModel(batch_size=512)`); wall time per row. Cold: fresh workspace; *engine*: of it, the time "
+             "inside the test engine; *cache writes*: of it, the time in the cache's write transactions (answers "
+             "committed, leases taken and released); *cold without the engine*: lazyllm's own work, cache writes "
+             "included; *LMDB alone, same writes*: right after, in the same process, LMDB writing as many records "
+             "(the run's own record bytes) in the same transactions (one per commit of the run, same flags, "
+             "fresh random keys), which is the floor for the cache writes. Warm: the same "
              "collect again; explain: `explain()` on the warm workspace. Peak RSS: a child process per "
-             "partition size, cold workspace, input read from parquet (`VmHWM`: Linux keeps `ru_maxrss` across exec, so a child of a large parent would report the parent's peak). The machine was shared with other "
-             "jobs while measuring (2 cores): figures are noisy, compare within a run.")
+             "partition size, cold workspace, input read from parquet (`VmHWM`: Linux keeps `ru_maxrss` across exec, "
+             "so a child of a large parent would report the parent's peak); it counts the pages of the LMDB "
+             "cache's memory map the process touched (file pages of the kernel's page cache, which it can drop: "
+             "*cache file pages at the end*, `RssFile`). *Peak anonymous*: the highest `RssAnon` sampled every "
+             "20 ms, the memory the job itself allocated. The machine is shared (2 cores): figures are noisy, "
+             "compare within a run.")
     write_section("Per-row overhead at scale (issue 19)", body, " ".join(sys.argv))
 
+
+#: the rows of the before/after tables: phases of :func:`_phases`, and the cold collect less the engine
+_PHASES = {"cold": "cold", "cold_engine": "cold: inside the engine", "cold_writes": "cold: cache writes",
+           "cold_own": "cold without the engine", "cold_lmdb": "LMDB alone, same writes", "warm": "warm",
+           "explain": "explain"}
 
 #: ``--ablate`` variants of this tree: (name, extra child arguments, extra environment).
 _ABLATIONS = (("columnar off", [], {"LAZYLLM_COLUMNAR": "0"}), ("lease per batch", ["--lease-ahead", "1"], {}))
@@ -183,16 +331,16 @@ def _compare(baseline: str, sizes: tuple[int, ...], rounds: int, ablate: bool = 
     shutil.copytree(Path(__file__).resolve().parent, neutral / "benchmarks",
                     ignore=shutil.ignore_patterns("__pycache__", "*.md"))
     for n in sizes:
-        got: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "explain": []} for k in pythons}
+        got: dict[str, dict[str, list[float]]] = {k: {} for k in pythons}
         for _ in range(rounds):
             for name, python in pythons.items():
                 proc = subprocess.run([python, "-m", "benchmarks.overhead", "--phases-child", str(n)],
                                       capture_output=True, text=True, check=True, cwd=neutral)
-                for phase, seconds in json.loads(proc.stdout.strip().splitlines()[-1]).items():
-                    got[name][phase].append(seconds * 1e6 / n)
-        for phase in ("cold", "warm", "explain"):
+                for phase, seconds in _with_own(json.loads(proc.stdout.strip().splitlines()[-1])).items():
+                    got[name].setdefault(phase, []).append(seconds * 1e6 / n)
+        for phase in _PHASES:
             b, a = statistics.median(got["before"][phase]), statistics.median(got["after"][phase])
-            lines.append(f"| {n:,} | {phase} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+            lines.append(f"| {n:,} | {_PHASES[phase]} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
     body = "\n".join(lines) + (
         f"\n\nBefore: `{baseline}` (the integration branch before this work); after: this tree. Child "
         f"processes alternate before/after, {rounds} round(s) per size, medians. Same workload as above; the "
@@ -213,18 +361,18 @@ def _ablate(variants: dict[str, tuple[str, list[str], dict[str, str]]], sizes: t
     lines = ["| rows | phase | " + " | ".join(f"{v} µs/row" for v in names) + " | after / before |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for n in sizes:
-        got: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "explain": []} for k in names}
+        got: dict[str, dict[str, list[float]]] = {k: {} for k in names}
         for _ in range(rounds):
             for name, (python, extra, env) in variants.items():
                 proc = subprocess.run([python, "-m", "benchmarks.overhead", "--phases-child", str(n), *extra],
                                       capture_output=True, text=True, check=True, cwd=neutral,
                                       env={**os.environ, **env})
-                for phase, seconds in json.loads(proc.stdout.strip().splitlines()[-1]).items():
-                    got[name][phase].append(seconds * 1e6 / n)
-        for phase in ("cold", "warm", "explain"):
+                for phase, seconds in _with_own(json.loads(proc.stdout.strip().splitlines()[-1])).items():
+                    got[name].setdefault(phase, []).append(seconds * 1e6 / n)
+        for phase in _PHASES:
             med = {k: statistics.median(got[k][phase]) for k in names}
             cells = " | ".join(f"{med[k]:.1f}" for k in names)
-            lines.append(f"| {n:,} | {phase} | {cells} | {med['after'] / med['before']:.2f} |")
+            lines.append(f"| {n:,} | {_PHASES[phase]} | {cells} | {med['after'] / med['before']:.2f} |")
     body = "\n".join(lines) + (
         f"\n\nBefore: `{variants['before'][0]}`; after: this tree; *columnar off*: this tree with "
         "`LAZYLLM_COLUMNAR=0` (every row through the scheduler's per-row loop); *lease per batch*: this tree "
