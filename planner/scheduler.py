@@ -43,7 +43,7 @@ import itertools
 import json
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +57,7 @@ from lazyllm.core.redact import redact
 
 from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import gc_paused, plain_answer, plain_text, serve_columns
+from .columnar import count_tokens, gc_paused, plain_answer, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -97,6 +97,8 @@ class _NodeState:
     rendered: list[bool] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # per row: responses not delivered yet
     keys: set[bytes] = field(default_factory=set)  # distinct requests of this node
+    #: keys whose tokens are in the histograms already (cache hits the columnar path served)
+    counted: set[bytes] = field(default_factory=set)
     uncertain_rows: set[int] = field(default_factory=set)
     #: per row, the messages rendered in bulk (polars) when the node reads only input columns
     #: through plain templates (:meth:`LLMNode.messages_column`); None: rendered row by row
@@ -197,8 +199,6 @@ class _ChainRun:
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self.from_cache: set[bytes] = set()
-        #: (input, output) tokens of cache hits served by the columnar path (no Response kept)
-        self.cached_tokens: dict[bytes, tuple[int, int]] = {}
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
         self.owner = lease_owner()  # leases of this run's requests in flight
         self.awaited: dict[bytes, _Work] = {}  # leased by another process: awaited from the cache
@@ -417,13 +417,11 @@ class _ChainRun:
             st.stats.cache_hits = len(st.keys & self.from_cache)
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
-            if not self.ctx.dry_run:
-                known, cached = self.known, self.cached_tokens
-                tokens = [cached.get(key) if (response := known.get(key)) is None
-                          else (response.input_tokens, response.output_tokens) for key in st.keys]
-                tokens = [t for t in tokens if t is not None]
-                _count(st.stats.input_tokens_histogram, Counter(t[0] for t in tokens))
-                _count(st.stats.output_tokens_histogram, Counter(t[1] for t in tokens))
+            if not self.ctx.dry_run:  # the keys the columnar path counted are not looked at again
+                known = self.known
+                responses = [r for key in (st.keys - st.counted if st.counted else st.keys)
+                             if (r := known.get(key)) is not None]
+                count_tokens(st.stats, [r.input_tokens for r in responses], [r.output_tokens for r in responses])
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]
@@ -742,11 +740,6 @@ def _cache_model_fingerprint(model: Any, ctx: Any) -> str:
 def _pick(values: list[Any], index: list[int]) -> list[Any]:
     """``values`` at the rows in ``index``; the list itself when no row was dropped."""
     return values if len(index) == len(values) else [values[r] for r in index]
-
-
-def _count(histogram: dict[int, int], counts: Counter[int]) -> None:
-    for tokens, n in counts.items():
-        histogram[tokens] = histogram.get(tokens, 0) + n
 
 
 def _what(node: LLMNode) -> str:
