@@ -56,6 +56,25 @@ def _frame(n: int) -> Any:
     return lazyllm.from_polars(df).generate("y", model, prompt=PROMPT, max_tokens=8)
 
 
+def _timed_generate(generate: Any, add: Any) -> Any:
+    """An engine's ``generate`` that calls ``add(seconds)`` with the time spent producing each
+    part it yields (the engine's own work between the caller's requests for parts)."""
+
+    def timed(self: Any, requests: Any) -> Iterator[Any]:
+        parts = generate(self, requests)
+        while True:
+            start = time.perf_counter()
+            try:
+                part = next(parts)
+            except StopIteration:
+                return
+            finally:
+                add(time.perf_counter() - start)
+            yield part
+
+    return timed
+
+
 @contextmanager
 def _accounted() -> Iterator[dict[str, Any]]:
     """Benchmark instrumentation: while active, the seconds spent inside the deterministic
@@ -69,17 +88,8 @@ def _accounted() -> Iterator[dict[str, Any]]:
     generate, put_many, lease, release = (DeterministicEngine.generate, PromptCache.put_many,
                                           PromptCache.lease, PromptCache.release)
 
-    def timed_generate(self: Any, requests: Any) -> Iterator[Any]:
-        parts = generate(self, requests)
-        while True:
-            start = time.perf_counter()
-            try:
-                part = next(parts)
-            except StopIteration:
-                return
-            finally:
-                acc["engine"] += time.perf_counter() - start
-            yield part
+    def add_engine(seconds: float) -> None:
+        acc["engine"] += seconds
 
     def timed(method: Any) -> Any:
         def call(self: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
@@ -93,7 +103,7 @@ def _accounted() -> Iterator[dict[str, Any]]:
                 acc["writes"] += time.perf_counter() - start
         return call
 
-    DeterministicEngine.generate = timed_generate  # type: ignore[method-assign]
+    DeterministicEngine.generate = _timed_generate(generate, add_engine)  # type: ignore[method-assign]
     PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
         timed(put_many), timed(lease), timed(release))
     try:
@@ -405,18 +415,10 @@ def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
     inside = [0.0]
     original = OpenAIEngine.generate
 
-    def timed(self: Any, requests: Any) -> Any:
-        parts = original(self, requests)
-        while True:
-            start = time.perf_counter()
-            try:
-                part = next(parts)
-            except StopIteration:
-                inside[0] += time.perf_counter() - start
-                return
-            inside[0] += time.perf_counter() - start
-            yield part
+    def add(seconds: float) -> None:
+        inside[0] += seconds
 
+    timed = _timed_generate(original, add)
     with serve(folder, dtype="float32", served_model_name="smollm2", gpu_memory_utilization=0.5,
                log_path=model_ws / f"vllm-server-{os.getpid()}.log", python=python) as url:
         OpenAIEngine.generate = timed  # type: ignore[method-assign]
