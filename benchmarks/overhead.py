@@ -3,15 +3,19 @@ and peak memory of a streamed ``sink_parquet`` job.
 
 Workload: one ``generate`` (prompt ``"Say {{ x }}"``, 8 tokens) over ``x = "item <i>"`` with
 the deterministic test engine (``TestModel(batch_size=512)``), whose engine work is a few
-microseconds per request, so the wall time per row is lazyllm's own work (render, key,
-cache, schedule, assemble) plus that small engine share: an upper bound of the overhead.
+microseconds per request.
 
-- cold: a fresh workspace (every request computed and committed, one LMDB commit per
-  engine batch plus one lease transaction);
+- cold: a fresh workspace (every request computed and committed: one LMDB commit per
+  engine batch or per 0.1 s commit window, lease transactions); split, in the same
+  process, into the time inside the engine, the time in the cache's write transactions,
+  and lazyllm's own work (cold less the engine); next to it, LMDB alone writing the same
+  records in the same transactions (the floor of the cache writes);
 - warm: the same collect again (everything served from the cache);
-- explain: ``explain()`` on the warm workspace (a dry run over every row);
-- peak RSS: ``sink_parquet`` of a 1M-row parquet input in a child process per partition
-  size (its ``VmHWM``; ``resource.getrusage`` where there is no ``/proc``), cold workspace.
+- explain: ``explain()`` on the warm workspace (a dry run over a sample of rows);
+- peak memory: ``sink_parquet`` of a 1M-row parquet input in a child process per
+  partition size (its ``VmHWM``, ``resource.getrusage`` where there is no ``/proc``; and
+  the peak of its anonymous memory, without the cache's memory-mapped file pages), cold
+  workspace.
 
 Rounds alternate (cold, warm, explain on one workspace, then the next round), and each
 size is reported as medians with min–max, because the machine is shared. Nothing here
