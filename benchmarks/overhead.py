@@ -60,8 +60,8 @@ def _frame(n: int) -> Any:
     return lazyllm.from_polars(df).generate("y", model, prompt=PROMPT, max_tokens=8)
 
 
-def _timed_generate(generate: Any, add: Any) -> Any:
-    """An engine's ``generate`` that calls ``add(seconds)`` with the time spent producing each
+def _timed_generate(generate: Any, acc: dict[str, Any], key: str) -> Any:
+    """An engine's ``generate`` that adds to ``acc[key]`` the seconds spent producing each
     part it yields (the engine's own work between the caller's requests for parts)."""
 
     def timed(self: Any, requests: Any) -> Iterator[Any]:
@@ -73,7 +73,7 @@ def _timed_generate(generate: Any, add: Any) -> Any:
             except StopIteration:
                 return
             finally:
-                add(time.perf_counter() - start)
+                acc[key] += time.perf_counter() - start
             yield part
 
     return timed
@@ -92,9 +92,6 @@ def _accounted() -> Iterator[dict[str, Any]]:
     generate, put_many, lease, release = (DeterministicEngine.generate, PromptCache.put_many,
                                           PromptCache.lease, PromptCache.release)
 
-    def add_engine(seconds: float) -> None:
-        acc["engine"] += seconds
-
     def timed(method: Any) -> Any:
         def call(self: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
             items = list(items)
@@ -107,7 +104,7 @@ def _accounted() -> Iterator[dict[str, Any]]:
                 acc["writes"] += time.perf_counter() - start
         return call
 
-    DeterministicEngine.generate = _timed_generate(generate, add_engine)  # type: ignore[method-assign]
+    DeterministicEngine.generate = _timed_generate(generate, acc, "engine")  # type: ignore[method-assign]
     PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
         timed(put_many), timed(lease), timed(release))
     try:
@@ -235,13 +232,7 @@ def _peak_kib() -> float:
     """Peak resident memory of this process in KiB. Linux keeps ``ru_maxrss`` across
     ``execve``, so a child started by a large parent reports the parent's peak: take the
     address space's own high-water mark (``VmHWM``) where there is one."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    return _status_kib("VmHWM") or float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 
 def _sink_rss(n: int, partitions: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -416,13 +407,9 @@ def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
     if python is None:
         raise SystemExit("no vLLM install: set LAZYLLM_VLLM_VENV (see scripts/install_vllm.sh)")
     folder = resolve_model_dir(lazyllm.Transformers(), model_ws)
-    inside = [0.0]
+    inside = {"engine": 0.0}
     original = OpenAIEngine.generate
-
-    def add(seconds: float) -> None:
-        inside[0] += seconds
-
-    timed = _timed_generate(original, add)
+    timed = _timed_generate(original, inside, "engine")
     with serve(folder, dtype="float32", served_model_name="smollm2", gpu_memory_utilization=0.5,
                log_path=model_ws / f"vllm-server-{os.getpid()}.log", python=python) as url:
         OpenAIEngine.generate = timed  # type: ignore[method-assign]
@@ -435,7 +422,7 @@ def _real_engine(n: int, max_tokens: int, model_ws: Path) -> None:
                 start = time.perf_counter()
                 out = frame.collect(workspace=ws, progress=False)
                 cold = time.perf_counter() - start
-                engine = inside[0]
+                engine = inside["engine"]
                 start = time.perf_counter()
                 frame.collect(workspace=ws, progress=False)
                 warm = time.perf_counter() - start

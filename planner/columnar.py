@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +49,7 @@ from lazyllm.core.protocols import Message, Request, Response
 from .cache import message_keys
 from .nodes import Generate, Judge, LLMNode
 
-__all__ = ["serve_columns", "enabled", "plain_text", "plain_answer", "gc_paused", "count_tokens"]
+__all__ = ["serve_columns", "enabled", "plain_text", "plain_answer", "gc_paused"]
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -201,8 +200,8 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
     hits = {key: rec for key, rec in zip(flat, records) if rec is not None}  # distinct keys
     run.from_cache.update(hits)
     st.counted.update(hits)  # no Response is kept for these: their tokens are counted now
-    count_tokens(st.stats, [int(rec.get("input_tokens", 0)) for rec in hits.values()],
-                 [int(rec.get("output_tokens", 0)) for rec in hits.values()])
+    st.stats.count_tokens([int(rec.get("input_tokens", 0)) for rec in hits.values()],
+                          [int(rec.get("output_tokens", 0)) for rec in hits.values()])
     if n == 1:
         hit_pos = [pos for pos, rec in enumerate(records) if rec is not None]
     else:
@@ -238,22 +237,6 @@ def _misses(rendered: list[int], hit_pos: list[int]) -> list[tuple[int, int]]:
         return []
     hits = set(hit_pos)
     return [(r, pos) for pos, r in enumerate(rendered) if pos not in hits]
-
-
-def count_tokens(stats: Any, input_tokens: list[int], output_tokens: list[int]) -> None:
-    """Add one request's tokens per item to the ``input_tokens_histogram`` and
-    ``output_tokens_histogram`` (tokens -> requests) of a node's ``stats``.
-
-    Parameters
-    ----------
-    stats : NodeStats
-    input_tokens, output_tokens : list of int
-        Per distinct request of the node: its prompt and generated tokens.
-    """
-    for histogram, tokens in ((stats.input_tokens_histogram, input_tokens),
-                              (stats.output_tokens_histogram, output_tokens)):
-        for value, n in Counter(tokens).items():
-            histogram[value] = histogram.get(value, 0) + n
 
 
 def plain_text(node: LLMNode) -> bool:

@@ -57,7 +57,7 @@ from lazyllm.core.redact import redact
 
 from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import count_tokens, gc_paused, plain_answer, plain_text, serve_columns
+from .columnar import gc_paused, plain_answer, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -421,7 +421,7 @@ class _ChainRun:
                 known = self.known
                 responses = [r for key in (st.keys - st.counted if st.counted else st.keys)
                              if (r := known.get(key)) is not None]
-                count_tokens(st.stats, [r.input_tokens for r in responses], [r.output_tokens for r in responses])
+                st.stats.count_tokens([r.input_tokens for r in responses], [r.output_tokens for r in responses])
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]

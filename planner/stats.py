@@ -5,6 +5,8 @@ Written by the scheduler, read by the executor's run log and by ``explain()``.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["NodeStats"]
@@ -44,6 +46,19 @@ class NodeStats:
     rows_total: int = 0
     #: dry run on a sample: 95% interval (Wilson) of the LLM calls to make
     calls_interval: tuple[int, int] | None = None
+
+    def count_tokens(self, input_tokens: Iterable[int], output_tokens: Iterable[int]) -> None:
+        """Add requests to the token histograms.
+
+        Parameters
+        ----------
+        input_tokens, output_tokens : iterable of int
+            Per distinct request of the node: its prompt and generated tokens.
+        """
+        for histogram, tokens in ((self.input_tokens_histogram, input_tokens),
+                                  (self.output_tokens_histogram, output_tokens)):
+            for value, n in Counter(tokens).items():
+                histogram[value] = histogram.get(value, 0) + n
 
     @property
     def answer_tokens(self) -> int:
