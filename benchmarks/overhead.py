@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -88,7 +89,7 @@ def _accounted() -> Iterator[dict[str, Any]]:
     from lazyllm.backends.testing import DeterministicEngine
     from lazyllm.planner.cache import PromptCache
 
-    acc: dict[str, Any] = {"engine": 0.0, "writes": 0.0, "commits": []}
+    acc: dict[str, Any] = {"engine": 0.0, "writes": 0.0, "leases": 0.0, "gc": 0.0, "commits": []}
     generate, put_many, lease, release = (DeterministicEngine.generate, PromptCache.put_many,
                                           PromptCache.lease, PromptCache.release)
 
@@ -101,15 +102,28 @@ def _accounted() -> Iterator[dict[str, Any]]:
             try:
                 return method(self, items, *args, **kwargs)
             finally:
-                acc["writes"] += time.perf_counter() - start
+                took = time.perf_counter() - start
+                acc["writes"] += took
+                if method is not put_many:
+                    acc["leases"] += took
         return call
+
+    collecting = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.perf_counter()
+        else:
+            acc["gc"] += time.perf_counter() - collecting[0]
 
     DeterministicEngine.generate = _timed_generate(generate, acc, "engine")  # type: ignore[method-assign]
     PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
         timed(put_many), timed(lease), timed(release))
+    gc.callbacks.append(on_gc)
     try:
         yield acc
     finally:
+        gc.callbacks.remove(on_gc)
         DeterministicEngine.generate = generate  # type: ignore[method-assign]
         PromptCache.put_many, PromptCache.lease, PromptCache.release = (  # type: ignore[method-assign]
             put_many, lease, release)
@@ -158,6 +172,7 @@ def _phases(n: int, ws: Path) -> dict[str, float]:
         frame.collect(workspace=ws, progress=False)
         out["cold"] = time.perf_counter() - start
     out["cold_engine"], out["cold_writes"] = acc["engine"], acc["writes"]
+    out["cold_leases"], out["cold_gc"] = acc["leases"], acc["gc"]
     out["cold_lmdb"] = _lmdb_floor(acc["commits"], ws)
     start = time.perf_counter()
     df = frame.collect(workspace=ws, progress=False)
@@ -306,6 +321,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
 #: the rows of the before/after tables: phases of :func:`_phases`, and the cold collect less the engine
 _PHASES = {"cold": "cold", "cold_engine": "cold: inside the engine", "cold_writes": "cold: cache writes",
+           "cold_leases": "cold: of the writes, leases taken and released", "cold_gc": "cold: cyclic GC",
            "cold_own": "cold without the engine", "cold_lmdb": "LMDB alone, same writes", "warm": "warm",
            "explain": "explain"}
 
@@ -344,6 +360,9 @@ def _compare(baseline: str, sizes: tuple[int, ...], rounds: int, ablate: bool = 
                 for phase, seconds in _with_own(json.loads(proc.stdout.strip().splitlines()[-1])).items():
                     got[name].setdefault(phase, []).append(seconds * 1e6 / n)
         for phase in _PHASES:
+            if phase not in got["before"]:  # an install older than this split
+                lines.append(f"| {n:,} | {_PHASES[phase]} | — | {statistics.median(got['after'][phase]):.1f} | — |")
+                continue
             b, a = statistics.median(got["before"][phase]), statistics.median(got["after"][phase])
             lines.append(f"| {n:,} | {_PHASES[phase]} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
     body = "\n".join(lines) + (

@@ -34,11 +34,8 @@ both paths on the same plans and compares frames, run logs and engine calls.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
@@ -47,9 +44,10 @@ from lazyllm.backends.logprobs import normalize
 from lazyllm.core.protocols import Message, Request, Response
 
 from .cache import message_keys
+from .collector import gc_paused
 from .nodes import Generate, Judge, LLMNode
 
-__all__ = ["serve_columns", "enabled", "plain_text", "plain_answer", "gc_paused"]
+__all__ = ["serve_columns", "enabled", "plain_text", "plain_answer"]
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -95,26 +93,6 @@ def serve_columns(run: Any) -> list[tuple[int, int]]:
         if i not in handled and (not st.deps or handled & set(st.deps)):
             left.extend((i, r) for r in range(rows))
     return left
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while whole columns of records, keys and requests
-    are built (none of them forms a cycle): with millions of new objects each full collection
-    walks them all again (a third of a warm 1M-row run); back on, as it was, afterwards.
-
-    Yields
-    ------
-    None
-        Inside the block the collector is off (objects are still freed by reference counting).
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _serve_chain(run: Any, served: set[int], handled: set[int], left: list[tuple[int, int]]) -> None:

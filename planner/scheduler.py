@@ -57,7 +57,8 @@ from lazyllm.core.redact import redact
 
 from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .columnar import gc_paused, plain_answer, plain_text, serve_columns
+from .collector import FullCollections, gc_paused, paced_collections
+from .columnar import plain_answer, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
 from .train import TrainedModel, content_fingerprint, ensure_trained
@@ -198,6 +199,7 @@ class _ChainRun:
         self._order: dict[str, list[tuple[int, int, int, bytes]]] = defaultdict(list)
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
+        self._full = FullCollections()  # replaced by run()'s, which paces full collections while it runs
         self.from_cache: set[bytes] = set()
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
         self.owner = lease_owner()  # leases of this run's requests in flight
@@ -394,18 +396,20 @@ class _ChainRun:
     # -- running -------------------------------------------------------------------------
     def run(self) -> list[pl.DataFrame]:
         start = time.perf_counter()
-        self.make_ready(serve_columns(self))  # cached columns at once; the other rows row by row
-        if self.ctx.dry_run:
-            self._dry_drain()
-        else:
-            try:
-                self._drain()
-            finally:  # leases taken ahead and not sent go back to the other processes at once
-                self.cache.release(self.ahead | set(self.queued), self.owner)
-                self.ahead.clear()
-        elapsed = time.perf_counter() - start
-        with gc_paused():  # whole columns again
-            return self._outputs(elapsed)
+        # the run's per-row objects live until it ends: full collections paced, not one per quarter of growth
+        with paced_collections() as self._full:
+            self.make_ready(serve_columns(self))  # cached columns at once; the other rows row by row
+            if self.ctx.dry_run:
+                self._dry_drain()
+            else:
+                try:
+                    self._drain()
+                finally:  # leases taken ahead and not sent go back to the other processes at once
+                    self.cache.release(self.ahead | set(self.queued), self.owner)
+                    self.ahead.clear()
+            elapsed = time.perf_counter() - start
+            with gc_paused():  # whole columns again
+                return self._outputs(elapsed)
 
     def _outputs(self, elapsed: float) -> list[pl.DataFrame]:
         """Each node's output frame, and its statistics finished (``elapsed``: seconds of the run)."""
@@ -685,6 +689,7 @@ class _ChainRun:
                     works, responses = zip(*got)
                     self._complete(works, responses)
                 self._refresh(bars)
+                self._full.tick()
         except (KeyboardInterrupt, SystemExit, EngineError):
             raise
         except Exception as exc:  # noqa: BLE001 - keep what was committed, name the engine
