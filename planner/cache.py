@@ -10,8 +10,9 @@ by LMDB. Each :meth:`PromptCache.put_many` is one transaction, written to the fi
 its data pages flushed to disk when it commits, so a crash or ``kill -9`` loses at most
 the batch in flight (the scheduler commits each engine batch as it returns; batches
 answered within :data:`~lazyllm.planner.scheduler.COMMIT_WINDOW` of the last commit
-share the next one, so with a fast engine a ``kill -9`` also loses that window's
-answers). The environment is opened with ``metasync=False`` (one flush per commit
+share the next one, a window that grows after slow commits up to
+:data:`~lazyllm.planner.scheduler.COMMIT_HOLD_MAX`, so with a fast engine a ``kill -9``
+also loses that window's answers, at most a second of them). The environment is opened with ``metasync=False`` (one flush per commit
 instead of two): a power loss may also undo the last committed batch, never damage
 the environment. When one
 process grows the map (the cache outgrew ``map_size``), the others adopt the new size

@@ -20,9 +20,11 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   batch size, one at a time);
 - commits responses to the cache as they arrive, before anything is computed from
   them, so a crash loses at most what is in flight; an engine that answers faster than
-  :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window
-  (a commit's flush costs milliseconds, and more the more pages it writes), so a
-  ``kill -9`` loses at most the batch in flight plus the answers of the last window;
+  :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window,
+  longer when commits are slow (a commit's flush costs milliseconds, and more the more
+  pages it writes: the window grows until commits take at most :data:`COMMIT_SHARE` of
+  the time, up to :data:`COMMIT_HOLD_MAX`), so a ``kill -9`` loses at most the batch in
+  flight plus the answers of the last window (at most a second of them);
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -78,6 +80,15 @@ LEASE_AHEAD = 8
 #: engine pays one flush per window instead of one per batch. Never for answers other nodes wait
 #: for (their rows go on at once), nor with a continuous engine session.
 COMMIT_WINDOW = 0.1
+#: Largest share of wall time a fast engine's commits may take: after a commit that took ``t``
+#: seconds, answers wait up to ``t / COMMIT_SHARE`` seconds (at least :data:`COMMIT_WINDOW`, at most
+#: :data:`COMMIT_HOLD_MAX`) for the next one. A commit's cost grows with the random B-tree pages it
+#: rewrites and flushes, far less than with its size (measured: 300k answers in commits of 2,000
+#: took 11.9 µs each, of 32,000 took 4.7; ``benchmarks/RESULTS.md``).
+COMMIT_SHARE = 0.05
+#: Longest a fast engine's answers wait for their commit, in seconds: what a ``kill -9`` may lose
+#: beyond the batch in flight.
+COMMIT_HOLD_MAX = 1.0
 #: Seconds between two progress refreshes while responses stream in.
 _REFRESH = 0.2
 
@@ -200,6 +211,7 @@ class _ChainRun:
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self._full = FullCollections()  # replaced by run()'s, which paces full collections while it runs
+        self._hold = COMMIT_WINDOW  # seconds a fast engine's answers may wait for their commit (see _commit)
         self.from_cache: set[bytes] = set()
         self.unknown: set[tuple[int, int]] = set()  # dry run: (node, row) outputs not computed yet
         self.owner = lease_owner()  # leases of this run's requests in flight
@@ -631,10 +643,12 @@ class _ChainRun:
         session they join the running batch at the next submission.
 
         With a non-continuous session, answers that no other node of the chain waits
-        for and that arrive less than :data:`COMMIT_WINDOW` seconds after the last
-        commit are delivered at once (their rows are done: nothing is computed from
-        them) and committed with the next answers: one transaction, one flush, for
-        every batch answered within a window. Answers are held only while the engine's
+        for and that arrive less than the hold after the last commit are delivered at
+        once (their rows are done: nothing is computed from them) and committed with the
+        next answers: one transaction, one flush, for every batch answered within the
+        hold. The hold is :data:`COMMIT_WINDOW`, longer after a slow commit: long enough
+        that commits take at most :data:`COMMIT_SHARE` of the time, never longer than
+        :data:`COMMIT_HOLD_MAX`. Answers are held only while the engine's
         last two answers each came within the window (a steadily fast engine): a poll
         blocks until the next answers, so after a burst (replicas finishing together)
         the held answers would wait for a whole batch. Answers some node waits for are
@@ -680,11 +694,11 @@ class _ChainRun:
                 waiting.extend(got)
                 now = time.monotonic()
                 gaps, arrived = (gaps[1], now - arrived), now
-                if (session.continuous or now - committed >= COMMIT_WINDOW or max(gaps) >= COMMIT_WINDOW
+                if (session.continuous or now - committed >= self._hold or max(gaps) >= COMMIT_WINDOW
                         or any(self.dependents[i] for w, _ in got for i, _, _ in w.slots)):
                     ours, waiting = waiting, []
                     self._commit(ours, model_fp)  # before anything is computed from these answers
-                    committed = time.monotonic()
+                    committed = arrived = time.monotonic()  # the engine's next gap does not count the commit
                 if got:
                     works, responses = zip(*got)
                     self._complete(works, responses)
@@ -708,8 +722,11 @@ class _ChainRun:
                 session.close()
 
     def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
-        """Commit answered works: one write transaction, their leases released in it."""
+        """Commit answered works: one write transaction, their leases released in it; the next
+        answers of a fast engine wait for their commit as long as :data:`COMMIT_SHARE` allows."""
+        start = time.monotonic()
         self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
+        self._hold = max(COMMIT_WINDOW, min(COMMIT_HOLD_MAX, (time.monotonic() - start) / COMMIT_SHARE))
 
     def _refresh(self, bars: Any, force: bool = False) -> None:
         """Update the progress bars (at most every :data:`_REFRESH` seconds, or the plain lines'

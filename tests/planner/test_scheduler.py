@@ -198,3 +198,32 @@ def test_answers_waiting_for_the_window_are_committed_when_the_engine_fails(ws, 
     with pytest.raises(lazyllm.errors.EngineError):
         rows(10).generate("q", model, prompt="Ask about {{ topic }}").collect(workspace=ws)
     assert counters.SUBMISSIONS == [2, 2, 2, 2] and len(ws.cache) == 6  # every batch answered before the failure
+
+
+def test_slow_commits_make_a_fast_engine_wait_longer_for_the_next(ws, counters, monkeypatch):
+    """After a commit that took t seconds, answers wait up to t / COMMIT_SHARE for the next."""
+    import time
+
+    from lazyllm.planner import scheduler
+    from lazyllm.planner.cache import PromptCache
+
+    put_many = PromptCache.put_many
+
+    def slow(self, items, **kwargs):
+        time.sleep(0.1)  # a commit flushing many pages
+        return put_many(self, items, **kwargs)
+
+    monkeypatch.setattr(PromptCache, "put_many", slow)
+    sizes = _count_commits(monkeypatch)
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 0.2)
+    monkeypatch.setattr(scheduler, "COMMIT_HOLD_MAX", 60.0)
+    got = {}
+    for share in (1.0, 0.05):  # 1.0: the hold stays the window; 0.05: it grows to 0.1 / 0.05 = 2 s
+        monkeypatch.setattr(scheduler, "COMMIT_SHARE", share)
+        sizes.clear()
+        model = lazyllm.TestModel(batch_size=2, delay=0.01)
+        rows(200).generate("q", model, prompt=f"Ask {share} {{{{ topic }}}}").collect(workspace=ws)
+        got[share] = list(sizes)
+        assert sum(sizes) == 200
+    assert len(got[1.0]) >= 4  # a commit per 0.2 s window over more than a second of batches
+    assert len(got[0.05]) <= 2  # the first window, then everything after it waits for the end
