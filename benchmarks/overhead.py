@@ -6,9 +6,10 @@ the deterministic test engine (``TestModel(batch_size=512)``), whose engine work
 microseconds per request.
 
 - cold: a fresh workspace (every request computed and committed: one LMDB commit per
-  engine batch or per 0.1 s commit window, lease transactions); split, in the same
-  process, into the time inside the engine, the time in the cache's write transactions,
-  and lazyllm's own work (cold less the engine); next to it, LMDB alone writing the same
+  engine batch or per commit window, lease transactions); split, in the same process,
+  into the time inside the engine, the time in the cache's write transactions (and of
+  it, the leases taken and released), the time in cyclic garbage collections, and
+  lazyllm's own work (cold less the engine); next to it, LMDB alone writing the same
   records in the same transactions (the floor of the cache writes);
 - warm: the same collect again (everything served from the cache);
 - explain: ``explain()`` on the warm workspace (a dry run over a sample of rows);
@@ -84,8 +85,9 @@ def _timed_generate(generate: Any, acc: dict[str, Any], key: str) -> Any:
 def _accounted() -> Iterator[dict[str, Any]]:
     """Benchmark instrumentation: while active, the seconds spent inside the deterministic
     engine (``engine``: between its batches' requests and answers) and in the cache's write
-    transactions (``writes``: answers committed, leases taken and released), and the answers
-    stored per commit (``commits``). Wraps the methods and puts them back afterwards."""
+    transactions (``writes``: answers committed, leases taken and released; ``leases``: of
+    it, the leases), in cyclic garbage collections (``gc``, wherever they ran), and the
+    answers stored per commit (``commits``). Wraps the methods and puts them back afterwards."""
     from lazyllm.backends.testing import DeterministicEngine
     from lazyllm.planner.cache import PromptCache
 
@@ -93,17 +95,21 @@ def _accounted() -> Iterator[dict[str, Any]]:
     generate, put_many, lease, release = (DeterministicEngine.generate, PromptCache.put_many,
                                           PromptCache.lease, PromptCache.release)
 
+    depth = [0]  # put_many releases its leases through release: counted once in the writes
+
     def timed(method: Any) -> Any:
         def call(self: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
             items = list(items)
             if method is put_many:
                 acc["commits"].append(sum(r.error is None and r.text is not None for _, r in items))
             start = time.perf_counter()
+            depth[0] += 1
             try:
                 return method(self, items, *args, **kwargs)
             finally:
+                depth[0] -= 1
                 took = time.perf_counter() - start
-                acc["writes"] += took
+                acc["writes"] += took if depth[0] == 0 else 0.0
                 if method is not put_many:
                     acc["leases"] += took
         return call

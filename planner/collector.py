@@ -34,7 +34,7 @@ __all__ = ["gc_paused", "paced_collections", "FullCollections", "FULL_SHARE", "F
 #: Largest share of wall time full collections take inside :func:`paced_collections`.
 FULL_SHARE = 0.05
 #: Seconds before the first full collection inside :func:`paced_collections` (its cost is not known yet).
-FULL_FIRST_AFTER = 10.0
+FULL_FIRST_AFTER = 60.0
 _NEVER = 2**31 - 1  # a generation-2 threshold no count of generation-1 collections reaches
 
 _lock = threading.Lock()

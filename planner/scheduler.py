@@ -518,7 +518,7 @@ class _ChainRun:
             self.ahead.difference_update(w.key for w in works)
             return works
         ahead = self._peek(self.states[works[0].node_index].model_fp, (LEASE_AHEAD - 1) * len(works))
-        got = self.cache.lease([w.key for w in works] + ahead, self.owner)
+        got = self.cache.lease([w.key for w in works] + ahead, self.owner, misses=True)
         acquired = set(got.acquired)
         self.ahead = {k for k in ahead if k in acquired}
         self._ahead_at = time.monotonic()

@@ -26,6 +26,7 @@ def test_the_cold_split_counts_every_stored_answer_and_puts_the_methods_back(tmp
     assert _methods() == before
     assert sum(acc["commits"]) == 300 == len(Workspace(tmp_path / "ws").cache)
     assert acc["engine"] > 0 and acc["writes"] > 0
+    assert 0 < acc["leases"] < acc["writes"] and acc["gc"] >= 0  # the leases are part of the writes
 
 
 def test_the_methods_are_put_back_when_the_collect_fails(tmp_path: Path) -> None:

@@ -153,6 +153,69 @@ def test_a_lease_of_a_dead_process_on_this_machine_lapses_at_once(tmp_path):
     assert cache.lease([b"j" * 32], lease_owner(), seconds=3600).elsewhere == [b"j" * 32]
 
 
+# -- the leases' own environment: one per boot, not flushed ---------------------------------------
+
+
+def test_leases_live_in_an_environment_of_this_boot_committed_without_a_flush(tmp_path):
+    from lazyllm.planner import cache as cache_module
+
+    boot = cache_module._boot_id()
+    if boot is None:
+        pytest.skip("this machine does not tell its boot id")
+    host = lease_owner().split(":")[0]
+    old = tmp_path / "c.leases" / f"{host}-an-earlier-boot"  # leases left by processes of an earlier boot
+    earlier = cache_module._open_env(old, 1 << 20, sync=False)
+    with earlier.begin(write=True) as txn:
+        txn.put(b"k" * 32, b"stale", db=earlier.open_db(b"leases", txn=txn))
+    cache_module._close_env(old)
+    cache = PromptCache(tmp_path / "c")
+    assert not old.exists()  # no owner of its leases outlived that boot
+    assert cache._lease_env.path() == str((tmp_path / "c.leases" / f"{host}-{boot}").resolve())
+    assert cache._lease_env.flags()["sync"] is False and cache._env.flags()["sync"] is True
+    assert cache.lease([b"k" * 32], lease_owner()).acquired == [b"k" * 32]
+
+
+def test_without_a_boot_id_the_leases_are_flushed_like_the_cache(tmp_path, monkeypatch):
+    from lazyllm.planner import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_boot_id", lambda: None)
+    cache = PromptCache(tmp_path / "c")
+    assert cache._lease_env.path().endswith("-flushed") and cache._lease_env.flags()["sync"] is True
+
+
+def test_a_lease_is_released_only_after_its_answer_is_committed(tmp_path, monkeypatch):
+    cache = PromptCache(tmp_path / "c")
+    owner, keys = lease_owner(), [bytes([i]) * 32 for i in range(1, 5)]
+    assert cache.lease(keys, owner).acquired == keys
+    seen: list[bool] = []
+    release = PromptCache.release
+
+    def checking(self, released, who):
+        released = list(released)
+        other = PromptCache(tmp_path / "c")  # what another process's read sees at that moment
+        seen.extend(other.get(k) is not None for k in released)
+        return release(self, released, who)
+
+    monkeypatch.setattr(PromptCache, "release", checking)
+    cache.put_many([(k, Response(text="x")) for k in keys], owner=owner)
+    assert seen == [True] * 4
+    assert cache.leased_elsewhere(keys, "another-host:1:x") == set()
+
+
+def test_a_lease_of_misses_reads_no_answer_until_another_writer_commits(tmp_path):
+    cache, owner = PromptCache(tmp_path / "c"), lease_owner()
+    mine, theirs, later = b"m" * 32, b"t" * 32, b"l" * 32
+    cache.put_many([(mine, Response(text="stored here"))])
+    # misses=True promises these keys were missing and not stored here since: with no other writer
+    # nothing is read (so a key this object did store, against the promise, is leased, not found)
+    assert cache.lease([mine], owner, misses=True).acquired == [mine]
+    assert cache.lease([mine], owner).cached == [mine]  # without the promise every key is read
+    cache.release([mine], owner)
+    PromptCache(tmp_path / "c").put_many([(theirs, Response(text="another writer"))])
+    got = cache.lease([theirs, later], owner, misses=True)  # another object committed: read again
+    assert got.cached == [theirs] and got.acquired == [later]
+
+
 # -- leasing ahead: one lease transaction for several engine batches ---------------------------
 
 
