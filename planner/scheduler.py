@@ -38,6 +38,7 @@ depend on a value not computed yet are counted as calls of their own.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import heapq
@@ -45,7 +46,7 @@ import itertools
 import json
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,6 +209,9 @@ class _ChainRun:
         # per model: a heap of (node index, -prompt size, arrival, key) over the queue, so taking a
         # batch costs O(batch log n) (stale entries, already taken, are skipped when popped)
         self._order: dict[str, list[tuple[int, int, int, bytes]]] = defaultdict(list)
+        # per model: heap entries :meth:`_peek` popped to look ahead, in order; :meth:`_take` takes
+        # from them and the heap, smallest first, so the order is the heap's alone
+        self._peeked: dict[str, deque[tuple[int, int, int, bytes]]] = defaultdict(deque)
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
         self._full = FullCollections()  # replaced by run()'s, which paces full collections while it runs
@@ -461,10 +465,13 @@ class _ChainRun:
     def _take(self, model_fp: str, n: int) -> list[_Work]:
         """Up to ``n`` queued works of one model: upstream nodes first (their results unlock
         downstream requests), then the longest prompts, then in arrival order."""
-        q, order = self.queues[model_fp], self._order[model_fp]
+        q, order, peeked = self.queues[model_fp], self._order[model_fp], self._peeked[model_fp]
         works: list[_Work] = []
-        while order and len(works) < n:
-            key = heapq.heappop(order)[3]
+        while (order or peeked) and len(works) < n:
+            if peeked and (not order or peeked[0] < order[0]):
+                key = peeked.popleft()[3]
+            else:
+                key = heapq.heappop(order)[3]
             work = q.pop(key, None)
             if work is not None:  # else a stale entry: taken already
                 del self.queued[key]
@@ -533,16 +540,16 @@ class _ChainRun:
 
     def _peek(self, model_fp: str, n: int) -> list[bytes]:
         """The keys of the next ``n`` queued works of one model, in :meth:`_take`'s order,
-        left in the queue (heap entries popped and pushed back unchanged)."""
+        left in the queue (heap entries popped once into the model's look-ahead, where
+        :meth:`_take` finds them)."""
         q, order = self.queues[model_fp], self._order[model_fp]
-        popped: list[tuple[int, int, int, bytes]] = []
-        while order and len(popped) < n:
+        ahead = [entry for entry in self._peeked[model_fp] if entry[3] in q]  # sorted; stale entries dropped
+        while order and (len(ahead) < n or order[0] < ahead[n - 1]):
             entry = heapq.heappop(order)
             if entry[3] in q:  # else a stale entry: taken already
-                popped.append(entry)
-        for entry in popped:
-            heapq.heappush(order, entry)
-        return [entry[3] for entry in popped]
+                bisect.insort(ahead, entry)  # at the end, unless queued after the last look-ahead
+        self._peeked[model_fp] = deque(ahead)
+        return [entry[3] for entry in ahead[:n]]
 
     def _serve_cached(self, works: list[_Work]) -> bool:
         """Complete the works whose responses another process has stored; True if any was."""

@@ -227,3 +227,49 @@ def test_slow_commits_make_a_fast_engine_wait_longer_for_the_next(ws, counters, 
         assert sum(sizes) == 200
     assert len(got[1.0]) >= 4  # a commit per 0.2 s window over more than a second of batches
     assert len(got[0.05]) <= 2  # the first window, then everything after it waits for the end
+
+
+# -- looking ahead for leases leaves the order of the queue as it is ----------------------------
+
+
+def _queue_run():
+    """A scheduler run with only its queue (one model, "m")."""
+    import itertools
+    from collections import defaultdict, deque
+    from types import SimpleNamespace
+
+    from lazyllm.planner import scheduler
+
+    run = scheduler._ChainRun.__new__(scheduler._ChainRun)
+    run.states = [SimpleNamespace(model_fp="m")] * 3
+    run.queues, run.queued = defaultdict(dict), {}
+    run._order, run._peeked, run._arrivals = defaultdict(list), defaultdict(deque), itertools.count()
+    return run
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_peeking_ahead_takes_works_in_the_order_of_the_queue_alone(seed):
+    import random
+
+    from lazyllm.planner.scheduler import _Work
+
+    rng = random.Random(seed)
+    plain, peeking = _queue_run(), _queue_run()
+    taken: dict[str, list[bytes]] = {"plain": [], "peeking": []}
+    for step in range(200):
+        op = rng.random()
+        if op < 0.5:  # a work arrives: upstream or downstream node, short or long prompt
+            node, size = rng.randrange(3), rng.randrange(1, 50)
+            for run in (plain, peeking):
+                run._enqueue(_Work(f"k{step}".encode(), None, node, size=size))
+        elif op < 0.75:  # the next n works, left in the queue
+            n, q = rng.randrange(1, 12), peeking.queues["m"]
+            following = sorted(e for e in [*peeking._order["m"], *peeking._peeked["m"]] if e[3] in q)
+            assert set(peeking._peek("m", n)) == {e[3] for e in following[:n]}
+        else:
+            n = rng.randrange(1, 6)
+            taken["plain"] += [w.key for w in plain._take("m", n)]
+            taken["peeking"] += [w.key for w in peeking._take("m", n)]
+    taken["plain"] += [w.key for w in plain._take("m", 10**6)]
+    taken["peeking"] += [w.key for w in peeking._take("m", 10**6)]
+    assert taken["peeking"] == taken["plain"] and len(taken["plain"]) == len(set(taken["plain"]))
