@@ -171,6 +171,16 @@ def test_a_fast_engine_commits_several_batches_in_one_transaction(ws, counters, 
     assert len(ws.cache) == 10 and df["q"].null_count() == 0
 
 
+def test_a_commit_of_held_answers_takes_at_most_commit_max_answers(ws, counters, monkeypatch):
+    from lazyllm.planner import scheduler
+
+    monkeypatch.setattr(scheduler, "COMMIT_WINDOW", 60.0)  # one window, were it not for the cap
+    monkeypatch.setattr(scheduler, "COMMIT_MAX_ANSWERS", 4)
+    sizes = _count_commits(monkeypatch)
+    rows(10).generate("q", lazyllm.TestModel(batch_size=2), prompt="Ask about {{ topic }}").collect(workspace=ws)
+    assert sizes == [4, 4, 2] and len(ws.cache) == 10
+
+
 def test_batches_slower_than_the_window_and_answers_other_nodes_wait_for_commit_one_by_one(ws, counters,
                                                                                            monkeypatch):
     from lazyllm.planner import scheduler
