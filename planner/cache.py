@@ -12,11 +12,11 @@ the batch in flight (the scheduler commits each engine batch as it returns; batc
 answered within :data:`~lazyllm.planner.scheduler.COMMIT_WINDOW` of the last commit
 share the next one, a window that grows after slow commits up to
 :data:`~lazyllm.planner.scheduler.COMMIT_HOLD_MAX`, so with a fast engine a ``kill -9``
-also loses that window's answers, at most a second of them). The environment is opened with ``metasync=False`` (one flush per commit
-instead of two): a power loss may also undo the last committed batch, never damage
-the environment. When one
-process grows the map (the cache outgrew ``map_size``), the others adopt the new size
-at their next transaction (LMDB's ``MDB_MAP_RESIZED``).
+also loses that window's answers, at most a second of them). The environment is opened
+with ``metasync=False`` (one flush per commit instead of two): a power loss may also
+undo the last committed batch, never damage the environment. When one process grows
+the map (the cache outgrew ``map_size``), the others adopt the new size at their next
+transaction (LMDB's ``MDB_MAP_RESIZED``).
 
 Processes that collect on one workspace share work through *leases* (an LMDB
 environment of their own next to the cache's, one per boot of the machine, committed
@@ -375,7 +375,8 @@ class PromptCache:
         """Store successful responses in one transaction; return how many were written.
 
         With ``owner``, the leases that owner holds on these keys (errors included)
-        are released in the same transaction.
+        are released once the answers are committed (another process that finds a lease
+        gone finds its answer stored).
         """
         items = list(items)
         rows = [(k, r) for k, r in items if r.error is None and r.text is not None]
@@ -418,9 +419,8 @@ class PromptCache:
             True when the caller found every key missing through this object and has not
             stored any of them since (the scheduler's queued requests). Then, while no other
             process, object or thread has committed answers since this object opened in this
-            thread, no key can be
-            cached and the read of each key's answer (a random B-tree read, about 1 µs at
-            300k entries) is skipped.
+            thread, no key can be cached, and the read of each key's answer (a random B-tree
+            read, about 1 µs at 300k entries) is skipped.
 
         Returns
         -------
