@@ -23,8 +23,9 @@ optimizer has moved cheap filters and limits below them). Each is row-local, so 
   :data:`COMMIT_WINDOW` has its answers grouped into one write transaction per window,
   longer when commits are slow (a commit's flush costs milliseconds, and more the more
   pages it writes: the window grows until commits take at most :data:`COMMIT_SHARE` of
-  the time, up to :data:`COMMIT_HOLD_MAX` and :data:`COMMIT_MAX_ANSWERS`), so a ``kill -9`` loses at most the batch in
-  flight plus the answers of the last window (at most a second of them);
+  the time, up to :data:`COMMIT_HOLD_MAX` and :data:`COMMIT_MAX_ANSWERS`), so a
+  ``kill -9`` loses at most the batch in flight plus the answers of the last window (at
+  most a second of them);
 - shares work with other processes collecting on the same workspace: a batch's
   requests are leased first (:meth:`PromptCache.lease`); requests another live
   process has leased are not sent but awaited, and read from the cache when they
@@ -85,7 +86,7 @@ COMMIT_WINDOW = 0.1
 #: seconds, answers wait up to ``t / COMMIT_SHARE`` seconds (at least :data:`COMMIT_WINDOW`, at most
 #: :data:`COMMIT_HOLD_MAX`) for the next one. A commit's cost grows with the random B-tree pages it
 #: rewrites and flushes, far less than with its size (measured: 300k answers in commits of 2,000
-#: took 11.9 µs each, of 32,000 took 4.7; ``benchmarks/RESULTS.md``).
+#: took 11.9 µs per answer, in commits of 32,000 4.7; ``benchmarks/RESULTS.md``).
 COMMIT_SHARE = 0.05
 #: Longest a fast engine's answers wait for their commit, in seconds: what a ``kill -9`` may lose
 #: beyond the batch in flight.
@@ -547,6 +548,8 @@ class _ChainRun:
         """The keys of the next ``n`` queued works of one model, in :meth:`_take`'s order,
         left in the queue (heap entries popped once into the model's look-ahead, where
         :meth:`_take` finds them)."""
+        if n <= 0:
+            return []
         q, order = self.queues[model_fp], self._order[model_fp]
         ahead = [entry for entry in self._peeked[model_fp] if entry[3] in q]  # sorted; stale entries dropped
         while order and (len(ahead) < n or order[0] < ahead[n - 1]):
@@ -661,8 +664,8 @@ class _ChainRun:
         hold. The hold is :data:`COMMIT_WINDOW`, longer after a slow commit: long enough
         that commits take at most :data:`COMMIT_SHARE` of the time, never longer than
         :data:`COMMIT_HOLD_MAX` nor for more than :data:`COMMIT_MAX_ANSWERS` answers.
-        Answers are held only while the engine's
-        last two answers each came within the window (a steadily fast engine): a poll
+        Answers are held only while the engine's last two answers each came within the
+        window (a steadily fast engine): a poll
         blocks until the next answers, so after a burst (replicas finishing together)
         the held answers would wait for a whole batch. Answers some node waits for are
         committed, with those waiting, before they are delivered. Whatever ends the

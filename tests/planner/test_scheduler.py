@@ -283,3 +283,11 @@ def test_peeking_ahead_takes_works_in_the_order_of_the_queue_alone(seed):
     taken["plain"] += [w.key for w in plain._take("m", 10**6)]
     taken["peeking"] += [w.key for w in peeking._take("m", 10**6)]
     assert taken["peeking"] == taken["plain"] and len(taken["plain"]) == len(set(taken["plain"]))
+
+
+def test_looking_ahead_by_no_batch_leases_nothing_ahead():
+    from lazyllm.planner.scheduler import _Work
+
+    run = _queue_run()
+    run._enqueue(_Work(b"a", None, 0, size=1))
+    assert run._peek("m", 0) == [] and [w.key for w in run._take("m", 5)] == [b"a"]
