@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["gc_paused", "paced_collections", "FullCollections", "FULL_SHARE", "FULL_FIRST_AFTER"]
+__all__ = ["gc_paused", "paced_collections", "collect_deferred", "FullCollections", "FULL_SHARE", "FULL_FIRST_AFTER"]
 
 #: Largest share of wall time full collections take inside :func:`paced_collections`.
 FULL_SHARE = 0.05
@@ -40,6 +40,7 @@ _NEVER = 2**31 - 1  # a generation-2 threshold no count of generation-1 collecti
 _lock = threading.Lock()
 _depth = 0
 _saved: tuple[int, ...] | None = None
+_deferred = False  # the automatic rule would have started a full collection inside a block
 
 
 @contextlib.contextmanager
@@ -117,7 +118,7 @@ def paced_collections(share: float = FULL_SHARE, first_after: float = FULL_FIRST
     FullCollections
         Call its ``tick`` from the loop the block runs (each engine poll).
     """
-    global _depth, _saved
+    global _depth, _saved, _deferred
     with _lock:
         if _depth == 0:
             _saved = gc.get_threshold()
@@ -129,5 +130,30 @@ def paced_collections(share: float = FULL_SHARE, first_after: float = FULL_FIRST
         with _lock:
             _depth -= 1
             if _depth == 0 and _saved is not None:
+                # generation-1 collections since the last full one, past the threshold: one was held back
+                _deferred = _deferred or gc.get_count()[2] > _saved[2]
                 gc.set_threshold(*_saved)
                 _saved = None
+
+
+def collect_deferred() -> bool:
+    """The full collection :func:`paced_collections` held back, run now, once no block is active.
+
+    Call it once the objects of the block's run are freed (the end of a scheduler run):
+    the collection then walks a small heap, and the automatic rule, which still counts the
+    run's promoted objects, does not start one over the next run's objects instead.
+
+    Returns
+    -------
+    bool
+        Whether a full collection ran (only when one was held back and the collector is on).
+
+    Cost: one full collection of the objects alive now.
+    """
+    global _deferred
+    with _lock:
+        if _depth or not _deferred or not gc.isenabled():
+            return False
+        _deferred = False
+    gc.collect(2)
+    return True

@@ -61,7 +61,7 @@ from lazyllm.core.redact import redact
 
 from .budget import is_refusal
 from .cache import lease_owner, lease_seconds, message_key, request_key
-from .collector import FullCollections, gc_paused, paced_collections
+from .collector import FullCollections, collect_deferred, gc_paused, paced_collections
 from .columnar import plain_answer, plain_text, serve_columns
 from .nodes import Generate, Judge, LLMNode, PairwiseJudge, Reward
 from .stats import NodeStats
@@ -807,4 +807,6 @@ def _placeholder(node: LLMNode, key: bytes) -> Response:
 
 def run_chain(chain: Sequence[LLMNode], df: pl.DataFrame, ctx: Any) -> list[pl.DataFrame]:
     """Run ``chain`` (bottom node first) over ``df``; return the output frame of each node."""
-    return _ChainRun(chain, df, ctx).run()
+    outputs = _ChainRun(chain, df, ctx).run()
+    collect_deferred()  # the run's objects are freed: a full collection it held back walks little now
+    return outputs

@@ -109,3 +109,22 @@ def test_a_run_sends_its_batches_with_automatic_full_collections_off(tmp_path, m
     assert out.height == 40 and len(seen) == 5
     assert all(t > 10**9 for t in seen)
     assert gc.get_threshold() == saved
+
+
+def test_a_full_collection_held_back_runs_once_the_block_is_over(collector_on):
+    collector.collect_deferred()  # nothing held back from earlier tests
+    with paced_collections():
+        kept = _grow_heap(2 * len(gc.get_objects()))  # enough generation-1 collections for a full one
+        del kept
+        assert not collector.collect_deferred()  # not inside a block
+    before = _full_collections()
+    assert collector.collect_deferred() and _full_collections() == before + 1
+    assert not collector.collect_deferred()  # once
+
+
+def test_a_small_block_holds_nothing_back(collector_on):
+    collector.collect_deferred()
+    gc.collect()  # the generation counts start from zero
+    with paced_collections():
+        pass
+    assert not collector.collect_deferred()
