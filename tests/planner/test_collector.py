@@ -19,6 +19,12 @@ def _full_collections() -> int:
     return gc.get_stats()[2]["collections"]
 
 
+def _doubling() -> int:
+    """New objects that start a full collection outside a block: the heap at least doubles (past
+    CPython's quarter rule) and more than 10 generation-1 collections run (700 × 10 allocations each)."""
+    return max(len(gc.get_objects()), 200_000)
+
+
 def _grow_heap(n: int) -> list[list[int]]:
     """``n`` new long-lived tracked objects (lists), kept alive by the returned list."""
     return [[i] for i in range(n)]
@@ -34,7 +40,7 @@ def collector_on():
 
 
 def test_a_growing_heap_starts_no_full_collection_inside_the_block(collector_on):
-    n = 2 * len(gc.get_objects())  # the heap more than doubles: CPython's quarter rule fires
+    n = _doubling()
     before = _full_collections()
     kept = _grow_heap(n)
     assert _full_collections() > before  # outside the block the same growth does start one
@@ -114,7 +120,7 @@ def test_a_run_sends_its_batches_with_automatic_full_collections_off(tmp_path, m
 def test_a_full_collection_held_back_runs_once_the_block_is_over(collector_on):
     collector.collect_deferred()  # nothing held back from earlier tests
     with paced_collections():
-        kept = _grow_heap(2 * len(gc.get_objects()))  # enough generation-1 collections for a full one
+        kept = _grow_heap(_doubling())
         del kept
         assert not collector.collect_deferred()  # not inside a block
     before = _full_collections()
