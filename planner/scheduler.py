@@ -739,8 +739,9 @@ class _ChainRun:
                 session.close()
 
     def _commit(self, got: list[tuple[_Work, Response]], model_fp: str) -> None:
-        """Commit answered works: one write transaction, their leases released in it; the next
-        answers of a fast engine wait for their commit as long as :data:`COMMIT_SHARE` allows."""
+        """Commit answered works in one write transaction, then release their leases
+        (:meth:`PromptCache.put_many`); the next answers of a fast engine wait for their commit
+        as long as :data:`COMMIT_SHARE` allows."""
         start = time.monotonic()
         self.cache.put_many([(w.key, resp) for w, resp in got], model=model_fp, owner=self.owner)
         self._hold = max(COMMIT_WINDOW, min(COMMIT_HOLD_MAX, (time.monotonic() - start) / COMMIT_SHARE))
