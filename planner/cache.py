@@ -47,6 +47,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -385,12 +386,11 @@ class PromptCache:
         now = time.time()
         pack = msgpack.Packer().pack  # msgpack.packb's bytes, one packer for the transaction
         encoded = [(k, pack({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
+        encoded.sort(key=itemgetter(0))  # in key order: each B-tree page is walked to once (stable: the last of a key wins)
         while encoded:
             try:
                 with self._txn(write=True) as txn:
-                    put, db = txn.put, self._db
-                    for k, v in encoded:
-                        put(k, v, db=db)
+                    txn.cursor(db=self._db).putmulti(encoded)  # LMDB's own loop, not a Python call per put
                     mine = self._mine
                     if txn.id() != getattr(mine, "seen", -2) + 1:  # someone else committed since
                         mine.foreign = True
@@ -471,11 +471,13 @@ class PromptCache:
     def _release(self, txn: lmdb.Transaction, keys: Iterable[bytes], owner: str) -> None:
         # a lease of ``owner`` is the map {"o": owner, "e": expiry} (:meth:`lease`): it starts with these bytes
         head = b"\x82" + msgpack.packb("o") + msgpack.packb(owner)
-        get, delete, leases = txn.get, txn.delete, self._leases
-        for key in keys:
-            raw = get(key, db=leases)
-            if raw is not None and (raw.startswith(head) or msgpack.unpackb(raw).get("o") == owner):
-                delete(key, db=leases)
+        cursor = txn.cursor(db=self._leases)
+        find, value, delete = cursor.set_key, cursor.value, cursor.delete
+        for key in sorted(keys):  # in key order, each lease found once and deleted where the cursor stands
+            if find(key):
+                raw = value()
+                if raw.startswith(head) or msgpack.unpackb(raw).get("o") == owner:
+                    delete()
 
     def leased_elsewhere(self, keys: Iterable[bytes], owner: str, *, now: float | None = None) -> set[bytes]:
         """The keys under a live lease of an owner other than ``owner`` (read-only)."""

@@ -50,6 +50,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import polars as pl
@@ -215,8 +216,9 @@ class _ChainRun:
         # per model: a heap of (node index, -prompt size, arrival, key) over the queue, so taking a
         # batch costs O(batch log n) (stale entries, already taken, are skipped when popped)
         self._order: dict[str, list[tuple[int, int, int, bytes]]] = defaultdict(list)
-        # per model: heap entries :meth:`_peek` popped to look ahead, in order; :meth:`_take` takes
-        # from them and the heap, smallest first, so the order is the heap's alone
+        # per model: a sorted run of entries out of the heap: those :meth:`_peek` popped to look ahead
+        # and those queued a column at once (:meth:`_enqueue_run`); :meth:`_take` takes from it and the
+        # heap, smallest first, so the order is that of one heap of every entry
         self._peeked: dict[str, deque[tuple[int, int, int, bytes]]] = defaultdict(deque)
         self._arrivals = itertools.count()
         self.known: dict[bytes, Response] = {}  # responses seen in this run (cache hits or computed)
@@ -380,8 +382,8 @@ class _ChainRun:
         list of (int, int)
             The (node, row) pairs made ready by responses already known.
 
-        Known responses are delivered; the other requests join the model's queue in one
-        heap rebuild (the order :meth:`_take` keeps); a row of one request keeps no
+        Known responses are delivered; the other requests join the model's queue at once
+        (:meth:`_enqueue_run`, in the order :meth:`_take` keeps); a row of one request keeps no
         gathering list (:meth:`deliver` finishes it with its response). As
         :meth:`make_ready` queues rows, without a ``Request`` per cached row.
         """
@@ -407,12 +409,7 @@ class _ChainRun:
                     new.append(work)
                 work.slots.append((i, r, k))
         if new:
-            fp = st.model_fp
-            q, order, arrivals = self.queues[fp], self._order[fp], self._arrivals
-            for work in new:
-                q[work.key] = work
-                order.append((i, -work.size, next(arrivals), work.key))
-            heapq.heapify(order)
+            self._enqueue_run(st.model_fp, i, new)
         return ready
 
     # -- running -------------------------------------------------------------------------
@@ -467,6 +464,21 @@ class _ChainRun:
         self.queues[fp][work.key] = work
         self.queued[work.key] = work
         heapq.heappush(self._order[fp], (work.node_index, -work.size, next(self._arrivals), work.key))
+
+    def _enqueue_run(self, model_fp: str, i: int, works: list[_Work]) -> None:
+        """Queue ``works`` of node ``i`` (model ``model_fp``, in arrival order, already in
+        ``self.queued``) at once: their entries sorted once (a stable sort by prompt size, so
+        equal sizes keep their arrival order, which is the entries' order) and merged into the
+        model's look-ahead, a sorted run :meth:`_take` takes from its head, instead of a heap
+        push and pop each (``O(log n)`` tuple comparisons per work)."""
+        q, arrivals = self.queues[model_fp], self._arrivals
+        entries = []
+        for work in works:
+            q[work.key] = work
+            entries.append((i, -work.size, next(arrivals), work.key))
+        entries.sort(key=itemgetter(1))  # by minus the prompt size
+        peeked = self._peeked[model_fp]
+        self._peeked[model_fp] = deque(sorted([*peeked, *entries]) if peeked else entries)
 
     def _take(self, model_fp: str, n: int) -> list[_Work]:
         """Up to ``n`` queued works of one model: upstream nodes first (their results unlock
@@ -550,14 +562,19 @@ class _ChainRun:
         :meth:`_take` finds them)."""
         if n <= 0:
             return []
-        q, order = self.queues[model_fp], self._order[model_fp]
-        ahead = [entry for entry in self._peeked[model_fp] if entry[3] in q]  # sorted; stale entries dropped
-        while order and (len(ahead) < n or order[0] < ahead[n - 1]):
-            entry = heapq.heappop(order)
+        q, order, peeked = self.queues[model_fp], self._order[model_fp], self._peeked[model_fp]
+        head: list[tuple[int, int, int, bytes]] = []  # the look-ahead's first n live entries, in order
+        while peeked and len(head) < n:
+            entry = peeked.popleft()
             if entry[3] in q:  # else a stale entry: taken already
-                bisect.insort(ahead, entry)  # at the end, unless queued after the last look-ahead
-        self._peeked[model_fp] = deque(ahead)
-        return [entry[3] for entry in ahead[:n]]
+                head.append(entry)
+        # heap entries before the n-th: into the head (all of it precedes what is left of the look-ahead)
+        while order and (len(head) < n or order[0] < head[n - 1]):
+            entry = heapq.heappop(order)
+            if entry[3] in q:
+                bisect.insort(head, entry)  # at the end, unless queued after the last look-ahead
+        peeked.extendleft(reversed(head))
+        return [entry[3] for entry in head[:n]]
 
     def _serve_cached(self, works: list[_Work]) -> bool:
         """Complete the works whose responses another process has stored; True if any was."""

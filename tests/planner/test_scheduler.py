@@ -258,7 +258,7 @@ def _queue_run():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_peeking_ahead_takes_works_in_the_order_of_the_queue_alone(seed):
+def test_peeking_ahead_and_queueing_columns_take_works_in_the_order_of_one_heap(seed):
     import random
 
     from lazyllm.planner.scheduler import _Work
@@ -268,10 +268,17 @@ def test_peeking_ahead_takes_works_in_the_order_of_the_queue_alone(seed):
     taken: dict[str, list[bytes]] = {"plain": [], "peeking": []}
     for step in range(200):
         op = rng.random()
-        if op < 0.5:  # a work arrives: upstream or downstream node, short or long prompt
+        if op < 0.4:  # a work arrives: upstream or downstream node, short or long prompt
             node, size = rng.randrange(3), rng.randrange(1, 50)
             for run in (plain, peeking):
                 run._enqueue(_Work(f"k{step}".encode(), None, node, size=size))
+        elif op < 0.5:  # a column of one node's misses arrives at once (equal sizes keep their order)
+            node, sizes = rng.randrange(3), [rng.randrange(1, 6) for _ in range(rng.randrange(1, 15))]
+            for j, size in enumerate(sizes):
+                plain._enqueue(_Work(f"k{step}.{j}".encode(), None, node, size=size))
+            works = [_Work(f"k{step}.{j}".encode(), None, node, size=size) for j, size in enumerate(sizes)]
+            peeking.queued.update((w.key, w) for w in works)
+            peeking._enqueue_run("m", node, works)
         elif op < 0.75:  # the next n works, left in the queue
             n, q = rng.randrange(1, 12), peeking.queues["m"]
             following = sorted(e for e in [*peeking._order["m"], *peeking._peeked["m"]] if e[3] in q)
