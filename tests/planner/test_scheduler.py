@@ -298,3 +298,33 @@ def test_looking_ahead_by_no_batch_leases_nothing_ahead():
     run = _queue_run()
     run._enqueue(_Work(b"a", None, 0, size=1))
     assert run._peek("m", 0) == [] and [w.key for w in run._take("m", 5)] == [b"a"]
+
+
+# -- progress refreshes walk every row: on large inputs they come less often -------------------
+
+
+@pytest.mark.parametrize(("cost", "expected"), [(0.0, 5), (0.008, 3)])
+def test_progress_refreshes_take_at_most_their_share_of_the_time(monkeypatch, cost, expected):
+    from types import SimpleNamespace
+
+    from lazyllm.planner import scheduler
+
+    clock = [0.0]
+    refreshed: list[float] = []
+
+    class Bars:
+        interval = 1.0
+
+        def refresh(self, i, **counts):  # a refresh that takes ``cost`` seconds
+            refreshed.append(clock[0])
+            clock[0] += cost
+
+    monkeypatch.setattr(scheduler.time, "perf_counter", lambda: clock[0])
+    run = scheduler._ChainRun.__new__(scheduler._ChainRun)
+    run.states = [SimpleNamespace(done=[False], keys=set(), stats=SimpleNamespace(output_tokens=0))]
+    run.from_cache, run._refreshed, run._refresh_cost = set(), -1.0, 0.0
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        clock[0] = t
+        run._refresh(Bars())
+    # every 0.2 s when cheap; an 8 ms refresh at most 2% of the time: every 0.4 s
+    assert len(refreshed) == expected
