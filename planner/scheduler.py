@@ -160,7 +160,7 @@ class _NodeState:
         return [(j, r) for j in dependents]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """One distinct request and the (node, row, request index) slots waiting for it."""
 
@@ -409,8 +409,9 @@ class _ChainRun:
                     req = request(r, k)
                     messages = req.messages
                     size = len(messages[0].content) if len(messages) == 1 else sum(len(m.content) for m in messages)
-                    work = queued[key] = _Work(key, req, i, size=size)
+                    work = queued[key] = _Work(key, req, i, size, [(i, r, k)])
                     new.append(work)
+                    continue
                 work.slots.append((i, r, k))
         if new:
             self._enqueue_run(st.model_fp, i, new)
