@@ -216,6 +216,20 @@ def test_a_lease_of_misses_reads_no_answer_until_another_writer_commits(tmp_path
     assert got.cached == [theirs] and got.acquired == [later]
 
 
+def test_a_lease_of_misses_leaves_other_live_leases_and_renews_its_own(tmp_path):
+    cache, owner, other = PromptCache(tmp_path / "c"), lease_owner(), lease_owner()  # both alive: this process
+    a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
+    assert cache.lease([b], other).acquired == [b]
+    # one key leased elsewhere: the others are leased, in order, and the held one is left to its owner
+    got = cache.lease([c, b, a], owner, misses=True, now=time.time())
+    assert got.acquired == [c, a] and got.elsewhere == [b] and got.cached == []
+    assert cache.leased_elsewhere([a, b, c], other) == {a, c}
+    # its own leases again, later: renewed (a lease found is not taken for another's)
+    renewed = cache.lease([a, c], owner, misses=True, seconds=1000.0)
+    assert renewed.acquired == [a, c]
+    assert cache.leased_elsewhere([a], other, now=time.time() + 500.0) == {a}  # the new expiry holds
+
+
 # -- leasing ahead: one lease transaction for several engine batches ---------------------------
 
 
