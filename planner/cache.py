@@ -47,7 +47,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +385,6 @@ class PromptCache:
         now = time.time()
         pack = msgpack.Packer().pack  # msgpack.packb's bytes, one packer for the transaction
         encoded = [(k, pack({"v": CACHE_FORMAT, "t": now, "model": model, **r.to_record()})) for k, r in rows]
-        encoded.sort(key=itemgetter(0))  # in key order: each B-tree page is walked to once (stable: the last of a key wins)
         while encoded:
             try:
                 with self._txn(write=True) as txn:
@@ -481,7 +479,7 @@ class PromptCache:
         head = b"\x82" + msgpack.packb("o") + msgpack.packb(owner)
         cursor = txn.cursor(db=self._leases)
         find, value, delete = cursor.set_key, cursor.value, cursor.delete
-        for key in sorted(keys):  # in key order, each lease found once and deleted where the cursor stands
+        for key in keys:  # each lease found once and deleted where the cursor stands
             if find(key):
                 raw = value()
                 if raw.startswith(head) or msgpack.unpackb(raw).get("o") == owner:
