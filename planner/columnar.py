@@ -51,7 +51,6 @@ from .nodes import Generate, Judge, LLMNode
 __all__ = ["serve_columns", "enabled", "plain_text", "plain_answer"]
 
 _TEXT, _REASONING = itemgetter("text"), methodcaller("get", "reasoning")
-_INPUT_TOKENS, _OUTPUT_TOKENS = methodcaller("get", "input_tokens", 0), methodcaller("get", "output_tokens", 0)
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -182,7 +181,8 @@ def _serve_node(run: Any, i: int, messages: list[tuple[Message, ...] | None]
     hits = {key: rec for key, rec in zip(flat, records) if rec is not None}  # distinct keys
     run.from_cache.update(hits)
     st.counted.update(hits)  # no Response is kept for these: their tokens are counted now
-    st.stats.count_tokens(map(int, map(_INPUT_TOKENS, hits.values())), map(int, map(_OUTPUT_TOKENS, hits.values())))
+    st.stats.count_tokens([int(rec.get("input_tokens", 0)) for rec in hits.values()],
+                          [int(rec.get("output_tokens", 0)) for rec in hits.values()])
     if n == 1:
         hit_pos = [pos for pos, rec in enumerate(records) if rec is not None]
     else:

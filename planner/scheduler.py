@@ -50,8 +50,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from operator import attrgetter, is_not, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import polars as pl
@@ -447,10 +446,10 @@ class _ChainRun:
             st.stats.uncertain_rows = len(st.uncertain_rows)
             st.stats.seconds = elapsed
             if not self.ctx.dry_run:  # the keys the columnar path counted are not looked at again
-                keys = st.keys - st.counted if st.counted else st.keys
-                responses = list(filter(partial(is_not, None), map(self.known.get, keys)))  # passes in C
-                st.stats.count_tokens(map(attrgetter("input_tokens"), responses),
-                                      map(attrgetter("output_tokens"), responses))
+                known = self.known
+                responses = [r for key in (st.keys - st.counted if st.counted else st.keys)
+                             if (r := known.get(key)) is not None]
+                st.stats.count_tokens([r.input_tokens for r in responses], [r.output_tokens for r in responses])
             schema = st.node.output_schema()
             if st.node.filters_rows:
                 keep = st.values[st.node.column]
