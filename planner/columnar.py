@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from operator import itemgetter, methodcaller
 from typing import Any
 
 import polars as pl
@@ -49,8 +48,6 @@ from .collector import gc_paused
 from .nodes import Generate, Judge, LLMNode
 
 __all__ = ["serve_columns", "enabled", "plain_text", "plain_answer"]
-
-_TEXT, _REASONING = itemgetter("text"), methodcaller("get", "reasoning")
 
 #: The fields of a request other than its messages (copied from a node's request shape).
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request) if f.init and f.name != "messages")
@@ -266,19 +263,11 @@ def _plain_texts(st: Any, node: LLMNode, n: int, records: list[Any], m: int, row
     False, doing nothing, for any other node or when a cached text is null (``combine`` decides)."""
     if not _plain_generation(node):
         return False
-    h = len(hit_pos)
-    hit = records if n == 1 and h == m else [records[k * m + pos] for k in range(n) for pos in hit_pos]
-    texts = list(map(_TEXT, hit))  # sample by sample
-    # plain_answer of every record, each test a pass in C: no reasoning trace, and no null (or
-    # non-string) text and no inline "think>" (a NUL joins them: no match spans two texts)
-    if list(map(_REASONING, hit)).count(None) != len(hit):
-        return False  # combine decides (a reasoning trace, inline ones split off there; a null text)
-    try:
-        if "think>" in "\0".join(texts):
-            return False
-    except TypeError:
-        return False
-    values = texts if n == 1 else [list(row) for row in zip(*(texts[k * h:(k + 1) * h] for k in range(n)))]
+    texts = [[records[k * m + pos]["text"] for pos in hit_pos] for k in range(n)]
+    if not all(plain_answer(t, records[k * m + pos].get("reasoning"))
+               for k, sample in enumerate(texts) for pos, t in zip(hit_pos, sample)):
+        return False  # combine decides (a null text; a reasoning trace, inline ones split off there)
+    values = texts[0] if n == 1 else [list(row) for row in zip(*texts)]
     column = st.values[node.column]
     if len(rows) == len(column):  # every row, in order
         column[:] = values
