@@ -417,8 +417,10 @@ class PromptCache:
             True when the caller found every key missing through this object and has not
             stored any of them since (the scheduler's queued requests). Then, while no other
             process, object or thread has committed answers since this object opened in this
-            thread, no key can be cached, and the read of each key's answer (a random B-tree
-            read, about 1 µs at 300k entries) is skipped.
+            thread, no key can be cached: the read of each key's answer (a random B-tree
+            read, about 1 µs at 300k entries) is skipped, and the keys are leased in one LMDB
+            call (``putmulti`` without overwrite) unless some are leased already, which then
+            go through the per-key rules.
 
         Returns
         -------
