@@ -445,11 +445,11 @@ class PromptCache:
                     mine = self._mine
                     mine.foreign = getattr(mine, "foreign", True) or stored.id() != mine.seen
                     look = mine.foreign or not misses
-                    # no answer to look for: every key leased in one LMDB call where none is leased yet
-                    if not look and txn.cursor(db=leases).putmulti([(k, value) for k in keys], overwrite=False)[1] \
-                            == len(keys):
-                        out.acquired = keys
-                        return out
+                    if not look:  # no answer to look for: every key leased in one LMDB call where none is leased yet
+                        _, added = txn.cursor(db=leases).putmulti([(k, value) for k in keys], overwrite=False)
+                        if added == len(keys):
+                            out.acquired = keys
+                            return out
                     for key in keys:
                         if look and cached(key, db=responses) is not None:
                             out.cached.append(key)

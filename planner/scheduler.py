@@ -688,9 +688,8 @@ class _ChainRun:
         that commits take at most :data:`COMMIT_SHARE` of the time, never longer than
         :data:`COMMIT_HOLD_MAX` nor for more than :data:`COMMIT_MAX_ANSWERS` answers.
         Answers are held only while the engine's last two answers each came within the
-        window (a steadily fast engine): a poll
-        blocks until the next answers, so after a burst (replicas finishing together)
-        the held answers would wait for a whole batch. Answers some node waits for are
+        window (a steadily fast engine): a poll blocks until the next answers, so after a
+        burst (replicas finishing together) the held answers would wait for a whole batch. Answers some node waits for are
         committed, with those waiting, before they are delivered. Whatever ends the
         loop (the queue done, an exception, Ctrl-C), answers still waiting are
         committed first.
